@@ -1,0 +1,1 @@
+"""Analysis: FLOP counting and arithmetic intensity."""

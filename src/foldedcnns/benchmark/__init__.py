@@ -1,0 +1,1 @@
+"""Benchmarking: inference throughput, FLOPs/sec, peak and tuning."""

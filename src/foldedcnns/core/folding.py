@@ -1,0 +1,112 @@
+"""Folding: f images of C channels become one input of f*C channels.
+
+All functions here are pure shape maps over tensors; they copy nothing they do not have to.
+Image ``j`` of a group of ``f`` consecutive images fills channels ``[j*C, (j+1)*C)`` of the folded
+input, and block ``j`` of the ``f*K`` output logits belongs to image ``j`` of that group.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from foldedcnns.errors import ConfigError, ShapeError
+
+
+def _check_fold(f: int) -> None:
+    if isinstance(f, bool) or not isinstance(f, int) or f < 1:
+        raise ConfigError(f"fold must be an integer >= 1, got {f!r}; pass --fold 1 for the original CNN")
+
+
+def group_count(n: int, f: int) -> int:
+    """Number of folded inputs needed for ``n`` images at fold ``f`` (the last one may be padded)."""
+    _check_fold(f)
+    return -(-n // f)
+
+
+def fold(x: torch.Tensor, f: int) -> torch.Tensor:
+    """Fold a batch of images into groups of ``f``.
+
+    Shapes: ``(N, C, H, W) -> (N/f, f*C, H, W)``; N must be a multiple of f (see :func:`pad_to_multiple`).
+    Image ``n*f + j`` lands in channels ``[j*C, (j+1)*C)`` of folded input ``n``.
+    """
+    _check_fold(f)
+    if x.dim() != 4:
+        raise ShapeError(f"fold expects a 4-D batch (N, C, H, W), got shape {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    if n % f:
+        raise ShapeError(f"batch of {n} images is not a multiple of fold {f}; pad it with pad_to_multiple")
+    return x.reshape(n // f, f * c, h, w)
+
+
+def unfold(x: torch.Tensor, f: int) -> torch.Tensor:
+    """Inverse of :func:`fold`. Shapes: ``(N/f, f*C, H, W) -> (N, C, H, W)``."""
+    _check_fold(f)
+    if x.dim() != 4:
+        raise ShapeError(f"unfold expects a 4-D folded batch, got shape {tuple(x.shape)}")
+    g, fc, h, w = x.shape
+    if fc % f:
+        raise ShapeError(f"{fc} channels cannot be split into {f} images")
+    return x.reshape(g * f, fc // f, h, w)
+
+
+def unfold_logits(y: torch.Tensor, f: int) -> torch.Tensor:
+    """Split folded logits into per-image logits.
+
+    Shapes: ``(N/f, f*K) -> (N, K)``; block ``j`` of row ``n`` becomes row ``n*f + j``.
+    """
+    _check_fold(f)
+    if y.dim() != 2:
+        raise ShapeError(f"unfold_logits expects 2-D logits (N/f, f*K), got shape {tuple(y.shape)}")
+    g, fk = y.shape
+    if fk % f:
+        raise ShapeError(f"{fk} logits per folded input are not a multiple of fold {f}")
+    return y.reshape(g * f, fk // f)
+
+
+def pad_to_multiple(x: torch.Tensor, f: int) -> tuple[torch.Tensor, int]:
+    """Pad a batch to a multiple of ``f`` by repeating its own images (never zeros).
+
+    Shapes: ``(N, ...) -> (ceil(N/f)*f, ...)``. Returns the padded batch and the number of
+    padded rows, which the caller drops from the outputs. Repeating real images keeps the
+    padded rows in the input distribution, so they do not disturb the real ones.
+    """
+    _check_fold(f)
+    n = x.shape[0]
+    if n == 0:
+        raise ShapeError("cannot fold an empty batch")
+    pad = (-n) % f
+    if pad == 0:
+        return x, 0
+    index = torch.arange(pad, device=x.device) % n
+    return torch.cat([x, x.index_select(0, index)], dim=0), pad
+
+
+class FoldedClassifier(nn.Module):
+    """Run a folded CNN on an ordinary batch of images.
+
+    ``model`` takes ``(G, f*C, H, W)`` and returns ``(G, f*K)``. This wrapper takes any batch
+    ``(N, C, H, W)`` with N >= 1 and returns ``(N, K)``: it pads the last partial group by
+    repeating images of the batch, folds, runs the model, unfolds the logits and drops the
+    padded rows. A batch is never silently cropped.
+    """
+
+    def __init__(self, model: nn.Module, fold: int, in_channels: int = 3) -> None:
+        super().__init__()
+        _check_fold(fold)
+        self.model = model
+        self.fold = fold
+        self.in_channels = in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ShapeError(f"expected a 4-D batch (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ShapeError(
+                f"expected {self.in_channels} channels per image, got {x.shape[1]}; "
+                "pass unfolded images, the wrapper folds them"
+            )
+        n = x.shape[0]
+        padded, _ = pad_to_multiple(x, self.fold)
+        logits = unfold_logits(self.model(fold(padded, self.fold)), self.fold)
+        return logits[:n]

@@ -1,0 +1,1 @@
+"""Data: image folders, CIFAR archives, NoScope videos, batched transforms and the synthetic game-screen set."""

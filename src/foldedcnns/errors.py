@@ -1,0 +1,22 @@
+"""The one exception type that the command line turns into a one-line message and exit code 1."""
+
+from __future__ import annotations
+
+
+class FoldedCNNsError(Exception):
+    """An error caused by the user's input (a bad value, a missing file), not by a bug.
+
+    The message must say what is wrong and how to fix it, in one line.
+    """
+
+
+class ConfigError(FoldedCNNsError, ValueError):
+    """A bad option or model description."""
+
+
+class DataError(FoldedCNNsError):
+    """Input data that is missing, corrupt or does not match the task."""
+
+
+class ShapeError(FoldedCNNsError, ValueError):
+    """A tensor whose shape does not fit the fold or the model."""

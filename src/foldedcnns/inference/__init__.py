@@ -1,0 +1,1 @@
+"""Inference: prediction over videos and image folders, ONNX export, distributed inference on Ray."""

@@ -1,0 +1,1 @@
+"""Training: trainer, recipes, curriculum learning, distillation, sweeps and checkpoints."""
