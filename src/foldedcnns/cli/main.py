@@ -16,6 +16,7 @@ import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from foldedcnns import __version__
 from foldedcnns.errors import FoldedCNNsError
@@ -23,6 +24,12 @@ from foldedcnns.errors import FoldedCNNsError
 # One entry per line: each command lives in foldedcnns/cli/<name>.py.
 COMMAND_MODULES: tuple[str, ...] = (
     "models",
+    "analysis",
+    "predict",
+    "export",
+    "train",
+    "evaluate",
+    "sweep",
 )
 
 EXIT_ERROR = 1
@@ -30,8 +37,15 @@ EXIT_BUG = 3
 EXIT_INTERRUPT = 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem and where to look, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="foldedcnns",
         description="FoldedCNNs: fold f images into one wider CNN input for higher inference throughput.",
     )

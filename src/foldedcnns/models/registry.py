@@ -8,6 +8,7 @@ builder; new families register with :func:`register_family`, new tasks with :fun
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,7 +94,7 @@ def get_task(task: str | Path | TaskSpec) -> TaskSpec:
         return _tasks()[name]
     if name.endswith(".json") or Path(name).is_file():
         return load_description(name)
-    close = [n for n in _tasks() if name.split("/")[-1] in n]
+    close = difflib.get_close_matches(name, list(_tasks()), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
     raise ConfigError(
         f"unknown task {name!r}{hint}; run 'foldedcnns models' to list tasks or pass --description FILE"

@@ -1,0 +1,43 @@
+"""``foldedcnns export``: write a checkpoint's model as ONNX and check it against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+
+from foldedcnns.cli.common import add_json_option, print_json
+from foldedcnns.inference.export import CHECK_TOLERANCE, FORMATS, export_onnx
+
+
+def _shape(dims: tuple[int, ...]) -> str:
+    return "x".join("batch" if d < 0 else str(d) for d in dims)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = export_onnx(args.checkpoint, args.out, opset=args.opset, check=not args.no_check,
+                         tolerance=args.tolerance)
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    print(f"wrote {report.path} ({report.size_bytes / 1e6:.2f} MB, opset {report.opset}, "
+          f"{report.export_seconds:.1f} s): {report.task} fold {report.fold}, "
+          f"input {_shape(report.input_shape)} -> logits {_shape(report.output_shape)}")
+    if report.max_abs_diff is not None:
+        print(f"ONNX Runtime vs PyTorch on random input (folded batches {', '.join(map(str, report.check_batches))}): "
+              f"max abs diff {report.max_abs_diff:.3g}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("export", help="export a checkpoint's model to ONNX, checked with ONNX Runtime",
+                            description="Export the folded model of CKPT (input: batch x f*C x H x W, dynamic batch; "
+                                        "output: batch x f*K logits) and compare ONNX Runtime with PyTorch on "
+                                        "random input.")
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by 'foldedcnns train'")
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="export format (default: onnx)")
+    parser.add_argument("--out", required=True, help="output file, e.g. model.onnx")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
+    parser.add_argument("--tolerance", type=float, default=CHECK_TOLERANCE,
+                        help=f"largest accepted max abs diff (default {CHECK_TOLERANCE:g})")
+    add_json_option(parser)
+    parser.set_defaults(func=run)

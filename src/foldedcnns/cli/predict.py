@@ -1,0 +1,76 @@
+"""``foldedcnns predict``: classify every frame of videos, image folders or globs into CSV files."""
+
+from __future__ import annotations
+
+import argparse
+
+from foldedcnns.cli.common import add_json_option, format_table, print_json
+from foldedcnns.inference.pipeline import PROFILE_FRAMES, PredictReport, run_predict
+from foldedcnns.inference.predictor import DEVICE_CHOICES
+
+
+def format_report(report: PredictReport) -> str:
+    rows = [[r.source, r.kind, r.rows, r.output, "ok" if r.error is None else "stopped early"]
+            for r in report.results]
+    lines = [format_table(["input", "kind", "rows", "csv", "status"], rows), ""]
+    lines.append(f"end-to-end   {report.end_to_end_fps:,.1f} frames/s ({report.frames:,} frames in "
+                 f"{report.wall_seconds:.2f} s; fold {report.fold}, batch {report.batch_size}, "
+                 f"{report.backend} on {report.device})")
+    if report.stages is not None:
+        stages = report.stages
+        lines.append(f"decode only  {stages.decode_fps:,.1f} frames/s (measured alone on {stages.frames:,} frames)")
+        lines.append(f"model only   {stages.model_fps:,.1f} frames/s")
+        if report.efficiency is not None:
+            lines.append(f"end-to-end is {report.efficiency:.0%} of the slower stage")
+    for key, value in report.extra.items():
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.ray:
+        from foldedcnns.inference.distributed import run_ray_predict
+
+        report = run_ray_predict(args.checkpoint, args.inputs, args.out, batch_size=args.batch_size,
+                                 backend=args.backend, device=args.device, crop=args.crop,
+                                 address=args.ray_address, workers=args.workers, progress=not args.no_progress)
+    else:
+        report = run_predict(args.checkpoint, args.inputs, args.out, batch_size=args.batch_size,
+                             backend=args.backend, device=args.device, crop=args.crop,
+                             profile_frames=args.profile_frames, progress=not args.no_progress)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(format_report(report))
+    report.raise_for_errors()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "predict", help="classify every frame of videos, image folders or globs into CSV files",
+        description="Classify every frame of INPUT (a video file, a folder of images, or a quoted glob) with the "
+                    "model of CKPT. One CSV per input: columns frame (videos) or path (images), label, class_name, "
+                    "score. Decoding runs in a background thread; the report gives end-to-end, decode-only and "
+                    "model-only frames/s.")
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by 'foldedcnns train'")
+    parser.add_argument("inputs", metavar="INPUT", nargs="+", help="video file, folder of images, or glob")
+    parser.add_argument("--out", required=True,
+                        help="CSV file for one input; a folder (one <name>.csv per input) for several")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per model call, a multiple of the checkpoint's fold (default about 256)")
+    parser.add_argument("--backend", default="eager", help="how the model runs (default: eager)")
+    parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="default: cpu")
+    parser.add_argument("--crop", metavar="X,Y,W,H", default=None,
+                        help="cut this rectangle (pixels) out of every frame before resizing to the model's input")
+    parser.add_argument("--profile-frames", type=int, default=PROFILE_FRAMES,
+                        help=f"frames decoded again to measure decode-only and model-only throughput "
+                             f"(default {PROFILE_FRAMES}; 0 skips)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray = parser.add_argument_group("distributed (Ray Data; pip install 'foldedcnns[ray]')")
+    ray.add_argument("--ray", action="store_true", help="run on a Ray cluster with a pool of model actors")
+    ray.add_argument("--ray-address", default=None,
+                     help="'auto' or HOST:PORT of a running cluster (default: start a local Ray)")
+    ray.add_argument("--workers", type=int, default=None, help="model actors (default: 2, or one per GPU)")
+    add_json_option(parser)
+    parser.set_defaults(func=run)

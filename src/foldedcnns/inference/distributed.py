@@ -1,0 +1,182 @@
+"""Distributed batch inference on Ray Data: the same predictions as :func:`run_predict`, on many machines.
+
+Plan: every video is one shard and every image set is cut into shards of whole batches. Decode tasks
+turn a shard into batches of ``batch_size`` frames (a multiple of the fold, aligned with the start
+of the input, exactly as on one machine); a pool of actors, each holding the model, classifies one
+batch per call (``map_batches`` with a callable class, fractional CPUs or one GPU per actor). The
+driver sorts the results back into input order and writes one CSV per input.
+
+Because every input is cut into the same batches as on one machine, and a prediction depends only
+on its group of f frames (see :mod:`foldedcnns.inference.predictor`), both paths give the same rows.
+Input files and the checkpoint are read by path, so on a cluster they must be visible to every node
+(a shared file system), and every node needs foldedcnns installed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from foldedcnns.errors import ConfigError
+from foldedcnns.inference.pipeline import PredictionCSV, PredictReport, SourceResult, decode_batches, output_paths
+from foldedcnns.inference.predictor import Predictor
+from foldedcnns.inference.preprocess import Crop
+from foldedcnns.inference.sources import VIDEO, Source, resolve_inputs
+from foldedcnns.training.checkpoint import load_checkpoint
+
+# CPUs reserved per model actor: fractional, so that decode tasks always find a free CPU
+# (with whole CPUs the actors can take every CPU and starve the read tasks: ray#44687).
+ACTOR_CPUS = 0.5
+# CPUs per decode task.
+DECODE_CPUS = 1.0
+# Model actors when --workers is not given and no GPU is used.
+DEFAULT_CPU_WORKERS = 2
+# Batches per image shard: each shard is decoded by one task.
+IMAGE_SHARD_BATCHES = 4
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError("--ray needs Ray Data; install it with: pip install 'foldedcnns[ray]'") from exc
+    return ray
+
+
+def plan_shards(sources: Sequence[Source], batch_size: int) -> list[dict[str, Any]]:
+    """Work items: one per video, one per ``IMAGE_SHARD_BATCHES`` batches of images (in input order)."""
+    shards = []
+    for index, source in enumerate(sources):
+        step = len(source) if source.kind == VIDEO else batch_size * IMAGE_SHARD_BATCHES
+        for shard, start in enumerate(range(0, len(source), step)):
+            shards.append({"source": index, "shard": shard, "kind": source.kind, "name": source.name,
+                           "paths": [str(p) for p in source.paths[start:start + step]]})
+    return shards
+
+
+def decode_shards(batch: dict[str, np.ndarray], *, size: tuple[int, int], batch_size: int,
+                  crop: Crop | None) -> Iterator[dict[str, list[Any]]]:
+    """Ray UDF: decode shards into one output row per batch of frames (keys as strings)."""
+    for source, shard, kind, name, paths in zip(batch["source"], batch["shard"], batch["kind"], batch["name"],
+                                                batch["paths"], strict=True):
+        shard_source = Source(str(kind), str(name), tuple(Path(p) for p in paths))
+        batches = decode_batches(shard_source, size, batch_size, crop)
+        for chunk in itertools.count():
+            started = time.perf_counter()
+            decoded = next(batches, None)
+            if decoded is None:
+                break
+            yield {"source": [int(source)], "shard": [int(shard)], "chunk": [chunk],
+                   "keys": [np.array([str(k) for k in decoded.keys], dtype=object)],
+                   "images": [decoded.images], "error": ["" if decoded.error is None else str(decoded.error)],
+                   "decode_seconds": [time.perf_counter() - started]}
+
+
+class PredictActor:
+    """Ray actor: holds one :class:`Predictor` and classifies one decoded batch per row."""
+
+    def __init__(self, checkpoint: dict[str, Any], device: str, backend: str, batch_size: int) -> None:
+        self.predictor = Predictor(checkpoint, device=device, backend=backend, batch_size=batch_size)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        labels, scores, seconds = [], [], []
+        for images in batch["images"]:
+            started = time.perf_counter()
+            preds = self.predictor.predict_batch(np.asarray(images, dtype=np.uint8))
+            seconds.append(time.perf_counter() - started)
+            labels.append(preds.labels)
+            scores.append(preds.scores)
+        return {"source": list(batch["source"]), "shard": list(batch["shard"]), "chunk": list(batch["chunk"]),
+                "keys": list(batch["keys"]), "labels": labels, "scores": scores, "error": list(batch["error"]),
+                "decode_seconds": list(batch["decode_seconds"]), "model_seconds": seconds}
+
+
+def _connect(ray: Any, address: str | None, num_cpus: int | None) -> bool:
+    """Join the cluster at ``address`` or start a local Ray; True when this call started it."""
+    if ray.is_initialized():
+        return False
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise ConfigError(f"cannot reach a Ray cluster at {address}: {exc}; start one with 'ray start --head' "
+                          "or leave out --ray-address to run a local Ray") from exc
+    return True
+
+
+def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Path, *,
+                    batch_size: int | None = None, backend: str = "eager", device: str = "cpu",
+                    crop: Crop | str | None = None, address: str | None = None, workers: int | None = None,
+                    num_cpus: int | None = None, progress: bool = False) -> PredictReport:
+    """Like :func:`~foldedcnns.inference.pipeline.run_predict`, on Ray Data; one CSV per input.
+
+    ``address``: ``"auto"`` or ``HOST:PORT`` of a running cluster; None starts a local Ray with
+    ``num_cpus`` CPUs (all by default). ``workers``: model actors (default 2 on CPU, one per GPU).
+    """
+    ray = _import_ray()
+    ckpt = load_checkpoint(checkpoint)
+    local = Predictor(ckpt, backend=backend, batch_size=batch_size)  # validates checkpoint, backend, batch
+    crop = Crop.parse(crop) if isinstance(crop, str) else crop
+    sources = resolve_inputs(inputs)
+    outputs = output_paths(sources, out)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    started_ray = _connect(ray, address, num_cpus)
+    try:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        use_gpu = device == "cuda" or (device == "auto" and gpus > 0)
+        if use_gpu and gpus == 0:
+            raise ConfigError("--device cuda was asked for but the Ray cluster has no GPU; pass --device cpu")
+        pool = workers or (gpus if use_gpu else DEFAULT_CPU_WORKERS)
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = progress
+        context.execution_options.preserve_order = True
+        started = time.perf_counter()
+        shards = plan_shards(sources, local.batch_size)
+        dataset = ray.data.from_items(shards, override_num_blocks=len(shards))
+        dataset = dataset.map_batches(decode_shards, batch_size=1, num_cpus=DECODE_CPUS,
+                                      fn_kwargs={"size": local.input_hw, "batch_size": local.batch_size,
+                                                 "crop": crop})
+        dataset = dataset.map_batches(
+            PredictActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool),
+            num_cpus=ACTOR_CPUS, num_gpus=1 if use_gpu else 0,
+            fn_constructor_kwargs={"checkpoint": ckpt, "device": "cuda" if use_gpu else "cpu",
+                                   "backend": backend, "batch_size": local.batch_size})
+        rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for row in dataset.iter_rows():
+            rows[int(row["source"])].append(row)
+        wall = time.perf_counter() - started
+    finally:
+        if started_ray:
+            ray.shutdown()
+    results = [_write_source(source, output, rows[index], local.class_names, wall)
+               for index, (source, output) in enumerate(zip(sources, outputs, strict=True))]
+    return PredictReport(results, local.fold, local.batch_size, backend, "cuda" if use_gpu else "cpu", wall,
+                         extra={"ray": {"address": address or "local", "workers": pool,
+                                        "actor_resources": {"GPU": 1} if use_gpu else {"CPU": ACTOR_CPUS}}})
+
+
+def _write_source(source: Source, output: Path, rows: list[dict[str, Any]], class_names: tuple[str, ...],
+                  wall: float) -> SourceResult:
+    """Write one input's rows in order, up to and including the first batch that carries a fault."""
+    error = None
+    decode = model = 0.0
+    with PredictionCSV(output, source.key_column, class_names) as writer:
+        for row in sorted(rows, key=lambda r: (int(r["shard"]), int(r["chunk"]))):
+            writer.write([str(k) for k in row["keys"]], np.asarray(row["labels"]).tolist(),
+                         np.asarray(row["scores"]).tolist())
+            decode += float(row["decode_seconds"])
+            model += float(row["model_seconds"])
+            if row["error"]:
+                error = str(row["error"])
+                break
+    return SourceResult(source.name, source.kind, str(output), writer.rows, wall, decode, model, error)

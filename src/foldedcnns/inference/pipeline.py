@@ -1,0 +1,332 @@
+"""Prediction over videos and image sets: decode in the background, classify, write one CSV per input.
+
+For each source a worker thread decodes, crops and resizes frames into batches of ``batch_size``
+(a multiple of the fold) and hands them through a bounded queue to the caller's thread, which runs
+the model and appends rows to the CSV. The CSV is written under a temporary name and renamed at the
+end; when decoding fails part-way (a truncated video, an unreadable image), the rows of every frame
+decoded before the fault are written, and the source's result carries the error.
+"""
+
+from __future__ import annotations
+
+import csv
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from foldedcnns.errors import ConfigError, DataError, FoldedCNNsError
+from foldedcnns.inference.predictor import Predictor
+from foldedcnns.inference.preprocess import RGB_CHANNELS, Crop
+from foldedcnns.inference.sources import Source, iter_source, resolve_inputs
+from foldedcnns.utils.atomic import atomic_open
+
+# Batches decoded ahead of the model: enough to hide jitter, small enough to bound memory.
+QUEUE_DEPTH = 4
+# Seconds between checks of the stop flag while the worker waits on a full queue.
+STOP_POLL_SECONDS = 0.1
+# Isolated stage measurement after a run: at most this many frames are decoded again ...
+PROFILE_FRAMES = 512
+# ... and the model runs on them for at least this long.
+PROFILE_MODEL_SECONDS = 0.5
+SCORE_FORMAT = "{:.6f}"
+CSV_SUFFIX = ".csv"
+PREDICTION_COLUMNS = ("label", "class_name", "score")
+
+
+@dataclass(frozen=True)
+class SourceResult:
+    """What happened to one input: rows written, time per stage, and the fault if decoding stopped early."""
+
+    source: str
+    kind: str
+    output: str
+    rows: int
+    wall_seconds: float
+    decode_seconds: float
+    model_seconds: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StageThroughput:
+    """Frames per second of each stage measured alone, on the same frames, one after the other."""
+
+    frames: int
+    decode_fps: float
+    model_fps: float
+
+
+@dataclass(frozen=True)
+class PredictReport:
+    """Results of a prediction run over all sources, with throughput figures (frames/s)."""
+
+    results: list[SourceResult]
+    fold: int
+    batch_size: int
+    backend: str
+    device: str
+    wall_seconds: float
+    stages: StageThroughput | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def frames(self) -> int:
+        return sum(r.rows for r in self.results)
+
+    @property
+    def end_to_end_fps(self) -> float:
+        return self.frames / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"{r.source}: {r.error}" for r in self.results if r.error]
+
+    @property
+    def efficiency(self) -> float | None:
+        """End-to-end frames/s over the slower of decode-only and model-only frames/s."""
+        if self.stages is None or min(self.stages.decode_fps, self.stages.model_fps) <= 0:
+            return None
+        return self.end_to_end_fps / min(self.stages.decode_fps, self.stages.model_fps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"results": [asdict(r) for r in self.results], "fold": self.fold, "batch_size": self.batch_size,
+                "backend": self.backend, "device": self.device, "frames": self.frames,
+                "wall_seconds": self.wall_seconds, "end_to_end_fps": self.end_to_end_fps,
+                "stages": None if self.stages is None else asdict(self.stages), "efficiency": self.efficiency,
+                "errors": self.errors, **self.extra}
+
+    def raise_for_errors(self) -> None:
+        """Raise one DataError naming every input whose decoding stopped early (their rows are kept)."""
+        if self.errors:
+            failed = [r for r in self.results if r.error]
+            kept = ", ".join(f"{r.rows} rows in {r.output}" for r in failed)
+            raise DataError(f"{len(failed)} of {len(self.results)} inputs stopped early ({'; '.join(self.errors)}); "
+                            f"kept the rows decoded before the fault ({kept})")
+
+
+def output_paths(sources: Sequence[Source], out: str | Path) -> list[Path]:
+    """Where each source's CSV goes: ``out`` itself for one source (unless it is a folder), else ``out/<stem>.csv``."""
+    out = Path(out)
+    if len(sources) == 1 and not out.is_dir():
+        if out.suffix.lower() != CSV_SUFFIX:
+            raise ConfigError(f"--out {out} must end in .csv for one input (or name a folder)")
+        return [out]
+    if out.suffix.lower() == CSV_SUFFIX:
+        raise ConfigError(f"{len(sources)} inputs give one CSV each; pass a folder as --out, not {out}")
+    paths = [out / f"{s.stem}{CSV_SUFFIX}" for s in sources]
+    if len(set(paths)) != len(paths):
+        dup = next(p for p in paths if paths.count(p) > 1)
+        raise ConfigError(f"two inputs would both write {dup}; rename one or run them separately")
+    return paths
+
+
+@dataclass
+class DecodedBatch:
+    """Frames ``images`` (N, H, W, 3) uint8 with their keys; ``error`` is set on the last batch of a faulty input."""
+
+    keys: list[int | str]
+    images: np.ndarray
+    error: FoldedCNNsError | None = None
+
+
+def decode_batches(source: Source, size: tuple[int, int], batch_size: int, crop: Crop | None = None,
+                   ) -> Iterator[DecodedBatch]:
+    """Decode ``source`` into batches of ``batch_size`` frames at ``size`` (height, width), in order.
+
+    When decoding fails part-way, the last batch holds the frames decoded since the previous one
+    (possibly none) and carries the error; nothing decoded is lost.
+    """
+    height, width = size
+    keys: list[int | str] = []
+    images = np.empty((batch_size, height, width, RGB_CHANNELS), dtype=np.uint8)
+    try:
+        for key, frame in iter_source(source, size, crop):
+            images[len(keys)] = frame
+            keys.append(key)
+            if len(keys) == batch_size:
+                yield DecodedBatch(keys, images)
+                keys, images = [], np.empty_like(images)
+    except FoldedCNNsError as exc:
+        yield DecodedBatch(keys, images[:len(keys)], error=exc)
+        return
+    if keys:
+        yield DecodedBatch(keys, images[:len(keys)])
+
+
+class _Fault:
+    """An unexpected exception of the worker, re-raised in the consumer's thread."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = object()
+
+
+class BackgroundBatches:
+    """Iterate :func:`decode_batches` while a worker thread decodes ahead (a bounded queue).
+
+    ``decode_seconds`` is the worker's busy time (waiting on a full queue excluded).
+    """
+
+    def __init__(self, source: Source, size: tuple[int, int], batch_size: int, crop: Crop | None,
+                 depth: int = QUEUE_DEPTH) -> None:
+        self._batches = decode_batches(source, size, batch_size, crop)
+        self.decode_seconds = 0.0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name=f"decode-{source.stem}", daemon=True)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=STOP_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            while True:
+                started = time.perf_counter()
+                batch = next(self._batches, None)
+                self.decode_seconds += time.perf_counter() - started
+                if batch is None:
+                    break
+                if not self._put(batch):
+                    return
+            self._put(_END)
+        except BaseException as exc:  # a bug, not a data fault: the consumer re-raises it
+            self._put(_Fault(exc))
+
+    def __iter__(self) -> Iterator[DecodedBatch]:
+        self._thread.start()
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Fault):
+                    raise item.exc
+                yield item
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+class PredictionCSV:
+    """Rows ``key, label, class_name, score`` appended in order; the file appears complete or not at all."""
+
+    def __init__(self, path: Path, key_column: str, class_names: Sequence[str]) -> None:
+        self.path, self.key_column, self.class_names, self.rows = path, key_column, tuple(class_names), 0
+
+    def __enter__(self) -> PredictionCSV:
+        self._context = atomic_open(self.path, "w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._context.__enter__())
+        self._writer.writerow((self.key_column, *PREDICTION_COLUMNS))
+        return self
+
+    def write(self, keys: Sequence[int | str], labels: Sequence[int], scores: Sequence[float]) -> None:
+        names = self.class_names
+        self._writer.writerows((k, label, names[label], SCORE_FORMAT.format(score))
+                               for k, label, score in zip(keys, labels, scores, strict=True))
+        self.rows += len(keys)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._context.__exit__(*exc_info)
+
+
+def predict_source(predictor: Predictor, source: Source, output: str | Path, *, crop: Crop | None = None,
+                   progress: tqdm | None = None) -> SourceResult:
+    """Classify every frame of ``source`` and write one CSV row per frame, in order, to ``output``.
+
+    A decoding fault ends the input early: the rows decoded before it are written and the result's
+    ``error`` says what went wrong. Anything else (a bug, Ctrl-C) leaves no file behind.
+    """
+    output = Path(output)
+    started = time.perf_counter()
+    model_seconds, error = 0.0, None
+    batches = BackgroundBatches(source, predictor.input_hw, predictor.batch_size, crop)
+    with PredictionCSV(output, source.key_column, predictor.class_names) as writer:
+        for batch in batches:
+            if len(batch.keys):
+                model_started = time.perf_counter()
+                preds = predictor.predict_batch(batch.images)
+                model_seconds += time.perf_counter() - model_started
+                writer.write(batch.keys, preds.labels.tolist(), preds.scores.tolist())
+                if progress is not None:
+                    progress.update(len(batch.keys))
+            if batch.error is not None:
+                error = str(batch.error)
+    return SourceResult(source.name, source.kind, str(output), writer.rows, time.perf_counter() - started,
+                        batches.decode_seconds, model_seconds, error)
+
+
+def measure_stages(predictor: Predictor, sources: Sequence[Source], *, crop: Crop | None = None,
+                   max_frames: int = PROFILE_FRAMES, min_model_seconds: float = PROFILE_MODEL_SECONDS,
+                   ) -> StageThroughput | None:
+    """Measure decode-only and model-only frames/s, one after the other, on up to ``max_frames`` frames.
+
+    Decode-only decodes, crops and resizes the first frames of the sources, exactly as the pipeline
+    does. Model-only classifies those frames in batches of the predictor's batch size (after one
+    untimed warm-up batch) until ``min_model_seconds`` have passed. Returns None when nothing decodes.
+    """
+    frames: list[np.ndarray] = []
+    decoded = 0
+    started = time.perf_counter()
+    for source in sources:
+        for batch in decode_batches(source, predictor.input_hw, predictor.batch_size, crop):
+            frames.append(batch.images[:max(0, max_frames - decoded)])
+            decoded += len(batch.keys)
+            if batch.error is not None or decoded >= max_frames:
+                break
+        if decoded >= max_frames:
+            break
+    decode_seconds = time.perf_counter() - started
+    if decoded == 0:
+        return None
+    images = np.concatenate(frames)
+    chunks = [images[i:i + predictor.batch_size] for i in range(0, len(images), predictor.batch_size)]
+    predictor.predict_batch(chunks[0])
+    done, started = 0, time.perf_counter()
+    while True:
+        for chunk in chunks:
+            predictor.predict_batch(chunk)
+            done += len(chunk)
+        elapsed = time.perf_counter() - started
+        if elapsed >= min_model_seconds:
+            break
+    return StageThroughput(decoded, decoded / decode_seconds, done / elapsed)
+
+
+def run_predict(checkpoint: str | Path | Predictor, inputs: Sequence[str], out: str | Path, *,
+                batch_size: int | None = None, backend: str = "eager", device: str = "cpu",
+                crop: Crop | str | None = None, profile_frames: int = PROFILE_FRAMES,
+                progress: bool = False) -> PredictReport:
+    """Predict every frame of every input into one CSV per input; see :func:`predict_source`.
+
+    ``profile_frames`` > 0 adds isolated decode-only and model-only throughput (:func:`measure_stages`).
+    """
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor(
+        checkpoint, device=device, backend=backend, batch_size=batch_size)
+    crop = Crop.parse(crop) if isinstance(crop, str) else crop
+    sources = resolve_inputs(inputs)
+    outputs = output_paths(sources, out)
+    known = sum(len(s) for s in sources if s.kind != "video")
+    results = []
+    started = time.perf_counter()
+    with tqdm(total=known or None, unit="frame", disable=not progress, dynamic_ncols=True) as bar:
+        for source, output in zip(sources, outputs, strict=True):
+            results.append(predict_source(predictor, source, output, crop=crop, progress=bar))
+    wall = time.perf_counter() - started
+    stages = measure_stages(predictor, sources, crop=crop, max_frames=profile_frames) if profile_frames > 0 else None
+    return PredictReport(results, predictor.fold, predictor.batch_size, predictor.backend, str(predictor.device),
+                         wall, stages)

@@ -1,0 +1,173 @@
+"""``Predictor``: classify frames with a checkpoint, folding them in groups of f.
+
+Example::
+
+    from foldedcnns.inference import Predictor
+
+    predictor = Predictor("runs/lol-f4/best.pt")          # any fold; device="cuda" on a GPU
+    preds = predictor.predict(frames)                      # HxWx3 RGB uint8 arrays, any size
+    for name, score in zip(preds.names, preds.scores):
+        print(name, f"{score:.3f}")
+
+Grouping rule: image ``i`` is folded with the images of its group ``i // f`` (counted from the
+first image passed to the call); the last, partial group is padded by repeating its own images and
+the padded rows are dropped. A prediction therefore depends only on its own group, never on the
+batch size, and every image passed in gets exactly one prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from foldedcnns.core.folding import FoldedClassifier, pad_to_multiple
+from foldedcnns.errors import ConfigError, ShapeError
+from foldedcnns.inference.preprocess import Crop, stack_frames, to_model_input
+from foldedcnns.models.registry import ModelConfig
+from foldedcnns.training.checkpoint import model_from_checkpoint
+
+# Images per model call when the caller does not choose (rounded up to a multiple of the fold).
+DEFAULT_BATCH_IMAGES = 256
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per-image results of one call, in input order.
+
+    ``labels`` (N,) int64 class indices, ``scores`` (N,) float32 softmax probability of that class,
+    ``probabilities`` (N, K) float32, ``class_names`` the task's K names.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    probabilities: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def names(self) -> list[str]:
+        """Class name of each prediction."""
+        return [self.class_names[i] for i in self.labels.tolist()]
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Predictions], class_names: tuple[str, ...]) -> Predictions:
+        if not parts:
+            k = len(class_names)
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, k), np.float32), class_names)
+        return cls(np.concatenate([p.labels for p in parts]), np.concatenate([p.scores for p in parts]),
+                   np.concatenate([p.probabilities for p in parts]), class_names)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` picks CUDA when available; an unavailable CUDA is a ConfigError."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; pass --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}; pass one of {', '.join(DEVICE_CHOICES)}") from exc
+
+
+def check_batch_size(batch_size: int | None, fold: int) -> int:
+    """The images per model call: a multiple of ``fold`` (default about :data:`DEFAULT_BATCH_IMAGES`)."""
+    if batch_size is None:
+        return -(-DEFAULT_BATCH_IMAGES // fold) * fold
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if batch_size % fold:
+        lower, upper = max(fold, batch_size // fold * fold), -(-batch_size // fold) * fold
+        raise ConfigError(f"--batch-size {batch_size} is not a multiple of the checkpoint's fold {fold}; "
+                          f"pass {lower} or {upper}")
+    return batch_size
+
+
+def pad_tail_group(x: torch.Tensor, fold: int) -> torch.Tensor:
+    """Pad the last partial group of ``fold`` images by repeating that group's own images.
+
+    Shapes: ``(N, ...) -> (ceil(N/f)*f, ...)``; rows ``N..`` are padding for the caller to drop.
+    """
+    n = x.shape[0]
+    tail = n % fold
+    if tail == 0:
+        return x
+    padded_tail, _ = pad_to_multiple(x[n - tail:], fold)
+    return torch.cat([x[:n - tail], padded_tail], dim=0)
+
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Predictor:
+    """Classify images with the model of a checkpoint (original or folded).
+
+    ``checkpoint`` is a path or a loaded checkpoint dict. ``backend`` picks how the folded model
+    runs (see :func:`foldedcnns.inference.backends.available_backends`); ``batch_size`` is the number
+    of images per model call and must be a multiple of the checkpoint's fold.
+    """
+
+    def __init__(self, checkpoint: str | Path | dict[str, Any], *, device: str | torch.device = "cpu",
+                 backend: str = "eager", batch_size: int | None = None) -> None:
+        self.device = resolve_device(device)
+        model, config = model_from_checkpoint(checkpoint, map_location=self.device)
+        self.config: ModelConfig = config
+        self.fold = config.fold
+        self.batch_size = check_batch_size(batch_size, self.fold)
+        channels, self.height, self.width = config.image_size
+        from foldedcnns.inference.backends import make_runner
+
+        self.backend = backend
+        runner = make_runner(model.to(self.device), backend, config=config, device=self.device,
+                             batch_size=self.batch_size)
+        self._classifier = FoldedClassifier(runner, self.fold, channels)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.config.task.class_names
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) every image is resized to."""
+        return (self.height, self.width)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-image logits of a model-ready batch. Shapes: ``(N, C, H, W) -> (N, K)``."""
+        if x.dim() != 4 or tuple(x.shape[2:]) != self.input_hw:
+            raise ShapeError(f"expected a batch (N, C, {self.height}, {self.width}), got {tuple(x.shape)}; "
+                             "use predict() to resize images to the model's input")
+        n = x.shape[0]
+        with torch.inference_mode():
+            return self._classifier(pad_tail_group(x.to(self.device), self.fold))[:n]
+
+    def predict_batch(self, images: np.ndarray) -> Predictions:
+        """Classify a uint8 batch ``(N, H, W, 3)`` already at the model's size, in one model call."""
+        if len(images) == 0:
+            return Predictions.concatenate([], self.class_names)
+        logits = self.logits(to_model_input(images, self.config.task, self.device))
+        probabilities = torch.softmax(logits.float(), dim=1)
+        scores, labels = probabilities.max(dim=1)
+        return Predictions(labels.cpu().numpy().astype(np.int64), scores.cpu().numpy(),
+                           probabilities.cpu().numpy(), self.class_names)
+
+    def predict(self, frames: Sequence[np.ndarray] | np.ndarray, *, crop: Crop | str | None = None) -> Predictions:
+        """Classify RGB uint8 images ``(H, W, 3)`` of any size (a list, or one ``(N, H, W, 3)`` array).
+
+        Each image is cropped (``crop``: a :class:`Crop` or ``"x,y,w,h"``), resized to the model's input
+        and normalised; images run in batches of ``batch_size`` and come back in input order.
+        """
+        crop = Crop.parse(crop) if isinstance(crop, str) else crop
+        parts = []
+        for start in range(0, len(frames), self.batch_size):
+            chunk = frames[start:start + self.batch_size]
+            parts.append(self.predict_batch(stack_frames(chunk, self.height, self.width, crop)))
+        return Predictions.concatenate(parts, self.class_names)

@@ -1,0 +1,145 @@
+"""What ``foldedcnns predict`` reads: video files, folders of images, globs.
+
+:func:`resolve_inputs` turns command-line inputs into :class:`Source` objects: one per video, one
+for all images of a folder or a glob. :func:`iter_source` decodes a source sequentially and yields
+``(key, frame)`` pairs, ``key`` being the frame index (videos) or the file path (images), and
+``frame`` an RGB uint8 array already cropped and resized to the model's input.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from foldedcnns.errors import ConfigError, DataError
+from foldedcnns.inference.preprocess import Crop, prepare_frame
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+VIDEO = "video"
+IMAGES = "images"
+GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input that produces one CSV: a video file, or an ordered list of image files."""
+
+    kind: str
+    name: str
+    paths: tuple[Path, ...]
+
+    @property
+    def key_column(self) -> str:
+        """CSV column that identifies a row: ``frame`` for videos, ``path`` for images."""
+        return "frame" if self.kind == VIDEO else "path"
+
+    @property
+    def stem(self) -> str:
+        """Default output file name (without ``.csv``) when several sources are written to a folder."""
+        path = Path(self.name)
+        return path.stem if self.kind == VIDEO else (path.name.replace("*", "_") or "images")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _images_under(folder: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found += [Path(root) / f for f in sorted(files) if _is_image(Path(f))]
+    return found
+
+
+def _resolve_one(text: str) -> list[Source]:
+    path = Path(text)
+    if any(c in text for c in GLOB_CHARS) and not path.exists():
+        matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
+        videos, images = [m for m in matches if _is_video(m)], [m for m in matches if _is_image(m)]
+        if videos and images:
+            raise ConfigError(f"glob {text!r} matches both videos and images; use one glob for each")
+        if videos:
+            return [Source(VIDEO, str(v), (v,)) for v in videos]
+        if not images:
+            raise DataError(f"glob {text!r} matches no image or video files "
+                            f"(images: {', '.join(IMAGE_EXTENSIONS)}; videos: {', '.join(VIDEO_EXTENSIONS)})")
+        return [Source(IMAGES, text, tuple(images))]
+    if path.is_dir():
+        images = _images_under(path)
+        if not images:
+            hint = (f"; it holds videos, pass them as a glob such as '{path}/*.mp4'"
+                    if any(_is_video(p) for p in path.iterdir()) else "")
+            raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}){hint}")
+        return [Source(IMAGES, str(path), tuple(images))]
+    if path.is_file():
+        if _is_image(path):
+            return [Source(IMAGES, str(path), (path,))]
+        return [Source(VIDEO, str(path), (path,))]
+    raise DataError(f"input {text} does not exist; pass a video file, a folder of images or a glob")
+
+
+def resolve_inputs(inputs: Sequence[str]) -> list[Source]:
+    """Turn command-line inputs into sources, in the order given (globs expanded in sorted order)."""
+    if not inputs:
+        raise ConfigError("no input given; pass a video file, a folder of images or a glob")
+    sources = [s for text in inputs for s in _resolve_one(str(text))]
+    seen: set[str] = set()
+    for source in sources:
+        if source.name in seen:
+            raise ConfigError(f"input {source.name} is given twice; pass each input once")
+        seen.add(source.name)
+    return sources
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file to an RGB uint8 array (H, W, 3); a bad file is a DataError naming it."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                        "replace or remove the file") from exc
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file, read from its header."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}; replace or remove the file") from exc
+
+
+def iter_source(source: Source, size: tuple[int, int], crop: Crop | None = None,
+                start: int = 0) -> Iterator[tuple[int | str, np.ndarray]]:
+    """Yield ``(key, frame)`` for every frame of ``source`` in order, frames at ``size`` (height, width).
+
+    Videos are decoded sequentially; on a truncated or corrupt file every good frame is yielded
+    before the DataError. Images are decoded one by one; an unreadable file raises a DataError after
+    the images before it. ``start`` skips the first frames (videos) or files (images).
+    """
+    height, width = size
+    if source.kind == VIDEO:
+        from foldedcnns.data.video import iter_frames
+
+        path = source.paths[0]
+        for index, frame in iter_frames(path, size=None, start=start, crop=None if crop is None else crop.as_tuple()):
+            yield index, prepare_frame(frame, height, width, None, where=f"{path} frame {index}")
+        return
+    for path in source.paths[start:]:
+        yield str(path), prepare_frame(read_image(path), height, width, crop, where=str(path))

@@ -1,0 +1,116 @@
+"""Knowledge distillation: a teacher's logits, computed once and cached, as training targets.
+
+The original (reference section 4.7) runs the unfolded teacher once over the un-augmented training
+images, keeps its raw logits and trains the folded student with MSE between the student's per-image
+logits (after unfolding) and those logits. :func:`distill_loss` offers that (``"mse"``) and the
+Hinton-style KL divergence between temperature-softened distributions (``"kl"``, scaled by T^2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from foldedcnns.core.folding import FoldedClassifier
+from foldedcnns.errors import ConfigError, DataError
+from foldedcnns.models.registry import ModelConfig
+from foldedcnns.training.checkpoint import load_checkpoint, model_from_checkpoint
+from foldedcnns.utils.atomic import atomic_save
+
+DISTILL_LOSSES = ("mse", "kl")
+DEFAULT_TEMPERATURE = 4.0
+CACHE_NAME = "teacher_logits.pt"
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse",
+                 temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
+    """Per-image distillation loss. Shapes: student (N, K) and teacher (N, K) logits -> (N,).
+
+    ``mse``: mean over classes of (student - teacher)^2, i.e. ``nn.MSELoss`` per image (the original).
+    ``kl``: ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ")
+    student = student.float()
+    teacher = teacher.float()
+    if kind == "mse":
+        return (student - teacher).pow(2).mean(dim=1)
+    if kind == "kl":
+        if not temperature > 0:
+            raise ConfigError(f"distillation temperature must be > 0, got {temperature}")
+        log_p_student = F.log_softmax(student / temperature, dim=1)
+        log_p_teacher = F.log_softmax(teacher / temperature, dim=1)
+        kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
+        return kl * temperature**2
+    raise ConfigError(f"unknown distillation loss {kind!r}; choose one of {', '.join(DISTILL_LOSSES)}")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tensor_fingerprint(*tensors: torch.Tensor) -> str:
+    """A SHA-256 of the tensors' bytes: identifies the exact images a cache was computed on."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_teacher(path: str | Path, student: ModelConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """Load a teacher checkpoint and check that it classifies the student's classes at its input size."""
+    model, config = model_from_checkpoint(load_checkpoint(path, map_location="cpu"))
+    if config.task.class_names != student.task.class_names:
+        raise ConfigError(f"teacher {path} was trained on classes {list(config.task.class_names)[:5]}..., "
+                          f"not those of {student.task.name}; pass a teacher checkpoint of the same task")
+    if config.image_size != student.image_size:
+        raise ConfigError(f"teacher {path} reads {config.image_size} images but the student reads "
+                          f"{student.image_size}; pass a teacher with the student's input size")
+    wrapped = FoldedClassifier(model, config.fold, config.task.in_channels)
+    return wrapped.to(device).eval()
+
+
+@torch.inference_mode()
+def compute_logits(model: nn.Module, images: torch.Tensor, preprocess: Any, batch_size: int = 256,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """Logits (N, K) of ``model`` (taking unfolded (B, C, H, W) batches) over uint8 ``images`` (N, C, H, W)."""
+    outs = []
+    for start in range(0, images.shape[0], batch_size):
+        batch = preprocess(images[start:start + batch_size].to(device))
+        outs.append(model(batch).float().cpu())
+    return torch.cat(outs) if outs else torch.zeros(0, 0)
+
+
+def cached_teacher_logits(cache_dir: str | Path, teacher_path: str | Path, student: ModelConfig,
+                          images: torch.Tensor, preprocess: Any, device: torch.device | str = "cpu",
+                          batch_size: int = 256) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Teacher logits for ``images``, computed once and cached in ``cache_dir/teacher_logits.pt``.
+
+    The cache is keyed by the teacher file's SHA-256 and a fingerprint of the images; a stale cache is
+    recomputed. Returns the (N, K) logits and info (teacher path, hash, whether the cache was used).
+    """
+    cache = Path(cache_dir) / CACHE_NAME
+    teacher_hash = file_sha256(teacher_path)
+    data_hash = tensor_fingerprint(images)
+    if cache.is_file():
+        data = torch.load(cache, map_location="cpu", weights_only=True)
+        if data.get("teacher_sha256") == teacher_hash and data.get("data_sha256") == data_hash:
+            return data["logits"], {"teacher": str(teacher_path), "teacher_sha256": teacher_hash, "cached": True}
+    teacher = load_teacher(teacher_path, student, device)
+    logits = compute_logits(teacher, images, preprocess, batch_size, device)
+    if logits.shape != (images.shape[0], student.task.num_classes):
+        raise DataError(f"teacher {teacher_path} produced logits of shape {tuple(logits.shape)}; "
+                        f"expected ({images.shape[0]}, {student.task.num_classes})")
+    payload = {"teacher_sha256": teacher_hash, "data_sha256": data_hash, "logits": logits}
+    atomic_save(cache, lambda tmp: torch.save(payload, tmp))
+    return logits, {"teacher": str(teacher_path), "teacher_sha256": teacher_hash, "cached": False}
