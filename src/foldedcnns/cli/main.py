@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import tempfile
 import traceback
@@ -75,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FoldedCNNsError as exc:
         print(f"foldedcnns: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at interpreter exit
+        return 0
     except KeyboardInterrupt:
         print("foldedcnns: interrupted", file=sys.stderr)
         return EXIT_INTERRUPT
