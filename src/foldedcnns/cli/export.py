@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from foldedcnns.benchmark.backends import ONNX_OPSET
 from foldedcnns.cli.common import add_json_option, print_json
 from foldedcnns.inference.export import CHECK_TOLERANCE, FORMATS, export_onnx
 
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by 'foldedcnns train'")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="export format (default: onnx)")
     parser.add_argument("--out", required=True, help="output file, e.g. model.onnx")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--opset", type=int, default=ONNX_OPSET, help=f"ONNX opset (default: {ONNX_OPSET})")
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
     parser.add_argument("--tolerance", type=float, default=CHECK_TOLERANCE,
                         help=f"largest accepted max abs diff (default {CHECK_TOLERANCE:g})")

@@ -28,9 +28,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "analysis",
     "predict",
     "export",
+    "demo",
     "train",
     "evaluate",
     "sweep",
+    "bench",
+    "data",
 )
 
 EXIT_ERROR = 1

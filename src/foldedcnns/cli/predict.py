@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from foldedcnns.benchmark.backends import PRECISIONS
 from foldedcnns.cli.common import add_json_option, format_table, print_json
 from foldedcnns.inference.pipeline import PROFILE_FRAMES, PredictReport, run_predict
-from foldedcnns.inference.predictor import DEVICE_CHOICES
+from foldedcnns.inference.predictor import BACKEND_CHOICES, DEVICE_CHOICES
 
 
 def format_report(report: PredictReport) -> str:
@@ -32,12 +33,15 @@ def run(args: argparse.Namespace) -> int:
         from foldedcnns.inference.distributed import run_ray_predict
 
         report = run_ray_predict(args.checkpoint, args.inputs, args.out, batch_size=args.batch_size,
-                                 backend=args.backend, device=args.device, crop=args.crop,
-                                 address=args.ray_address, workers=args.workers, progress=not args.no_progress)
+                                 backend=args.backend, precision=args.precision, device=args.device, crop=args.crop,
+                                 address=args.ray_address, workers=args.workers, task_check=not args.no_task_check,
+                                 progress=not args.no_progress)
     else:
         report = run_predict(args.checkpoint, args.inputs, args.out, batch_size=args.batch_size,
-                             backend=args.backend, device=args.device, crop=args.crop,
-                             profile_frames=args.profile_frames, progress=not args.no_progress)
+                             backend=args.backend, precision=args.precision, device=args.device, crop=args.crop,
+                             threads=args.threads,
+                             profile_frames=args.profile_frames, task_check=not args.no_task_check,
+                             progress=not args.no_progress)
     if args.json:
         print_json(report.to_dict())
     else:
@@ -59,13 +63,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="CSV file for one input; a folder (one <name>.csv per input) for several")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per model call, a multiple of the checkpoint's fold (default about 256)")
-    parser.add_argument("--backend", default="eager", help="how the model runs (default: eager)")
+    parser.add_argument("--backend", default="eager", choices=BACKEND_CHOICES,
+                        help="how the model runs, as in 'foldedcnns bench' (default: eager)")
+    parser.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS), help="default: fp32")
     parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="default: cpu")
     parser.add_argument("--crop", metavar="X,Y,W,H", default=None,
                         help="cut this rectangle (pixels) out of every frame before resizing to the model's input")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PyTorch CPU threads for the model (default: all cores but one, left to decoding)")
     parser.add_argument("--profile-frames", type=int, default=PROFILE_FRAMES,
                         help=f"frames decoded again to measure decode-only and model-only throughput "
                              f"(default {PROFILE_FRAMES}; 0 skips)")
+    parser.add_argument("--no-task-check", action="store_true",
+                        help="predict on a labelled image folder even if its classes or image size are not the "
+                             "checkpoint's task's")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     ray = parser.add_argument_group("distributed (Ray Data; pip install 'foldedcnns[ray]')")
     ray.add_argument("--ray", action="store_true", help="run on a Ray cluster with a pool of model actors")

@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from foldedcnns.benchmark.backends import get_backend
 from foldedcnns.errors import ConfigError
 from foldedcnns.inference.pipeline import PredictionCSV, PredictReport, SourceResult, decode_batches, output_paths
 from foldedcnns.inference.predictor import Predictor
 from foldedcnns.inference.preprocess import Crop
-from foldedcnns.inference.sources import VIDEO, Source, resolve_inputs
+from foldedcnns.inference.sources import VIDEO, Source, check_task_match, resolve_inputs
 from foldedcnns.training.checkpoint import load_checkpoint
 
 # CPUs reserved per model actor: fractional, so that decode tasks always find a free CPU
@@ -56,25 +57,32 @@ def plan_shards(sources: Sequence[Source], batch_size: int) -> list[dict[str, An
     for index, source in enumerate(sources):
         step = len(source) if source.kind == VIDEO else batch_size * IMAGE_SHARD_BATCHES
         for shard, start in enumerate(range(0, len(source), step)):
-            shards.append({"source": index, "shard": shard, "kind": source.kind, "name": source.name,
-                           "paths": [str(p) for p in source.paths[start:start + step]]})
+            shards.append({"source": index, "shard": shard, "offset": start, "kind": source.kind,
+                           "name": source.name, "paths": [str(p) for p in source.paths[start:start + step]]})
     return shards
 
 
 def decode_shards(batch: dict[str, np.ndarray], *, size: tuple[int, int], batch_size: int,
                   crop: Crop | None) -> Iterator[dict[str, list[Any]]]:
-    """Ray UDF: decode shards into one output row per batch of frames (keys as strings)."""
-    for source, shard, kind, name, paths in zip(batch["source"], batch["shard"], batch["kind"], batch["name"],
-                                                batch["paths"], strict=True):
+    """Ray UDF: decode shards into one output row per batch of frames.
+
+    ``keys`` are int64: the frame index for videos, the position in the input's file list for images.
+    """
+    for source, shard, offset, kind, name, paths in zip(batch["source"], batch["shard"], batch["offset"],
+                                                        batch["kind"], batch["name"], batch["paths"], strict=True):
         shard_source = Source(str(kind), str(name), tuple(Path(p) for p in paths))
         batches = decode_batches(shard_source, size, batch_size, crop)
+        done = int(offset)
         for chunk in itertools.count():
             started = time.perf_counter()
             decoded = next(batches, None)
             if decoded is None:
                 break
+            count = len(decoded.keys)
+            keys = decoded.keys if kind == VIDEO else range(done, done + count)
+            done += count
             yield {"source": [int(source)], "shard": [int(shard)], "chunk": [chunk],
-                   "keys": [np.array([str(k) for k in decoded.keys], dtype=object)],
+                   "keys": [np.array(keys, dtype=np.int64)],
                    "images": [decoded.images], "error": ["" if decoded.error is None else str(decoded.error)],
                    "decode_seconds": [time.perf_counter() - started]}
 
@@ -82,8 +90,10 @@ def decode_shards(batch: dict[str, np.ndarray], *, size: tuple[int, int], batch_
 class PredictActor:
     """Ray actor: holds one :class:`Predictor` and classifies one decoded batch per row."""
 
-    def __init__(self, checkpoint: dict[str, Any], device: str, backend: str, batch_size: int) -> None:
-        self.predictor = Predictor(checkpoint, device=device, backend=backend, batch_size=batch_size)
+    def __init__(self, checkpoint: dict[str, Any], device: str, backend: str, precision: str,
+                 batch_size: int) -> None:
+        self.predictor = Predictor(checkpoint, device=device, backend=backend, precision=precision,
+                                   batch_size=batch_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         labels, scores, seconds = [], [], []
@@ -114,9 +124,10 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None) -> bool:
 
 
 def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Path, *,
-                    batch_size: int | None = None, backend: str = "eager", device: str = "cpu",
+                    batch_size: int | None = None, backend: str = "eager", precision: str = "fp32",
+                    device: str = "cpu",
                     crop: Crop | str | None = None, address: str | None = None, workers: int | None = None,
-                    num_cpus: int | None = None, progress: bool = False) -> PredictReport:
+                    num_cpus: int | None = None, task_check: bool = True, progress: bool = False) -> PredictReport:
     """Like :func:`~foldedcnns.inference.pipeline.run_predict`, on Ray Data; one CSV per input.
 
     ``address``: ``"auto"`` or ``HOST:PORT`` of a running cluster; None starts a local Ray with
@@ -124,10 +135,14 @@ def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Pa
     """
     ray = _import_ray()
     ckpt = load_checkpoint(checkpoint)
-    local = Predictor(ckpt, backend=backend, batch_size=batch_size)  # validates checkpoint, backend, batch
+    get_backend(backend)  # an unknown name fails here, not in every actor
+    local = Predictor(ckpt, batch_size=batch_size)  # checks the checkpoint and batch size, gives sizes and names
     crop = Crop.parse(crop) if isinstance(crop, str) else crop
     sources = resolve_inputs(inputs)
     outputs = output_paths(sources, out)
+    if task_check:
+        for source in sources:
+            check_task_match(source, local.config.task, local.input_hw, crop)
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     started_ray = _connect(ray, address, num_cpus)
@@ -150,7 +165,7 @@ def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Pa
             PredictActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool),
             num_cpus=ACTOR_CPUS, num_gpus=1 if use_gpu else 0,
             fn_constructor_kwargs={"checkpoint": ckpt, "device": "cuda" if use_gpu else "cpu",
-                                   "backend": backend, "batch_size": local.batch_size})
+                                   "backend": backend, "precision": precision, "batch_size": local.batch_size})
         rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in dataset.iter_rows():
             rows[int(row["source"])].append(row)
@@ -172,7 +187,9 @@ def _write_source(source: Source, output: Path, rows: list[dict[str, Any]], clas
     decode = model = 0.0
     with PredictionCSV(output, source.key_column, class_names) as writer:
         for row in sorted(rows, key=lambda r: (int(r["shard"]), int(r["chunk"]))):
-            writer.write([str(k) for k in row["keys"]], np.asarray(row["labels"]).tolist(),
+            keys = np.asarray(row["keys"]).tolist()
+            writer.write(keys if source.kind == VIDEO else [str(source.paths[k]) for k in keys],
+                         np.asarray(row["labels"]).tolist(),
                          np.asarray(row["scores"]).tolist())
             decode += float(row["decode_seconds"])
             model += float(row["model_seconds"])

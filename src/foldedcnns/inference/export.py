@@ -1,23 +1,20 @@
 """ONNX export of a checkpoint's model, checked against PyTorch with ONNX Runtime.
 
-The exported graph is the folded model itself: input ``input`` of shape ``(batch, f*C, H, W)``
+The exported graph is the folded model itself: input ``x`` of shape ``(batch, f*C, H, W)``
 (``batch`` dynamic; row ``n`` holds images ``n*f .. n*f+f-1`` stacked along channels, already
-scaled and normalised) and output ``logits`` of shape ``(batch, f*K)`` (block ``j`` belongs to image
-``j`` of the row). The task description, fold and class names are stored in the model's metadata
-(``metadata_props``: ``foldedcnns.model_config`` as JSON), so the file describes itself.
-
-Weights are embedded in the one ``.onnx`` file (no side ``.data`` file): the models here are far
-below protobuf's 2 GB limit.
+scaled to [0, 1] and normalised as the task says) and output ``y`` of shape ``(batch, f*K)`` (block
+``j`` of a row holds the K logits of image ``j``). The task description, fold and class names are
+stored in the model's metadata (``metadata_props``: ``foldedcnns.model_config`` as JSON), so the file
+describes itself. The graph is made by the benchmark's exporter
+(:func:`foldedcnns.benchmark.backends.export_onnx_bytes`), so ``foldedcnns export`` writes the very
+graph that ``foldedcnns bench --backends onnxruntime`` times. Weights are embedded in the one
+``.onnx`` file (these models are far below protobuf's 2 GB limit).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,17 +23,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from foldedcnns.benchmark.backends import ONNX_OPSET, OnnxRuntimeBackend, export_onnx_bytes
 from foldedcnns.errors import ConfigError, FoldedCNNsError
 from foldedcnns.models.registry import ModelConfig
 from foldedcnns.training.checkpoint import model_from_checkpoint
 from foldedcnns.utils.atomic import atomic_save
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-BATCH_AXIS = "batch"
+METADATA_KEY = "foldedcnns.model_config"
 # Stands for the dynamic batch axis in reported shapes.
 BATCH_AXIS_SIZE = -1
-METADATA_KEY = "foldedcnns.model_config"
 # Folded batch sizes the ONNX Runtime check runs (two, to exercise the dynamic batch axis).
 CHECK_BATCHES = (1, 3)
 # Largest |ORT - PyTorch| accepted for float32 logits.
@@ -45,8 +40,8 @@ CHECK_SEED = 0
 FORMATS = ("onnx",)
 
 
-class ExportMismatchError(FoldedCNNsError):
-    """ONNX Runtime's output differs from PyTorch's beyond the tolerance."""
+class ExportError(FoldedCNNsError):
+    """The exporter failed, or ONNX Runtime's output differs from PyTorch's beyond the tolerance."""
 
 
 @dataclass(frozen=True)
@@ -68,53 +63,32 @@ class ExportReport:
         return asdict(self)
 
 
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's chatter (missing torchvision ops, deprecations); errors still raise."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+def export_model_onnx(model: nn.Module, config: ModelConfig, path: str | Path, *, opset: int = ONNX_OPSET) -> Path:
+    """Export ``model`` (a folded CNN) to ``path`` with a dynamic batch axis and its config, atomically.
 
-
-def export_model_onnx(model: nn.Module, config: ModelConfig, path: str | Path, *,
-                      opset: int | None = None) -> Path:
-    """Export ``model`` (a folded CNN on CPU) to ``path`` with a dynamic batch axis, atomically.
-
-    Shapes: input ``(batch, f*C, H, W)`` -> output ``(batch, f*K)``. Returns ``path``.
+    Shapes: input ``x`` ``(batch, f*C, H, W)`` -> output ``y`` ``(batch, f*K)``. Returns ``path``.
     """
     import onnx
 
     path = Path(path)
     example = torch.rand(2, *config.input_shape)
-    model = model.eval().cpu()
-
-    def write(tmp: Path) -> None:
-        with _quiet_exporter(), torch.no_grad():
-            torch.onnx.export(model, (example,), str(tmp), dynamo=True, external_data=False, opset_version=opset,
-                              verbose=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS, min=1)},))
-        proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(config.to_dict())
-        onnx.save(proto, str(tmp))
-
-    atomic_save(path, write)
+    try:
+        proto = onnx.load_from_string(export_onnx_bytes(model.eval().cpu(), example, opset))
+    except (RuntimeError, torch.onnx.OnnxExporterError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"ONNX export of {config.name} failed: {first[:200]}; try another --opset") from exc
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(config.to_dict())
+    atomic_save(path, lambda tmp: onnx.save(proto, str(tmp)))
     return path
 
 
 def ort_session(path: str | Path, providers: list[str] | None = None) -> Any:
-    """An ONNX Runtime session whose idle threads do not spin (so PyTorch in the same process is not slowed)."""
+    """An ONNX Runtime session with the benchmark's options (no spinning threads)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), OnnxRuntimeBackend().session_options(),
+                                providers=providers or ["CPUExecutionProvider"])
 
 
 def check_onnx(path: str | Path, model: nn.Module, config: ModelConfig,
@@ -128,9 +102,9 @@ def check_onnx(path: str | Path, model: nn.Module, config: ModelConfig,
         x = torch.rand(batch, *config.input_shape, generator=generator)
         with torch.inference_mode():
             expected = model(x).numpy()
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
         if got.shape != expected.shape:
-            raise ExportMismatchError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
+            raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
         worst = max(worst, float(np.max(np.abs(got - expected))))
     return worst
 
@@ -146,25 +120,22 @@ def read_onnx_config(path: str | Path) -> ModelConfig:
     raise ConfigError(f"{path} has no foldedcnns metadata; export it with 'foldedcnns export'")
 
 
-def export_onnx(checkpoint: str | Path | dict[str, Any], out: str | Path, *, opset: int | None = None,
+def export_onnx(checkpoint: str | Path | dict[str, Any], out: str | Path, *, opset: int = ONNX_OPSET,
                 check: bool = True, tolerance: float = CHECK_TOLERANCE) -> ExportReport:
     """Export a checkpoint's model to ONNX and (``check``) compare ONNX Runtime with PyTorch.
 
-    Raises :class:`ExportMismatchError` when the difference exceeds ``tolerance``.
+    Raises :class:`ExportError` when the difference exceeds ``tolerance``.
     """
     model, config = model_from_checkpoint(checkpoint)
     started = time.perf_counter()
     path = export_model_onnx(model, config, out, opset=opset)
     seconds = time.perf_counter() - started
     diff = check_onnx(path, model, config) if check else None
-    import onnx
-
-    opset_used = next((o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")), 0)
     report = ExportReport(str(path), config.name, config.fold, (BATCH_AXIS_SIZE, *config.input_shape),
-                          (BATCH_AXIS_SIZE, config.fold * config.task.num_classes), int(opset_used),
+                          (BATCH_AXIS_SIZE, config.fold * config.task.num_classes), opset,
                           path.stat().st_size, seconds, diff, CHECK_BATCHES if check else ())
     if diff is not None and diff > tolerance:
-        raise ExportMismatchError(f"ONNX Runtime differs from PyTorch by {diff:.3g} (> {tolerance:g}) on random input; "
-                                  f"the exported {path} is kept for inspection, try another --opset")
+        raise ExportError(f"ONNX Runtime differs from PyTorch by {diff:.3g} (> {tolerance:g}) on random input; "
+                          f"the exported {path} is kept for inspection, try another --opset")
     return report
 

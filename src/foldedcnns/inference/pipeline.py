@@ -9,7 +9,9 @@ decoded before the fault are written, and the source's result carries the error.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import queue
 import threading
 import time
@@ -19,14 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from foldedcnns.errors import ConfigError, DataError, FoldedCNNsError
 from foldedcnns.inference.predictor import Predictor
 from foldedcnns.inference.preprocess import RGB_CHANNELS, Crop
-from foldedcnns.inference.sources import Source, iter_source, resolve_inputs
+from foldedcnns.inference.sources import Source, check_task_match, iter_source, resolve_inputs
 from foldedcnns.utils.atomic import atomic_open
 
+# Cores left to the decoding worker (and the decoder's own threads) when the model runs on the CPU.
+DECODE_CORES = 1
 # Batches decoded ahead of the model: enough to hide jitter, small enough to bound memory.
 QUEUE_DEPTH = 4
 # Seconds between checks of the stop flag while the worker waits on a full queue.
@@ -104,11 +109,12 @@ class PredictReport:
 
     def raise_for_errors(self) -> None:
         """Raise one DataError naming every input whose decoding stopped early (their rows are kept)."""
-        if self.errors:
-            failed = [r for r in self.results if r.error]
-            kept = ", ".join(f"{r.rows} rows in {r.output}" for r in failed)
-            raise DataError(f"{len(failed)} of {len(self.results)} inputs stopped early ({'; '.join(self.errors)}); "
-                            f"kept the rows decoded before the fault ({kept})")
+        failed = [r for r in self.results if r.error]
+        if not failed:
+            return
+        each = "; ".join(f"{r.error} (kept the {r.rows} rows decoded before it in {r.output})" for r in failed)
+        prefix = f"{len(failed)} of {len(self.results)} inputs stopped early: " if len(self.results) > 1 else ""
+        raise DataError(prefix + each)
 
 
 def output_paths(sources: Sequence[Source], out: str | Path) -> list[Path]:
@@ -307,26 +313,61 @@ def measure_stages(predictor: Predictor, sources: Sequence[Source], *, crop: Cro
     return StageThroughput(decoded, decoded / decode_seconds, done / elapsed)
 
 
+def model_threads(device: torch.device, threads: int | None = None) -> int:
+    """CPU threads for the model while a worker decodes: all usable cores but :data:`DECODE_CORES`.
+
+    PyTorch's intra-op threads wait for each other at every operator; when they share the cores with
+    the decoder they stall, so the model leaves the decoder its own core. A GPU model needs only one.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
+        return threads
+    if device.type != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - DECODE_CORES)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` PyTorch intra-op threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def run_predict(checkpoint: str | Path | Predictor, inputs: Sequence[str], out: str | Path, *,
-                batch_size: int | None = None, backend: str = "eager", device: str = "cpu",
-                crop: Crop | str | None = None, profile_frames: int = PROFILE_FRAMES,
+                batch_size: int | None = None, backend: str = "eager", precision: str = "fp32",
+                device: str = "cpu", crop: Crop | str | None = None, threads: int | None = None,
+                profile_frames: int = PROFILE_FRAMES, task_check: bool = True,
                 progress: bool = False) -> PredictReport:
     """Predict every frame of every input into one CSV per input; see :func:`predict_source`.
 
-    ``profile_frames`` > 0 adds isolated decode-only and model-only throughput (:func:`measure_stages`).
+    ``threads``: PyTorch threads for the model (default :func:`model_threads`). ``profile_frames`` > 0
+    adds isolated decode-only and model-only throughput (:func:`measure_stages`). ``task_check``
+    refuses labelled image folders of another task (:func:`check_task_match`).
     """
     predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor(
-        checkpoint, device=device, backend=backend, batch_size=batch_size)
+        checkpoint, device=device, backend=backend, precision=precision, batch_size=batch_size)
     crop = Crop.parse(crop) if isinstance(crop, str) else crop
     sources = resolve_inputs(inputs)
     outputs = output_paths(sources, out)
+    if task_check:
+        for source in sources:
+            check_task_match(source, predictor.config.task, predictor.input_hw, crop)
     known = sum(len(s) for s in sources if s.kind != "video")
     results = []
-    started = time.perf_counter()
-    with tqdm(total=known or None, unit="frame", disable=not progress, dynamic_ncols=True) as bar:
-        for source, output in zip(sources, outputs, strict=True):
-            results.append(predict_source(predictor, source, output, crop=crop, progress=bar))
-    wall = time.perf_counter() - started
-    stages = measure_stages(predictor, sources, crop=crop, max_frames=profile_frames) if profile_frames > 0 else None
+    threads = model_threads(predictor.device, threads)
+    with torch_threads(threads):
+        started = time.perf_counter()
+        with tqdm(total=known or None, unit="frame", disable=not progress, dynamic_ncols=True) as bar:
+            for source, output in zip(sources, outputs, strict=True):
+                results.append(predict_source(predictor, source, output, crop=crop, progress=bar))
+        wall = time.perf_counter() - started
+        stages = measure_stages(predictor, sources, crop=crop, max_frames=profile_frames) if profile_frames else None
     return PredictReport(results, predictor.fold, predictor.batch_size, predictor.backend, str(predictor.device),
-                         wall, stages)
+                         wall, stages, extra={"model_threads": threads})

@@ -17,7 +17,7 @@ batch size, and every image passed in gets exactly one prediction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from foldedcnns.benchmark.backends import BACKENDS, get_backend
 from foldedcnns.core.folding import FoldedClassifier, pad_to_multiple
 from foldedcnns.errors import ConfigError, ShapeError
 from foldedcnns.inference.preprocess import Crop, stack_frames, to_model_input
@@ -34,6 +35,7 @@ from foldedcnns.training.checkpoint import model_from_checkpoint
 # Images per model call when the caller does not choose (rounded up to a multiple of the fold).
 DEFAULT_BATCH_IMAGES = 256
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+BACKEND_CHOICES = tuple(BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -105,31 +107,32 @@ def pad_tail_group(x: torch.Tensor, fold: int) -> torch.Tensor:
     return torch.cat([x[:n - tail], padded_tail], dim=0)
 
 
-Runner = Callable[[torch.Tensor], torch.Tensor]
-
-
 class Predictor:
     """Classify images with the model of a checkpoint (original or folded).
 
-    ``checkpoint`` is a path or a loaded checkpoint dict. ``backend`` picks how the folded model
-    runs (see :func:`foldedcnns.inference.backends.available_backends`); ``batch_size`` is the number
-    of images per model call and must be a multiple of the checkpoint's fold.
+    ``checkpoint`` is a path or a loaded checkpoint dict. ``backend`` and ``precision`` pick how the
+    folded model runs: the benchmark's backends (:mod:`foldedcnns.benchmark.backends`: eager,
+    channels-last, compile, onnxruntime, cuda-graphs), so prediction runs a model exactly as it was
+    measured. ``batch_size`` is the number of images per model call, a multiple of the fold.
     """
 
     def __init__(self, checkpoint: str | Path | dict[str, Any], *, device: str | torch.device = "cpu",
-                 backend: str = "eager", batch_size: int | None = None) -> None:
+                 backend: str = "eager", precision: str = "fp32", batch_size: int | None = None) -> None:
         self.device = resolve_device(device)
-        model, config = model_from_checkpoint(checkpoint, map_location=self.device)
+        model, config = model_from_checkpoint(checkpoint)
         self.config: ModelConfig = config
         self.fold = config.fold
         self.batch_size = check_batch_size(batch_size, self.fold)
         channels, self.height, self.width = config.image_size
-        from foldedcnns.inference.backends import make_runner
-
-        self.backend = backend
-        runner = make_runner(model.to(self.device), backend, config=config, device=self.device,
-                             batch_size=self.batch_size)
-        self._classifier = FoldedClassifier(runner, self.fold, channels)
+        self.backend, self.precision = backend, precision
+        runner = get_backend(backend)
+        self._static_shapes = runner.static_shapes
+        ok, reason = runner.is_available(self.device, precision)
+        if not ok:
+            raise ConfigError(f"backend {backend} cannot run {precision} on {self.device.type} here: {reason}")
+        example = torch.rand(self.batch_size // self.fold, *config.input_shape)
+        self._classifier = FoldedClassifier(runner.prepare(model, example, precision=precision, device=self.device),
+                                            self.fold, channels)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -141,13 +144,20 @@ class Predictor:
         return (self.height, self.width)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-image logits of a model-ready batch. Shapes: ``(N, C, H, W) -> (N, K)``."""
+        """Per-image float32 logits of a model-ready batch. Shapes: ``(N, C, H, W) -> (N, K)``.
+
+        Backends compiled for one shape (``compile``, ``cuda-graphs``) get every call padded to
+        ``batch_size`` images with copies of the last group, so they never compile again.
+        """
         if x.dim() != 4 or tuple(x.shape[2:]) != self.input_hw:
             raise ShapeError(f"expected a batch (N, C, {self.height}, {self.width}), got {tuple(x.shape)}; "
                              "use predict() to resize images to the model's input")
         n = x.shape[0]
+        x = pad_tail_group(x.to(self.device), self.fold)
+        if self._static_shapes and x.shape[0] < self.batch_size:
+            x = torch.cat([x, x[-self.fold:].repeat((self.batch_size - x.shape[0]) // self.fold, 1, 1, 1)])
         with torch.inference_mode():
-            return self._classifier(pad_tail_group(x.to(self.device), self.fold))[:n]
+            return self._classifier(x)[:n]
 
     def predict_batch(self, images: np.ndarray) -> Predictions:
         """Classify a uint8 batch ``(N, H, W, 3)`` already at the model's size, in one model call."""

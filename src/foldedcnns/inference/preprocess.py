@@ -2,7 +2,10 @@
 
 Frames travel as RGB ``uint8`` arrays of shape ``(H, W, 3)`` until the last step, which turns a
 stack ``(N, H, W, 3)`` into the float tensor ``(N, C, H, W)`` the model reads (values in [0, 1],
-then ``(x - mean) / std`` when the task defines a normalisation).
+then ``(x - mean) / std`` when the task defines a normalisation). Resizing and scaling are the data
+pipeline's own (:mod:`foldedcnns.data.imageio`, :mod:`foldedcnns.data.transforms`): nearest-neighbour
+resizing with OpenCV's rule, as the training frames were prepared, so a model sees at inference
+exactly what it saw in training.
 """
 
 from __future__ import annotations
@@ -10,21 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
+from foldedcnns.data.imageio import resize_nearest
+from foldedcnns.data.transforms import normalize, to_float
 from foldedcnns.errors import ConfigError, DataError, ShapeError
 from foldedcnns.models.spec import TaskSpec
 
 RGB_CHANNELS = 3
-GRAY_CHANNELS = 1
-UINT8_MAX = 255.0
-# ITU-R BT.601 luma weights, used when a task reads one-channel images.
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-# Shrinking averages pixels (no aliasing); enlarging interpolates linearly.
-SHRINK_INTERPOLATION = cv2.INTER_AREA
-ENLARGE_INTERPOLATION = cv2.INTER_LINEAR
 
 
 @dataclass(frozen=True)
@@ -62,15 +59,6 @@ class Crop:
         return frame[self.y:self.y + self.h, self.x:self.x + self.w]
 
 
-def resize_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize an (H, W, 3) uint8 frame to ``(height, width, 3)``; a frame of that size is returned as is."""
-    if frame.shape[0] == height and frame.shape[1] == width:
-        return frame
-    shrink = frame.shape[0] >= height and frame.shape[1] >= width
-    return cv2.resize(frame, (width, height),
-                      interpolation=SHRINK_INTERPOLATION if shrink else ENLARGE_INTERPOLATION)
-
-
 def check_rgb(frame: np.ndarray, where: str) -> np.ndarray:
     """Return ``frame`` as a contiguous (H, W, 3) uint8 array or raise a DataError naming ``where``."""
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != RGB_CHANNELS:
@@ -84,7 +72,7 @@ def prepare_frame(frame: np.ndarray, height: int, width: int, crop: Crop | None 
     frame = check_rgb(frame, where)
     if crop is not None:
         frame = crop.apply(frame)
-    return resize_frame(frame, height, width)
+    return resize_nearest(frame, (height, width))
 
 
 def stack_frames(frames: Sequence[np.ndarray], height: int, width: int, crop: Crop | None = None) -> np.ndarray:
@@ -97,22 +85,16 @@ def stack_frames(frames: Sequence[np.ndarray], height: int, width: int, crop: Cr
 
 def to_model_input(batch: np.ndarray | torch.Tensor, task: TaskSpec,
                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """Turn a uint8 batch ``(N, H, W, 3)`` into the float model input ``(N, C, H, W)``.
+    """Turn a uint8 batch ``(N, H, W, 3)`` into the float model input ``(N, 3, H, W)``.
 
     Values are scaled to [0, 1]; a task with ``mean``/``std`` is then normalised per channel.
-    One-channel tasks read the BT.601 luma of the RGB frame.
     """
     tensor = torch.as_tensor(batch)
     if tensor.dtype != torch.uint8 or tensor.dim() != 4 or tensor.shape[-1] != RGB_CHANNELS:
         raise ShapeError(f"expected a uint8 batch (N, H, W, 3), got {tensor.dtype} {tuple(tensor.shape)}")
-    x = tensor.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(UINT8_MAX)
-    if task.in_channels == GRAY_CHANNELS:
-        weights = torch.tensor(LUMA_WEIGHTS, device=x.device).view(1, RGB_CHANNELS, 1, 1)
-        x = (x * weights).sum(dim=1, keepdim=True)
-    elif task.in_channels != RGB_CHANNELS:
-        raise ConfigError(f"task {task.name} reads {task.in_channels}-channel images; inference supports 1 or 3")
+    if task.in_channels != RGB_CHANNELS:
+        raise ConfigError(f"task {task.name} reads {task.in_channels}-channel images; inference reads RGB frames")
+    x = to_float(tensor.to(device, non_blocking=True).permute(0, 3, 1, 2))
     if task.mean is not None:
-        mean = torch.tensor(task.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(task.std, device=x.device).view(1, -1, 1, 1)
-        x = (x - mean) / std
+        x = normalize(x, task.mean, task.std)
     return x.contiguous()

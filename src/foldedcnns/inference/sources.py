@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from foldedcnns.data.imageio import IMG_EXTENSIONS, is_image_file, read_image
 from foldedcnns.errors import ConfigError, DataError
 from foldedcnns.inference.preprocess import Crop, prepare_frame
+from foldedcnns.models.spec import TaskSpec
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 VIDEO = "video"
 IMAGES = "images"
 GLOB_CHARS = "*?["
@@ -54,15 +54,11 @@ def _is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def _images_under(folder: Path) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
-        found += [Path(root) / f for f in sorted(files) if _is_image(Path(f))]
+        found += [Path(root) / f for f in sorted(files) if is_image_file(Path(f))]
     return found
 
 
@@ -70,24 +66,24 @@ def _resolve_one(text: str) -> list[Source]:
     path = Path(text)
     if any(c in text for c in GLOB_CHARS) and not path.exists():
         matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
-        videos, images = [m for m in matches if _is_video(m)], [m for m in matches if _is_image(m)]
+        videos, images = [m for m in matches if _is_video(m)], [m for m in matches if is_image_file(m)]
         if videos and images:
             raise ConfigError(f"glob {text!r} matches both videos and images; use one glob for each")
         if videos:
             return [Source(VIDEO, str(v), (v,)) for v in videos]
         if not images:
             raise DataError(f"glob {text!r} matches no image or video files "
-                            f"(images: {', '.join(IMAGE_EXTENSIONS)}; videos: {', '.join(VIDEO_EXTENSIONS)})")
+                            f"(images: {', '.join(IMG_EXTENSIONS)}; videos: {', '.join(VIDEO_EXTENSIONS)})")
         return [Source(IMAGES, text, tuple(images))]
     if path.is_dir():
         images = _images_under(path)
         if not images:
             hint = (f"; it holds videos, pass them as a glob such as '{path}/*.mp4'"
                     if any(_is_video(p) for p in path.iterdir()) else "")
-            raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}){hint}")
+            raise DataError(f"folder {path} holds no images ({', '.join(IMG_EXTENSIONS)}){hint}")
         return [Source(IMAGES, str(path), tuple(images))]
     if path.is_file():
-        if _is_image(path):
+        if is_image_file(path):
             return [Source(IMAGES, str(path), (path,))]
         return [Source(VIDEO, str(path), (path,))]
     raise DataError(f"input {text} does not exist; pass a video file, a folder of images or a glob")
@@ -106,23 +102,42 @@ def resolve_inputs(inputs: Sequence[str]) -> list[Source]:
     return sources
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to an RGB uint8 array (H, W, 3); a bad file is a DataError naming it."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
-                        "replace or remove the file") from exc
+def labelled_classes(source: Source) -> dict[str, Path] | None:
+    """For a folder laid out as ``folder/<class>/<image>`` (an image dataset of some task), the first
+    image of each class folder; None for any other source."""
+    root = Path(source.name)
+    if source.kind != IMAGES or not root.is_dir():
+        return None
+    firsts: dict[str, Path] = {}
+    for path in source.paths:
+        parts = path.relative_to(root).parts
+        if len(parts) != 2:
+            return None
+        firsts.setdefault(parts[0], path)
+    return firsts
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file, read from its header."""
-    try:
-        with Image.open(path) as image:
-            return image.height, image.width
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}; replace or remove the file") from exc
+def check_task_match(source: Source, task: TaskSpec, size: tuple[int, int], crop: Crop | None) -> None:
+    """Refuse a labelled image folder that belongs to another task than the model's.
+
+    A folder ``folder/<class>/<image>`` is a dataset made for a task: its class folders must be
+    classes of ``task`` and (without ``crop``) its images must already have the model's ``size``
+    (height, width). Unlabelled folders, globs and videos are not checked: they are resized.
+    """
+    firsts = labelled_classes(source)
+    if firsts is None:
+        return
+    skip = "or pass --no-task-check to predict anyway"
+    unknown = sorted(set(firsts) - set(task.class_names))
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise DataError(f"{source.name} is labelled with classes ({shown}) that task {task.name} does not have; "
+                        f"pass the checkpoint trained for these images, {skip}")
+    if crop is None:
+        found = read_image(next(iter(firsts.values()))).shape[:2]
+        if found != tuple(size):
+            raise DataError(f"images in {source.name} are {found[1]}x{found[0]} but task {task.name} reads "
+                            f"{size[1]}x{size[0]} images; pass the checkpoint trained for these images, {skip}")
 
 
 def iter_source(source: Source, size: tuple[int, int], crop: Crop | None = None,
@@ -137,9 +152,8 @@ def iter_source(source: Source, size: tuple[int, int], crop: Crop | None = None,
     if source.kind == VIDEO:
         from foldedcnns.data.video import iter_frames
 
-        path = source.paths[0]
-        for index, frame in iter_frames(path, size=None, start=start, crop=None if crop is None else crop.as_tuple()):
-            yield index, prepare_frame(frame, height, width, None, where=f"{path} frame {index}")
+        yield from iter_frames(source.paths[0], size=(height, width), start=start,
+                               crop=None if crop is None else crop.as_tuple())
         return
     for path in source.paths[start:]:
         yield str(path), prepare_frame(read_image(path), height, width, crop, where=str(path))

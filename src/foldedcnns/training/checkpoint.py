@@ -36,7 +36,7 @@ def make_checkpoint(model: nn.Module, config: ModelConfig | None = None, **field
     config = config or getattr(model, "config", None)
     if config is None:
         raise ValueError("model has no .config; build it with foldedcnns.build_model or pass config=")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__,
             "model_config": config.to_dict(), "state_dict": state, **fields}
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from foldedcnns.errors import DataError
 from foldedcnns.models.spec import TaskSpec
@@ -52,7 +51,9 @@ def _is_cifar_source(data: Path, spec: TaskSpec) -> bool:
 def _folder_split(root: Path, spec: TaskSpec, split: str) -> SplitData:
     from foldedcnns.data.folder import ImageFolder
 
-    images, labels = ImageFolder(root / split, classes=list(spec.class_names), cache=True).tensors()
+    # A rare class may be missing from a small val/test split; the training split needs every class.
+    folder = ImageFolder(root / split, classes=list(spec.class_names), cache=True, allow_empty=split != "train")
+    images, labels = folder.tensors()
     return SplitData(images, labels, str(root / split))
 
 
@@ -93,11 +94,11 @@ def _subset(split: SplitData, index: torch.Tensor, source: str) -> SplitData:
 
 def resize_split(split: SplitData, size: tuple[int, int]) -> SplitData:
     """Resize uint8 images to (H, W) with antialiased bilinear interpolation (compound-scaled models)."""
+    from foldedcnns.data.transforms import resize
+
     if tuple(split.images.shape[-2:]) == tuple(size) or len(split) == 0:
         return split
-    resized = F.interpolate(split.images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-    images = resized.round().clamp(0, 255).to(torch.uint8)
-    return SplitData(images, split.labels, split.source)
+    return SplitData(resize(split.images, size, mode="bilinear"), split.labels, split.source)
 
 
 def _fit(split: SplitData, spec: TaskSpec, image_size: tuple[int, int, int]) -> SplitData:

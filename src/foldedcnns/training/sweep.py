@@ -51,13 +51,19 @@ class SweepResult:
     plot: Path
 
 
+def task_label(task: str) -> str:
+    """The name a task's folders use: the task name (``compound/...`` kept), also for a description file."""
+    spec = get_task(task)
+    return task if task in (spec.name, f"compound/{spec.name}") else spec.name
+
+
 def data_for_task(root: str | Path, task: str, single: bool) -> Path:
     """``root/<task name>`` if it exists, else ``root`` itself for a one-task sweep."""
     root = Path(root)
     name = get_task(task).name
-    for candidate in (root / task, root / name):
-        if candidate.exists():
-            return candidate
+    candidate = root / name
+    if candidate.exists() and not (root / "train").is_dir():
+        return candidate
     if single:
         return root
     raise DataError(f"no data for task {task} under {root}; put each task's data in {root}/<task name>/ "
@@ -65,7 +71,7 @@ def data_for_task(root: str | Path, task: str, single: bool) -> Path:
 
 
 def run_dir_for(out: str | Path, task: str, fold: int) -> Path:
-    return Path(out) / task / f"fold{fold}"
+    return Path(out) / task_label(task) / f"fold{fold}"
 
 
 def _model_cost(result: TrainResult) -> tuple[int | None, float | None]:

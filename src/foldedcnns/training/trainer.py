@@ -55,6 +55,7 @@ CONFIG_JSON = "config.json"
 RESULT_JSON = "result.json"
 DEFAULT_EVAL_BATCH = 512
 PROGRESS_EVERY = 10  # batches between progress-bar refreshes (each one syncs the device)
+PROGRESS_SECONDS = 0.5  # least time between two progress-bar redraws
 PIXEL_MAX = 255.0
 # Settings that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ("epochs",)
@@ -96,6 +97,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = DEFAULT_EVAL_BATCH
     progress: bool = True
+    channels_last: bool = True
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,11 @@ class Preprocess:
         return x
 
 
+def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """NHWC strides for a folded batch when ``channels_last`` (2-3x faster convolutions on CPU here)."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def _make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     params = model.parameters()
     if recipe.optimizer == "adam":
@@ -280,7 +287,7 @@ class EvalOutputs:
 @torch.inference_mode()
 def evaluate_split(model: nn.Module, fold_factor: int, split: SplitData, preprocess: Preprocess,
                    device: torch.device, *, batch_size: int = DEFAULT_EVAL_BATCH, amp: bool = False,
-                   desc: str | None = None, progress: bool = False) -> EvalOutputs:
+                   desc: str | None = None, progress: bool = False, channels_last: bool = False) -> EvalOutputs:
     """Run a (folded) model over every image of ``split`` exactly once; padded images are dropped."""
     model.eval()
     batch_size = max(fold_factor, batch_size - batch_size % fold_factor)
@@ -289,13 +296,13 @@ def evaluate_split(model: nn.Module, fold_factor: int, split: SplitData, preproc
     n = len(split)
     acc = MetricAccumulator(device)
     bar = tqdm(total=-(-n // batch_size), desc=desc, file=sys.stderr, disable=not progress or n == 0,
-               leave=True, dynamic_ncols=True)
+               leave=True, dynamic_ncols=True, mininterval=PROGRESS_SECONDS)
     for step, start in enumerate(range(0, n, batch_size)):
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
         real = x.shape[0]
         x, _ = pad_to_multiple(preprocess(x), fold_factor)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            out = model(fold(x, fold_factor))
+            out = model(to_memory_format(fold(x, fold_factor), channels_last))
         logits = unfold_logits(out, fold_factor)[:real].float()
         loss = F.cross_entropy(logits, y, reduction="none")
         losses.append(loss)
@@ -391,7 +398,7 @@ def train(config: TrainConfig, *, on_batch: BatchHook | None = None) -> TrainRes
         resume_ckpt = load_checkpoint(last_path)
         _check_resume(resume_ckpt.get("train_config", {}), plan.settings(), run_dir)
     elif config.resume:
-        log.warning("no %s in %s; starting a new run", LAST_CHECKPOINT, run_dir)
+        log.info("no %s in %s; starting a new run", LAST_CHECKPOINT, run_dir)
 
     data = load_training_data(config.data, plan.spec, plan.model_config.image_size, plan.recipe.val_split)
     return _Trainer(plan, data, run_dir, resume_ckpt, on_batch).run()
@@ -405,6 +412,8 @@ class _Trainer:
         seed_everything(plan.config.seed)
         self.model = build_model(plan.config.task, fold=plan.fold, multiplier=plan.config.multiplier, init=True)
         self.model.to(self.device)
+        if plan.config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.generator = torch.Generator().manual_seed(plan.config.seed)
         self.preprocess = Preprocess(plan.spec, plan.model_config.image_size, plan.recipe.augment,
                                      plan.recipe.crop_padding, self.generator)
@@ -462,7 +471,7 @@ class _Trainer:
         acc = MetricAccumulator(self.device)
         desc = f"Epoch {epoch + 1}. train"
         bar = tqdm(total=-(-n // batch), desc=desc, file=sys.stderr, disable=not plan.config.progress, leave=True,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, mininterval=PROGRESS_SECONDS)
         for step, start in enumerate(range(0, n, batch)):
             index = order[start:start + batch]
             real = index.shape[0]
@@ -473,7 +482,7 @@ class _Trainer:
             x = self.preprocess(self.train_images[index], train=True)
             y = self.train_labels[index]
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=plan.amp):
-                out = model(fold(x, f))
+                out = model(to_memory_format(fold(x, f), plan.config.channels_last))
             logits = unfold_logits(out, f).float()
             if self.teacher_logits is not None:
                 per_image = distill_loss(logits, self.teacher_logits[index], plan.config.distill_loss,
@@ -498,7 +507,7 @@ class _Trainer:
         plan = self.plan
         return evaluate_split(self.model, self.fold, split, self.preprocess, self.device,
                               batch_size=plan.config.eval_batch_size, amp=plan.amp, desc=f"Epoch {epoch + 1}. {name}",
-                              progress=plan.config.progress)
+                              progress=plan.config.progress, channels_last=plan.config.channels_last)
 
     def _checkpoint(self, epoch: int, row: dict[str, Any], full: bool) -> dict[str, Any]:
         fields: dict[str, Any] = {"epoch": epoch, "metrics": row, "task": self.plan.model_name,

@@ -1,0 +1,49 @@
+"""``foldedcnns demo``: synthetic data, original CNN and FoldedCNN trained, evaluated, benchmarked, reported."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from foldedcnns.cli.common import add_json_option, format_table, print_json
+from foldedcnns.inference.demo import DEFAULT_FOLD, DEFAULT_TASK, TABLE_HEADERS, TOP1_TOLERANCE, run_demo, table_rows
+from foldedcnns.inference.predictor import DEVICE_CHOICES, resolve_device
+
+
+def run(args: argparse.Namespace) -> int:
+    def say(text: str) -> None:
+        if not args.json:
+            print(f"[demo] {text}", file=sys.stderr, flush=True)
+
+    device = str(resolve_device(args.device))
+    report = run_demo(args.out, task=args.task, fold=args.fold, quick=args.quick, device=device, seed=args.seed,
+                      progress=not args.no_progress, on_phase=say)
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    print(format_table(TABLE_HEADERS, table_rows(report)))
+    verdict = "within" if report.within_tolerance else "NOT within"
+    print(f"\nFoldedCNN Top-1 {report.top1_gap:+.2f} points from the original ({verdict} {TOP1_TOLERANCE}); "
+          f"speedup = best folded / best original throughput on {device}.")
+    print(f"report: {report.files['report']}  plot: {report.files['plot']}  timings: {report.files['bench_csv']}")
+    print(f"total {sum(report.phase_seconds.values()):.0f} s ("
+          + ", ".join(f"{k} {v:.0f} s" for k, v in report.phase_seconds.items()) + ")")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "demo", help="train an original CNN and its FoldedCNN on synthetic data, then compare accuracy and speed",
+        description="Draw synthetic game-screen crops, train the original CNN and a FoldedCNN, evaluate both, "
+                    "benchmark both on every available backend, and write a table, a plot and a Markdown report. "
+                    "Default: under 10 minutes on 2 CPU cores; --quick: under 2.")
+    parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    parser.add_argument("--task", default=DEFAULT_TASK, help=f"a game task (default: {DEFAULT_TASK})")
+    parser.add_argument("--fold", type=int, default=DEFAULT_FOLD,
+                        help=f"fold of the FoldedCNN (default: {DEFAULT_FOLD})")
+    parser.add_argument("--quick", action="store_true", help="less data and fewer epochs: a smoke run")
+    parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="default: cpu")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training runs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_json_option(parser)
+    parser.set_defaults(func=run)

@@ -1,0 +1,131 @@
+"""Small image helpers shared by the data modules: decode, encode, nearest resize, atomic folders.
+
+Images are ``(H, W, 3)`` RGB ``uint8`` NumPy arrays here; the datasets turn them into ``(C, H, W)``
+tensors. Nearest-neighbour resizing follows OpenCV's ``INTER_NEAREST`` (source index
+``floor(i * src / dst)``), the interpolation the original NoScope preparation used; it is computed
+in exact integer arithmetic, and :func:`foldedcnns.data.transforms.resize` uses the same indices, so
+frames resized here and batches resized on the device agree pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from foldedcnns.errors import DataError
+
+IMG_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+PNG_COMPRESSION = 1  # zlib level for written PNGs: fast; the images are tiny
+
+# What Pillow raises on a file that is not an image or is damaged (UnidentifiedImageError is an OSError;
+# a broken PNG chunk is a SyntaxError; a bad zlib stream is zlib.error).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, zlib.error, Image.DecompressionBombError)
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """True for a non-hidden file name with one of :data:`IMG_EXTENSIONS` (case-insensitive)."""
+    name = os.fspath(path).rsplit(os.sep, 1)[-1]
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode an image file to an ``(H, W, 3)`` RGB ``uint8`` array.
+
+    A missing, truncated or corrupt file raises a one-line :class:`DataError` naming the file.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError as exc:
+        raise DataError(f"image {path} does not exist; check the path or rebuild the image folder") from exc
+    except _DECODE_ERRORS as exc:
+        raise DataError(f"cannot decode image {path} ({exc}); the file is corrupt, replace or delete it") from exc
+
+
+@functools.cache
+def _opencv() -> Any:
+    """The cv2 module when installed ('foldedcnns[video]'), else None; imported on first use."""
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - depends on the installation
+        return None
+    return cv2
+
+
+def write_png(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
+    """Write an ``(H, W, 3)`` RGB ``uint8`` array as a PNG (not atomic: callers write into a temp folder).
+
+    Uses OpenCV's encoder when it is installed (faster for tiny images), else Pillow's.
+    """
+    cv2 = _opencv()
+    if cv2 is not None:
+        ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]),
+                                [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+        if not ok:
+            raise DataError(f"cannot encode a {rgb.shape} image as PNG for {path}")
+        with open(path, "wb") as handle:
+            handle.write(data.tobytes())
+    else:
+        Image.fromarray(np.ascontiguousarray(rgb)).save(path, format="PNG", compress_level=PNG_COMPRESSION)
+
+
+def nearest_indices(src: int, dst: int) -> np.ndarray:
+    """Source indices of a nearest-neighbour resize from ``src`` to ``dst`` pixels (OpenCV's rule)."""
+    return (np.arange(dst, dtype=np.int64) * src) // dst
+
+
+def resize_nearest(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an ``(H, W, ...)`` array to ``size = (height, width)``."""
+    h, w = image.shape[:2]
+    if (h, w) == tuple(size):
+        return image
+    rows, cols = nearest_indices(h, size[0]), nearest_indices(w, size[1])
+    return image[rows[:, None], cols[None, :]]
+
+
+def check_size(size: tuple[int, int] | int | None) -> tuple[int, int] | None:
+    """Normalise a size argument to ``(height, width)``: an int means a square."""
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
+        raise DataError(f"size must be a positive int or a (height, width) pair of positive ints, got {size!r}")
+    return (int(pair[0]), int(pair[1]))
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; on success it is renamed to ``path``.
+
+    On any exception the temporary folder is deleted, so a folder at ``path`` is always complete.
+    An existing ``path`` is an error unless ``overwrite``, in which case it is replaced only after the
+    new folder is complete.
+    """
+    final = Path(path)
+    if final.exists() and not overwrite:
+        raise DataError(f"output folder {final} already exists; choose a new folder or pass --overwrite")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,310 @@
+"""The demo: synthetic data, an original CNN and its FoldedCNN trained, evaluated and benchmarked.
+
+:func:`run_demo` does, in ``out``:
+
+1. ``data/``: synthetic game-screen crops for the task (:func:`foldedcnns.data.synth.generate_synthetic`),
+   kept between runs when the same settings drew them;
+2. ``runs/original`` and ``runs/folded-f<f>``: the original CNN (f = 1) and the FoldedCNN trained with
+   the same recipe (:func:`foldedcnns.training.trainer.train`);
+3. Top-1/Top-5 of both best checkpoints on the test split (:func:`foldedcnns.training.trainer.evaluate`);
+4. ``bench.csv``: both models timed on every backend available here, interleaved over trials, with
+   FLOPs/sec and utilization of the measured peak (:func:`foldedcnns.benchmark.runner.run_benchmark`);
+   each model is reported on its fastest backend and the speedup is best folded over best original;
+5. ``demo.png``, ``report.md`` and ``demo.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from foldedcnns.benchmark.backends import available_backends
+from foldedcnns.benchmark.records import write_csv
+from foldedcnns.benchmark.runner import BenchConfig, BenchRun, run_benchmark
+from foldedcnns.benchmark.summary import BestRow, best_configs, markdown_table, summarize
+from foldedcnns.errors import ConfigError
+from foldedcnns.models import get_task
+from foldedcnns.training.trainer import TrainConfig, TrainResult, evaluate, train
+from foldedcnns.utils.atomic import atomic_save, atomic_write_text
+
+DEFAULT_TASK = "lol/goldnumber-fraction"
+DEFAULT_FOLD = 4
+# The paper's claim this demo checks: the FoldedCNN's Top-1 within this many points of the original's.
+TOP1_TOLERANCE = 1.5
+DATA_DIR, RUNS_DIR = "data", "runs"
+ORIGINAL_RUN = "original"
+BENCH_CSV, PLOT_PNG, REPORT_MD, REPORT_JSON = "bench.csv", "demo.png", "report.md", "demo.json"
+SYNTH_MANIFEST = "synth.json"
+DEMO_MARKER = ".foldedcnns-demo"  # marks a folder the demo owns, so a rerun may replace its runs
+TRAIN_RECIPE = "quick"
+CPU_PRECISIONS = ("fp32",)
+CUDA_PRECISIONS = ("fp32", "fp16")
+PLOT_SIZE = (10.0, 3.8)  # inches
+PLOT_DPI = 110
+GIGA = 1e9
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How much work the demo does. ``per_class`` synthetic images per class (70/15/15 split),
+    ``epochs`` of the ``quick`` recipe per model, and the benchmark's batch (images per call),
+    timed seconds per configuration and trial, trials, and peak-measurement seconds."""
+
+    per_class: int
+    epochs: int
+    bench_batch: int
+    bench_seconds: float
+    bench_trials: int
+    peak_seconds: float
+
+
+FULL = DemoSettings(per_class=300, epochs=24, bench_batch=1024, bench_seconds=1.0, bench_trials=3, peak_seconds=0.5)
+QUICK = DemoSettings(per_class=80, epochs=8, bench_batch=256, bench_seconds=0.3, bench_trials=3, peak_seconds=0.2)
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    """One model of the demo's table. ``speedup`` is best-vs-best throughput over the original."""
+
+    model: str
+    fold: int
+    top1: float
+    top5: float
+    throughput: float
+    speedup: float | None
+    flops_per_sec: float
+    utilization: float | None
+    backend: str
+    checkpoint: str
+    train_seconds: float
+
+
+@dataclass
+class DemoReport:
+    """What the demo measured, and where it wrote it."""
+
+    task: str
+    fold: int
+    quick: bool
+    device: str
+    settings: DemoSettings
+    images: dict[str, int]
+    rows: list[DemoRow]
+    backends: list[str]
+    notices: list[str]
+    phase_seconds: dict[str, float]
+    files: dict[str, str]
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def top1_gap(self) -> float:
+        """FoldedCNN Top-1 minus original Top-1, in points."""
+        return self.rows[1].top1 - self.rows[0].top1
+
+    @property
+    def within_tolerance(self) -> bool:
+        return abs(self.top1_gap) <= TOP1_TOLERANCE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "fold": self.fold, "quick": self.quick, "device": self.device,
+                "settings": asdict(self.settings), "images": self.images, "rows": [asdict(r) for r in self.rows],
+                "top1_gap": self.top1_gap, "top1_tolerance": TOP1_TOLERANCE,
+                "within_tolerance": self.within_tolerance, "backends": self.backends, "notices": self.notices,
+                "phase_seconds": self.phase_seconds, "files": self.files, "machine": self.machine}
+
+
+TABLE_HEADERS = ("model", "fold", "Top-1 %", "images/s", "speedup", "GFLOP/s", "utilization", "backend")
+
+
+def table_rows(report: DemoReport) -> list[list[Any]]:
+    """The demo's table (:data:`TABLE_HEADERS`) with numbers formatted for reading."""
+    return [[r.model, r.fold, f"{r.top1:.2f}", f"{r.throughput:,.0f}",
+             "" if r.speedup is None else f"{r.speedup:.2f}x", f"{r.flops_per_sec / GIGA:.2f}",
+             "" if r.utilization is None else f"{100 * r.utilization:.1f}%", r.backend] for r in report.rows]
+
+
+def _synthetic_data(task: str, root: Path, settings: DemoSettings, seed: int, progress: bool) -> dict[str, int]:
+    """Draw the data set, or keep the one a previous run drew with the same task, size and seed."""
+    from foldedcnns.data.synth import generate_synthetic
+
+    manifest = root / SYNTH_MANIFEST
+    if manifest.is_file():
+        saved = json.loads(manifest.read_text(encoding="utf-8"))
+        if (saved.get("task"), saved.get("per_class"), saved.get("seed")) == (task, settings.per_class, seed):
+            return dict(saved["counts"])
+    return generate_synthetic(task, root, per_class=settings.per_class, seed=seed, overwrite=True,
+                              progress=progress)
+
+
+def claim_output(out: Path) -> Path:
+    """Use ``out`` for the demo: a new or empty folder, or one an earlier demo wrote (it is reused)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a folder for the demo's outputs")
+    if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARKER).is_file():
+        raise ConfigError(f"--out {out} holds other files; pass a new or empty folder (or an earlier demo's)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).touch()
+    return out
+
+
+def _fresh_run_dir(path: Path) -> Path:
+    """The run directory of a model, emptied of an earlier demo's run (the folder is the demo's own)."""
+    if path.exists():
+        shutil.rmtree(path)
+    return path
+
+
+def _benchmark(checkpoints: list[Path], device: str, settings: DemoSettings, progress: bool,
+               ) -> tuple[BenchRun, list[str]]:
+    backends = available_backends(device)
+    precisions = CUDA_PRECISIONS if device.startswith("cuda") else CPU_PRECISIONS
+    candidates = [b for b in ("eager", "channels-last", "onnxruntime", "cuda-graphs") if b in backends]
+    config = BenchConfig(tasks=tuple(str(c) for c in checkpoints), folds=(1,), batch_sizes=(settings.bench_batch,),
+                         backends=tuple(candidates), precisions=precisions, device=device,
+                         seconds=settings.bench_seconds, trials=settings.bench_trials,
+                         peak_seconds=settings.peak_seconds)
+    return run_benchmark(config, progress=progress), candidates
+
+
+def _best(rows: list[BestRow], mode: str, fold: int) -> BestRow:
+    for row in rows:
+        if row.mode == mode and row.fold == fold:
+            return row
+    raise ConfigError(f"the benchmark measured no {mode} model at fold {fold}; every backend was skipped")
+
+
+def plot_demo(report: DemoReport, run: BenchRun, path: Path) -> Path:
+    """Two panels: Top-1 of both models, and median throughput of both on every backend measured."""
+    fig = Figure(figsize=PLOT_SIZE)
+    ax_acc, ax_tput = fig.subplots(1, 2)
+    names = [f"{r.model.split('/')[-1]}\n{'original' if r.fold == 1 else f'folded f={r.fold}'}" for r in report.rows]
+    colours = ("tab:blue", "tab:orange")
+    bars = ax_acc.bar(names, [r.top1 for r in report.rows], color=colours)
+    ax_acc.bar_label(bars, fmt="%.1f")
+    ax_acc.set_ylabel("test Top-1 (%)")
+    ax_acc.set_ylim(0, 105)
+    ax_acc.set_title("accuracy")
+    summary = summarize(run.records)
+    labels = list(dict.fromkeys(f"{s.backend} {s.precision}" for s in summary))
+    width = 0.38
+    for i, (row, colour) in enumerate(zip(report.rows, colours, strict=True)):
+        values = [next((s.throughput for s in summary if f"{s.backend} {s.precision}" == label and s.fold == row.fold),
+                       0.0) for label in labels]
+        ax_tput.bar([x + (i - 0.5) * width for x in range(len(labels))], values, width, color=colour,
+                    label="original" if row.fold == 1 else f"folded f={row.fold}")
+    ax_tput.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax_tput.set_ylabel("images/s (median over trials)")
+    ax_tput.set_title(f"throughput on {report.device}, batch {report.settings.bench_batch}")
+    ax_tput.legend(fontsize=8)
+    fig.suptitle(f"{report.task}: original CNN vs FoldedCNN (f={report.fold})", fontsize=10)
+    fig.tight_layout()
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=PLOT_DPI))
+    return path
+
+
+def render_markdown(report: DemoReport, run: BenchRun) -> str:
+    """``report.md``: the table, what was run, every backend's medians, and the files."""
+    s = report.settings
+    gap = report.top1_gap
+    verdict = "within" if report.within_tolerance else "NOT within"
+    per_backend = [[r.model.split("/")[-1], "original" if r.fold == 1 else f"folded f={r.fold}", r.backend,
+                    r.precision, f"{r.throughput:,.0f}", f"{100 * r.spread:.1f}%", f"{r.flops_per_sec / GIGA:.2f}",
+                    "" if r.utilization is None else f"{100 * r.utilization:.1f}%"] for r in summarize(run.records)]
+    lines = [
+        f"# FoldedCNNs demo: {report.task}, fold {report.fold}",
+        "",
+        markdown_table(TABLE_HEADERS, table_rows(report)),
+        "",
+        f"The FoldedCNN's test Top-1 is {gap:+.2f} points from the original's ({verdict} "
+        f"{TOP1_TOLERANCE} points). Speedup is the FoldedCNN's throughput on its fastest backend over the "
+        "original's on its fastest backend (median of per-trial ratios); GFLOP/s counts the original "
+        "per-image FLOPs times images/s; utilization is GFLOP/s over the measured dense-matmul peak.",
+        "",
+        f"![accuracy and throughput]({PLOT_PNG})",
+        "",
+        "## What ran",
+        "",
+        f"- data: synthetic {report.task} crops, {s.per_class} per class "
+        f"({', '.join(f'{k} {v}' for k, v in report.images.items())} images), in `{DATA_DIR}/`",
+        f"- training: recipe `{TRAIN_RECIPE}`, {s.epochs} epochs per model, on {report.device}; "
+        f"best checkpoint by validation Top-1",
+        f"- benchmark: batch {s.bench_batch} images, {s.bench_trials} interleaved trials of {s.bench_seconds} s per "
+        f"configuration, backends {', '.join(report.backends)}",
+        f"- machine: {report.machine.get('cpu') or platform.processor() or platform.machine()}, "
+        f"torch {report.machine.get('torch', '?')}",
+        f"- time: {', '.join(f'{k} {v:.0f} s' for k, v in report.phase_seconds.items())}",
+        "",
+        "## Every backend (medians over trials)",
+        "",
+        markdown_table(("model", "mode", "backend", "precision", "images/s", "spread", "GFLOP/s", "utilization"),
+                       per_backend),
+    ]
+    if report.notices:
+        lines += ["", "Skipped: " + "; ".join(report.notices)]
+    lines += ["", "## Files", ""] + [f"- `{name}`: {what}" for name, what in (
+        (BENCH_CSV, "every timing (the original's CSV columns plus backend, precision, device, utilization)"),
+        (PLOT_PNG, "the figure above"), (REPORT_JSON, "everything in this report as JSON"),
+        (f"{RUNS_DIR}/", "training runs with best.pt / last.pt and per-epoch metrics"))]
+    return "\n".join(lines) + "\n"
+
+
+def run_demo(out: str | Path = "demo_out", *, task: str = DEFAULT_TASK, fold: int = DEFAULT_FOLD,
+             quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool = False,
+             settings: DemoSettings | None = None, on_phase: Callable[[str], None] | None = None) -> DemoReport:
+    """Run the whole demo into ``out``; see the module docstring. ``settings`` overrides FULL/QUICK."""
+    spec = get_task(task)
+    if spec.family != "game":
+        raise ConfigError(f"the demo draws synthetic game-screen crops; {task} is a {spec.family} task, "
+                          "pick a game task such as lol/goldnumber-fraction (see 'foldedcnns models')")
+    if isinstance(fold, bool) or not isinstance(fold, int) or fold < 2:
+        raise ConfigError(f"--fold must be an integer >= 2 (the FoldedCNN next to the original), got {fold!r}")
+    settings = settings or (QUICK if quick else FULL)
+    out = claim_output(Path(out))
+    say = on_phase or (lambda _text: None)
+    phases: dict[str, float] = {}
+
+    def timed(name: str, text: str, work: Callable[[], Any]) -> Any:
+        say(text)
+        started = time.perf_counter()
+        value = work()
+        phases[name] = time.perf_counter() - started
+        return value
+
+    images = timed("data", f"drawing synthetic {task} data ({settings.per_class} per class)",
+                   lambda: _synthetic_data(spec.name, out / DATA_DIR, settings, seed, progress))
+    results: list[TrainResult] = []
+    for f, name in ((1, ORIGINAL_RUN), (fold, f"folded-f{fold}")):
+        run_dir = _fresh_run_dir(out / RUNS_DIR / name)
+        config = TrainConfig(task=spec.name, data=out / DATA_DIR, out=run_dir, fold=f, recipe=TRAIN_RECIPE,
+                             epochs=settings.epochs, device=device, seed=seed, progress=progress)
+        results.append(timed(f"train f={f}", f"training the {'original CNN' if f == 1 else f'FoldedCNN (f={f})'} "
+                             f"for {settings.epochs} epochs", lambda config=config: train(config)))
+    scores = timed("evaluate", "evaluating both on the test split",
+                   lambda: [evaluate(r.best_checkpoint, out / DATA_DIR, "test", device=device) for r in results])
+    checkpoints = [r.best_checkpoint for r in results]
+    run, backends = timed("benchmark", "benchmarking both on every available backend",
+                          lambda: _benchmark(checkpoints, device, settings, progress))
+    best = best_configs(run.records)
+    rows = []
+    for result, score, (mode, f) in zip(results, scores, (("Original", 1), ("Folded", fold)), strict=True):
+        b = _best(best, mode, f)
+        rows.append(DemoRow(spec.name, f, float(score["top1"]), float(score["top5"]), b.throughput,
+                            1.0 if f == 1 else b.speedup, b.flops_per_sec, b.utilization,
+                            f"{b.backend} {b.precision}", str(result.best_checkpoint), result.seconds))
+    files = {"bench_csv": str(out / BENCH_CSV), "plot": str(out / PLOT_PNG), "report": str(out / REPORT_MD),
+             "json": str(out / REPORT_JSON), "data": str(out / DATA_DIR), "runs": str(out / RUNS_DIR)}
+    report = DemoReport(spec.name, fold, quick, device, settings, images, rows, backends, list(run.notices), phases,
+                        files, run.machine)
+    write_csv(out / BENCH_CSV, run.records)
+    plot_demo(report, run, out / PLOT_PNG)
+    atomic_write_text(out / REPORT_MD, render_markdown(report, run))
+    atomic_write_text(out / REPORT_JSON, json.dumps(report.to_dict(), indent=1) + "\n")
+    return report

@@ -1,0 +1,114 @@
+"""bench, peak and tune end to end, in-process, on a tiny task."""
+
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from foldedcnns.benchmark.records import CSV_COLUMNS
+from foldedcnns.cli.main import main
+from foldedcnns.models import build_model, get_task
+from foldedcnns.training.checkpoint import make_checkpoint, save_checkpoint
+
+TINY = {"name": "tiny/game", "family": "game", "out-h": 16, "out-w": 20, "chan-in": 3, "ClassNames": ["a", "b", "c"],
+        "model-architecture": {"template": "1_1_convnet", "conv1_n_feature_maps": 4, "convi_n_feature_maps": 4,
+                               "convn_n_feature_maps": 2}}
+FAST = ["--warmup", "1", "--iterations", "2", "--peak-seconds", "0"]
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bench_end_to_end_writes_csv_plot_and_summary(capsys, tmp_path, tiny):
+    out_csv, png = tmp_path / "r.csv", tmp_path / "r.png"
+    code, out, err = run(capsys, "bench", "--tasks", tiny, "--folds", "1,2,3", "--batch-sizes", "8",
+                         "--backends", "eager,channels-last,onnxruntime", "--precisions", "fp32,bf16",
+                         "--trials", "2", *FAST, "--out", out_csv, "--plot", png)
+    assert code == 0, err
+    with open(out_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    # 3 folds x (eager fp32, eager bf16, channels-last fp32, channels-last bf16, onnxruntime fp32) x 2 trials
+    assert len(rows) == 3 * 5 * 2
+    assert {r["Mode"] for r in rows} == {"Original", "Folded"}
+    assert {r["Images"] for r in rows if r["Fold"] == "3"} == {"9"} and {r["Batch Size"] for r in rows} == {"8"}
+    assert all(r["TputNorm"] == "1.0000" for r in rows if r["Mode"] == "Original")
+    assert all(r["Utilization"] == "" for r in rows)  # --peak-seconds 0
+    assert "notice: skipped onnxruntime bf16 on cpu" in err
+    assert err.count("notice:") == 1
+    assert "Best configuration per model and fold" in out and "tiny/game" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_json_and_utilization(capsys, tmp_path, tiny):
+    code, out, _ = run(capsys, "bench", "--tasks", tiny, "--folds", "1,2", "--batch-sizes", "4",
+                       "--backends", "eager", "--trials", "1", "--warmup", "0", "--seconds", "0.01",
+                       "--peak-seconds", "0.01", "--out", tmp_path / "r.csv", "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert set(data["peaks"]) == {"fp32"} and data["peaks"]["fp32"]["flops_per_sec"] > 0
+    util = [r["utilization"] for r in data["records"]]
+    assert all(u is not None and u > 0 for u in util)
+    assert {b["fold"] for b in data["best"]} == {1, 2}
+    assert data["machine"]["torch"] == torch.__version__
+
+
+def test_bench_errors_are_one_line(capsys, tmp_path, tiny):
+    code, _, err = run(capsys, "bench", "--tasks", tiny, "--backends", "turbo", "--out", tmp_path / "r.csv")
+    assert code == 1 and "unknown backend turbo" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "bench", "--tasks", tiny, "--backends", "cuda-graphs", *FAST,
+                       "--out", tmp_path / "r.csv")
+    assert code == 1 and "every configuration was skipped" in err
+    assert "notice: skipped cuda-graphs fp32 on cpu: CUDA graphs need --device cuda" in err
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_peak_command(capsys):
+    code, out, _ = run(capsys, "peak", "--precision", "fp32", "--seconds", "0.01", "--json")
+    (peak,) = json.loads(out)
+    assert code == 0 and peak["precision"] == "fp32" and peak["flops_per_sec"] > 0
+
+
+def _image_folder(root, spec, per_class=3):
+    for k, name in enumerate(spec.class_names):
+        folder = root / "test" / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = torch.full((spec.height, spec.width, 3), 40 * k + i, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_tune_checkpoint_with_data_reports_accuracy_cost_and_a_recommendation(capsys, tmp_path, tiny):
+    spec = get_task(tiny)
+    ckpt = save_checkpoint(tmp_path / "m.pt", make_checkpoint(build_model(spec, fold=2)))
+    _image_folder(tmp_path / "data", spec)
+    out_csv = tmp_path / "final.csv"
+    code, out, err = run(capsys, "tune", ckpt, "--backends", "eager,onnxruntime", "--precisions", "fp32,bf16",
+                         "--batch-sizes", "4,8", "--trials", "2", "--screen-seconds", "0.01", "--seconds", "0.01",
+                         "--peak-seconds", "0", "--data", tmp_path / "data", "--out", out_csv, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    (cost,) = data["accuracy"]  # eager bf16 (onnxruntime has no bf16 here)
+    assert cost["backend"] == "eager" and cost["precision"] == "bf16" and cost["images"] == 9
+    assert 0.0 <= cost["agreement"] <= 1.0
+    assert {(b["mode"], b["fold"]) for b in data["best"]} == {("Original", 1), ("Folded", 2)}
+    assert data["recommended"]["throughput"] == max(b["throughput"] for b in data["best"])
+    with open(out_csv, newline="") as handle:
+        assert {r["Trial"] for r in csv.DictReader(handle)} == {"1", "2"}
+
+
+def test_tune_task_with_data_is_refused(capsys, tmp_path, tiny):
+    code, _, err = run(capsys, "tune", tiny, "--data", tmp_path)
+    assert code == 1 and "needs trained weights" in err

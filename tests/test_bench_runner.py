@@ -1,0 +1,123 @@
+"""The benchmark runner with stub backends: interleaving, skipping, batch rounding, FLOPs/sec, peaks."""
+
+import json
+
+import pytest
+import torch
+
+from foldedcnns.analysis import flops_per_image
+from foldedcnns.benchmark.backends import Backend, BackendUnavailable, Prepared
+from foldedcnns.benchmark.peak import Peak
+from foldedcnns.benchmark.runner import BenchConfig, model_entries, run_benchmark
+from foldedcnns.errors import ConfigError
+from foldedcnns.models import get_task
+
+TINY = {"name": "tiny/game", "family": "game", "out-h": 16, "out-w": 20, "chan-in": 3, "ClassNames": ["a", "b", "c"],
+        "model-architecture": {"template": "1_1_convnet", "conv1_n_feature_maps": 4, "convi_n_feature_maps": 4,
+                               "convn_n_feature_maps": 2}}
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+class StubBackend(Backend):
+    """Logs every timed call as (fold, precision, folded rows); never touches the model's weights."""
+
+    def __init__(self, name, log, *, missing=None, refuse=()):
+        self.name, self.log, self.missing, self.refuse = name, log, missing, refuse
+
+    def is_available(self, device="cpu", precision="fp32"):
+        return (False, self.missing) if self.missing else (True, "")
+
+    def prepare(self, model, example, *, precision="fp32", device="cpu"):
+        if precision in self.refuse:
+            raise BackendUnavailable(f"no {precision} kernels in the stub")
+        fold = model.config.fold
+
+        def run(x):
+            self.log.append((self.name, fold, precision, x.shape[0]))
+            return x.new_zeros(x.shape[0], 3 * fold)
+
+        return Prepared(self.name, precision, torch.device(device), run, lambda x: x, lambda y: y)
+
+
+def config(tiny, **kw):
+    base = dict(tasks=(tiny,), folds=(1, 2), batch_sizes=(8,), backends=("stub",), precisions=("fp32",),
+                warmup=0, iterations=1, seconds=None, trials=2, peak_seconds=0)
+    base.update(kw)
+    return BenchConfig(**base)
+
+
+def test_configurations_are_interleaved_original_then_folded_in_every_trial(tiny):
+    log = []
+    run = run_benchmark(config(tiny, precisions=("fp32", "bf16"), trials=3), registry={"stub": StubBackend("stub", log)})
+    timed = [(fold, precision) for _, fold, precision, _ in log]  # the stub is not called while preparing
+    one_trial = [(1, "fp32"), (2, "fp32"), (1, "bf16"), (2, "bf16")]
+    assert timed == one_trial * 3
+    assert [r.trial for r in run.records] == [1] * 4 + [2] * 4 + [3] * 4
+    assert [(r.mode, r.fold) for r in run.records[:2]] == [("Original", 1), ("Folded", 2)]
+
+
+def test_absent_backend_and_unsupported_precision_are_skipped_with_one_notice(tiny):
+    log, notices = [], []
+    registry = {"stub": StubBackend("stub", log, refuse=("bf16",)),
+                "gone": StubBackend("gone", log, missing="gone is not installed")}
+    run = run_benchmark(config(tiny, backends=("gone", "stub"), precisions=("fp32", "bf16")), registry=registry,
+                        on_notice=notices.append)
+    assert {(r.backend, r.precision) for r in run.records} == {("stub", "fp32")}
+    assert len(run.records) == 2 * 2
+    assert notices == run.notices
+    assert "skipped gone fp32 on cpu: gone is not installed" in notices
+    assert sum("gone" in n for n in notices) == 2  # one line per (backend, precision), not per model
+    assert any(n.startswith("skipped stub bf16 for tiny/game f=1") and "no bf16 kernels" in n for n in notices)
+
+
+def test_batch_not_divisible_by_fold_rounds_up_and_reports_true_images(tiny):
+    log = []
+    run = run_benchmark(config(tiny, folds=(1, 3), batch_sizes=(10,), trials=1), registry={"stub": StubBackend("stub", log)})
+    by_fold = {r.fold: r for r in run.records}
+    assert by_fold[1].images == 10 and by_fold[3].images == 12 and by_fold[3].batch_size == 10
+    assert ("stub", 3, "fp32", 4) in log  # ceil(10 / 3) folded inputs
+
+
+def test_flops_per_sec_is_per_image_flops_times_throughput_and_utilization_uses_the_peak(tiny):
+    peak = Peak("cpu", "fp32", 1e12, 1024, 1, 1)
+    run = run_benchmark(config(tiny, trials=1), registry={"stub": StubBackend("stub", [])}, peaks={"fp32": peak})
+    entries = {e.config.fold: e for e in model_entries((tiny,), (1, 2))}
+    for r in run.records:
+        assert r.flops_per_image == flops_per_image(entries[r.fold].config)
+        assert r.flops_per_sec == pytest.approx(r.flops_per_image * r.throughput)
+        assert r.utilization == pytest.approx(r.flops_per_sec / 1e12)
+        assert r.throughput == pytest.approx(r.calls * r.images / r.seconds)
+    original, folded = run.records
+    assert original.tput_norm == 1.0 and folded.tput_norm == pytest.approx(folded.throughput / original.throughput)
+    assert run.peaks == {"fp32": peak}
+
+
+def test_compound_tasks_bring_their_original_and_checkpoints_keep_their_fold(tmp_path):
+    entries = model_entries(["compound/lol/goldnumber-fraction"], (1, 2, 3, 4))
+    assert [(e.model, e.config.mode, e.config.fold) for e in entries] == [
+        ("lol/goldnumber-fraction", "Original", 1), ("lol/goldnumber-fraction", "Compound", 1)]
+    from foldedcnns.models import build_model
+    from foldedcnns.training.checkpoint import make_checkpoint, save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "m.pt", make_checkpoint(build_model(get_task("noscope/coral"), fold=3)))
+    entries = model_entries([str(ckpt)], (1, 2, 4))
+    assert [(e.config.mode, e.config.fold) for e in entries] == [("Original", 1), ("Folded", 3)]
+
+
+def test_bad_options_are_one_line_config_errors(tiny):
+    with pytest.raises(ConfigError, match="unknown backend 'nope'"):
+        run_benchmark(config(tiny, backends=("nope",)))
+    with pytest.raises(ConfigError, match="unknown precision"):
+        run_benchmark(config(tiny, backends=("eager",), precisions=("fp8",)))
+    with pytest.raises(ConfigError, match="exactly one"):
+        run_benchmark(config(tiny, backends=("eager",), seconds=1.0))
+    with pytest.raises(ConfigError, match="trials"):
+        run_benchmark(config(tiny, backends=("eager",), trials=0))
+    with pytest.raises(ConfigError, match="CUDA is not available|use cpu or cuda"):
+        run_benchmark(config(tiny, backends=("eager",), device="tpu"))

@@ -1,0 +1,42 @@
+"""`foldedcnns demo` end to end on a tiny budget: table, plot, report and a reusable output folder."""
+
+import json
+
+import pytest
+
+from foldedcnns.cli.main import main
+from foldedcnns.inference import demo
+
+TINY = demo.DemoSettings(per_class=8, epochs=1, bench_batch=16, bench_seconds=0.05, bench_trials=1,
+                         peak_seconds=0.05)
+
+
+@pytest.mark.slow
+def test_demo_prints_the_table_and_writes_the_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "QUICK", TINY)
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--task", "sot/timer3", "--fold", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    for header in ("Top-1 %", "images/s", "speedup", "GFLOP/s", "utilization"):
+        assert header in printed
+    assert "sot/timer3" in printed and "1.00x" in printed
+    for name in ("report.md", "demo.png", "bench.csv", "demo.json"):
+        assert (out / name).is_file()
+    report = json.loads((out / "demo.json").read_text())
+    assert [r["fold"] for r in report["rows"]] == [1, 2] and report["images"]["test"] == 27
+    assert all(r["throughput"] > 0 for r in report["rows"]) and "eager" in report["backends"]
+    assert "| model | fold | Top-1 % |" in (out / "report.md").read_text()
+    # The folder is the demo's: a second run reuses the data and replaces the runs.
+    assert main(["demo", "--quick", "--out", str(out), "--task", "sot/timer3", "--fold", "2", "--no-progress",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["phase_seconds"]["data"] < report["phase_seconds"]["data"] + 1
+
+
+def test_demo_refuses_a_foreign_folder_and_a_non_game_task(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep me")
+    assert main(["demo", "--out", str(tmp_path)]) == 1
+    assert "holds other files" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "new"), "--task", "cifar10"]) == 1
+    assert "synthetic game-screen crops" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "new"), "--fold", "1"]) == 1
+    assert "--fold must be an integer >= 2" in capsys.readouterr().err

@@ -1,0 +1,177 @@
+"""`foldedcnns predict` over image folders, globs and videos: one row per frame, in order, and faults."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from foldedcnns.cli.main import main
+from foldedcnns.inference import Predictor
+from foldedcnns.inference.pipeline import run_predict
+from foldedcnns.models import build_model, get_task, spec_from_dict
+from foldedcnns.training.checkpoint import make_checkpoint, save_checkpoint
+
+# A tiny game CNN on 22 x 52 RGB images with the classes of lol/goldnumber-fraction (0-9, other).
+TINY = {"name": "tiny/digits", "family": "game", "out-h": 22, "out-w": 52,
+        "ClassNames": [*map(str, range(10)), "other"],
+        "model-architecture": {"template": "1_1_convnet", "n-conv-units": 0, "conv1_n_feature_maps": 4,
+                               "convn_n_feature_maps": 4}}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "f4.pt"
+    return save_checkpoint(path, make_checkpoint(build_model(spec_from_dict(TINY), fold=4)))
+
+
+def write_images(folder: Path, names: list[str], size=(22, 52), seed=0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = []
+    for name in names:
+        image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / name)
+        images.append(image)
+    return images
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_image_folder_gives_one_row_per_image_in_sorted_order(ckpt, tmp_path, capsys):
+    names = ["b.png", "a.png", "sub/c.png", "sub/a.jpg", "z.bmp", "y.png", "x.png"]
+    write_images(tmp_path / "imgs", names)
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(ckpt), str(tmp_path / "imgs"), "--out", str(out), "--batch-size", "4",
+                 "--no-progress"]) == 0
+    rows = read_csv(out)
+    order = ["a.png", "b.png", "x.png", "y.png", "z.bmp", "sub/a.jpg", "sub/c.png"]
+    assert list(rows[0]) == ["path", "label", "class_name", "score"]
+    assert [r["path"] for r in rows] == [str(tmp_path / "imgs" / n) for n in order]
+    reference = Predictor(ckpt, batch_size=4).predict(
+        [np.asarray(Image.open(tmp_path / "imgs" / n).convert("RGB")) for n in order])
+    assert [int(r["label"]) for r in rows] == reference.labels.tolist()
+    assert [r["class_name"] for r in rows] == reference.names
+    np.testing.assert_allclose([float(r["score"]) for r in rows], reference.scores, atol=1e-6)
+    report = capsys.readouterr().out
+    assert "end-to-end" in report and "decode only" in report and "model only" in report
+
+
+def test_glob_and_several_inputs_write_one_csv_each(ckpt, tmp_path):
+    write_images(tmp_path / "a", [f"{i}.png" for i in range(5)])
+    write_images(tmp_path / "b", [f"{i}.png" for i in range(3)], seed=1)
+    (tmp_path / "b" / "notes.txt").write_text("not an image")
+    report = run_predict(ckpt, [str(tmp_path / "a"), str(tmp_path / "b" / "*.png")], tmp_path / "out",
+                         profile_frames=0)
+    assert [r.rows for r in report.results] == [5, 3] and report.errors == []
+    assert len(read_csv(tmp_path / "out" / "a.csv")) == 5
+    assert len(read_csv(tmp_path / "out" / "_.png.csv")) == 3
+    assert main(["predict", str(ckpt), str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                 str(tmp_path / "x.csv")]) == 1
+
+
+def test_unreadable_image_keeps_the_rows_before_it(ckpt, tmp_path, capsys):
+    names = [f"{i:03d}.png" for i in range(10)]
+    write_images(tmp_path / "imgs", names)
+    (tmp_path / "imgs" / "005.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(ckpt), str(tmp_path / "imgs"), "--out", str(out), "--batch-size", "4",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot decode image" in err and "005.png" in err
+    assert f"kept the 5 rows decoded before it in {out}" in err
+    assert [Path(r["path"]).name for r in read_csv(out)] == names[:5]
+
+
+def test_labelled_folder_of_another_task_is_refused(ckpt, tmp_path, capsys):
+    coral = get_task("noscope/coral")
+    write_images(tmp_path / "coral", [f"{c}/0.png" for c in coral.class_names], size=(50, 50))
+    assert main(["predict", str(ckpt), str(tmp_path / "coral"), "--out", str(tmp_path / "p.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "labelled with classes (no_person, person) that task tiny/digits does not have" in err
+    write_images(tmp_path / "apex", ["0/0.png", "1/0.png"], size=(19, 25))
+    assert main(["predict", str(ckpt), str(tmp_path / "apex"), "--out", str(tmp_path / "p.csv")]) == 1
+    assert "are 25x19 but task tiny/digits reads 52x22 images" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+    assert main(["predict", str(ckpt), str(tmp_path / "apex"), "--out", str(tmp_path / "p.csv"),
+                 "--no-task-check", "--no-progress"]) == 0
+    assert len(read_csv(tmp_path / "p.csv")) == 2
+
+
+def test_missing_input_and_bad_batch_size_are_one_line_errors(ckpt, tmp_path, capsys):
+    assert main(["predict", str(ckpt), str(tmp_path / "nothing.mp4"), "--out", str(tmp_path / "p.csv")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    write_images(tmp_path / "imgs", ["0.png"])
+    assert main(["predict", str(ckpt), str(tmp_path / "imgs"), "--out", str(tmp_path / "p.csv"),
+                 "--batch-size", "6"]) == 1
+    assert "pass 4 or 8" in capsys.readouterr().err
+
+
+def moving_frames(count: int, height: int = 48, width: int = 64):
+    """Frames that change every step, so consecutive predictions differ."""
+    for i in range(count):
+        frame = np.zeros((height, width, 3), np.uint8)
+        frame[:, :, 0] = (i * 7) % 256
+        frame[i % height, :, 1] = 255
+        frame[:, (i * 3) % width, 2] = 200
+        yield frame
+
+
+def write_faststart_mp4(path: Path, count: int) -> None:
+    """H.264 MP4 with its index first, so a file cut short still opens and decodes up to the cut."""
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for frame in moving_frames(count):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def test_video_of_2000_frames_gives_exactly_one_row_per_frame_in_order(ckpt, tmp_path):
+    from foldedcnns.data.video import iter_frames, write_video
+
+    video = tmp_path / "clip.mp4"
+    assert write_video(video, moving_frames(2000)) == 2000
+    out = tmp_path / "clip.csv"
+    assert main(["predict", str(ckpt), str(video), "--out", str(out), "--no-progress", "--profile-frames", "0"]) == 0
+    rows = read_csv(out)
+    assert list(rows[0]) == ["frame", "label", "class_name", "score"]
+    assert [int(r["frame"]) for r in rows] == list(range(2000))
+    decoded = [frame for _, frame in iter_frames(video, size=(22, 52))]
+    reference = Predictor(ckpt).predict(decoded)
+    assert [int(r["label"]) for r in rows] == reference.labels.tolist()
+    assert len(set(reference.labels.tolist())) > 1
+
+
+def test_truncated_video_keeps_the_rows_of_every_good_frame(ckpt, tmp_path, capsys):
+    video = tmp_path / "clip.mp4"
+    write_faststart_mp4(video, 300)
+    full = run_predict(ckpt, [str(video)], tmp_path / "full.csv", batch_size=8, profile_frames=0)
+    assert full.results[0].rows == 300 and full.errors == []
+    data = video.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[:len(data) // 2])
+    out = tmp_path / "cut.csv"
+    assert main(["predict", str(ckpt), str(tmp_path / "cut.mp4"), "--out", str(out), "--batch-size", "8",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cut.mp4" in err and "truncated or corrupt" in err
+    rows, reference = read_csv(out), read_csv(tmp_path / "full.csv")
+    assert 0 < len(rows) < 300 and f"kept the {len(rows)} rows decoded before it" in err
+    assert [int(r["frame"]) for r in rows] == list(range(len(rows)))
+    whole_groups = len(rows) // 4 * 4  # the last, partial group is padded differently
+    assert rows[:whole_groups] == reference[:whole_groups]
+
+
+def test_unreadable_video_is_a_clear_error(ckpt, tmp_path, capsys):
+    (tmp_path / "junk.mp4").write_bytes(b"\x00" * 1000)
+    assert main(["predict", str(ckpt), str(tmp_path / "junk.mp4"), "--out", str(tmp_path / "p.csv"),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "junk.mp4" in err and "not a readable video" in err and "kept the 0 rows" in err

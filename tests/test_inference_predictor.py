@@ -1,0 +1,97 @@
+"""Predictor: preprocessing, grouping in folds, batch handling and its errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from foldedcnns.core.folding import fold, unfold_logits
+from foldedcnns.errors import ConfigError, DataError, ShapeError
+from foldedcnns.inference import Predictor
+from foldedcnns.inference.predictor import check_batch_size, pad_tail_group
+from foldedcnns.inference.preprocess import Crop, to_model_input
+from foldedcnns.models import build_model
+from foldedcnns.models.spec import spec_from_dict
+from foldedcnns.training.checkpoint import make_checkpoint
+
+TASK = "lol/goldnumber-fraction"  # 22 x 52 RGB, 11 classes
+
+
+def checkpoint(fold: int, task=TASK, seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    return make_checkpoint(build_model(task, fold=fold))
+
+
+def frames(n: int, height: int = 22, width: int = 52, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, height, width, 3), dtype=np.uint8)
+
+
+def test_predicts_one_row_per_image_in_order_with_own_group_padding():
+    ckpt = checkpoint(fold=4)
+    predictor = Predictor(ckpt, batch_size=8)
+    images = frames(7)
+    preds = predictor.predict(images)
+    assert len(preds) == 7 and preds.probabilities.shape == (7, 11)
+    # Reference: groups of 4 from the first image; the last group [4, 5, 6] is padded with image 4.
+    model = build_model(TASK, fold=4, init=False)
+    model.load_state_dict(ckpt["state_dict"])
+    x = to_model_input(images[[0, 1, 2, 3, 4, 5, 6, 4]], predictor.config.task)
+    with torch.no_grad():
+        expected = torch.softmax(unfold_logits(model.eval()(fold(x, 4)), 4)[:7], dim=1).numpy()
+    np.testing.assert_allclose(preds.probabilities, expected, atol=1e-6)
+    assert preds.labels.tolist() == expected.argmax(1).tolist()
+    assert preds.names == [predictor.class_names[i] for i in preds.labels]
+    np.testing.assert_allclose(preds.scores, expected.max(1), atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [4, 12, 20])
+def test_predictions_do_not_depend_on_batch_size(batch_size):
+    ckpt, images = checkpoint(fold=4), frames(23)
+    reference = Predictor(ckpt, batch_size=8).predict(images)
+    preds = Predictor(ckpt, batch_size=batch_size).predict(images)
+    assert preds.labels.tolist() == reference.labels.tolist()
+    np.testing.assert_allclose(preds.probabilities, reference.probabilities, atol=1e-6)
+
+
+def test_pad_tail_group_repeats_the_last_groups_own_images():
+    x = torch.arange(6).view(6, 1)
+    assert pad_tail_group(x, 4).flatten().tolist() == [0, 1, 2, 3, 4, 5, 4, 5]
+    assert pad_tail_group(x, 3).flatten().tolist() == list(range(6))
+
+
+def test_images_of_other_sizes_are_cropped_and_resized_like_the_training_data():
+    predictor = Predictor(checkpoint(fold=2), batch_size=4)
+    big = frames(3, height=44, width=104, seed=1)
+    small = big[:, ::2, ::2]  # nearest-neighbour 2x downscale (OpenCV's rule, the data pipeline's resize)
+    assert len(predictor.predict(list(big))) == 3
+    np.testing.assert_array_equal(predictor.predict(big).probabilities, predictor.predict(small).probabilities)
+    # Cropping a frame that holds the image at (10, 5) gives the image's predictions exactly.
+    canvas = np.zeros((3, 40, 80, 3), np.uint8)
+    canvas[:, 5:27, 10:62] = small
+    np.testing.assert_array_equal(predictor.predict(canvas, crop="10,5,52,22").probabilities,
+                                  predictor.predict(small).probabilities)
+
+
+def test_normalisation_follows_the_task():
+    desc = {"name": "t", "out-h": 2, "out-w": 2, "ClassNames": ["a", "b"], "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25]}
+    batch = np.full((1, 2, 2, 3), 255, np.uint8)
+    assert torch.allclose(to_model_input(batch, spec_from_dict(desc)), torch.full((1, 3, 2, 2), 2.0))
+    del desc["mean"], desc["std"]
+    assert torch.allclose(to_model_input(batch, spec_from_dict(desc)), torch.ones(1, 3, 2, 2))
+
+
+def test_errors_name_the_problem_and_the_fix():
+    with pytest.raises(ConfigError, match="not a multiple of the checkpoint's fold 4; pass 8 or 12"):
+        check_batch_size(10, 4)
+    assert check_batch_size(None, 3) % 3 == 0
+    predictor = Predictor(checkpoint(fold=1))
+    with pytest.raises(DataError, match="does not fit in a 52x22 frame"):
+        predictor.predict(frames(1), crop="40,0,20,10")
+    with pytest.raises(ConfigError, match="--crop must be x,y,w,h"):
+        Crop.parse("1,2,3")
+    with pytest.raises(DataError, match="expected an RGB uint8 image"):
+        predictor.predict([np.zeros((22, 52), np.float32)])
+    with pytest.raises(ShapeError, match="use predict"):
+        predictor.logits(torch.zeros(1, 3, 10, 10))
+    with pytest.raises(ConfigError, match="unknown backend"):
+        Predictor(checkpoint(fold=1), backend="tensorrt-9000")

@@ -1,0 +1,170 @@
+"""Recipes, curriculum schedule and distillation losses: pure functions, no training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from foldedcnns.errors import ConfigError
+from foldedcnns.models import build_model, get_task
+from foldedcnns.training.checkpoint import make_checkpoint, save_checkpoint
+from foldedcnns.training.curriculum import CurriculumSchedule, curriculum_schedule
+from foldedcnns.training.distill import cached_teacher_logits, distill_loss
+from foldedcnns.training.recipes import apply_overrides, fold_batch_size, recipe_for
+from foldedcnns.training.rng import get_rng_state, set_rng_state
+
+
+@pytest.mark.parametrize(("task", "group", "optimizer", "lr", "epochs", "schedule"), [
+    ("lol/goldnumber-fraction", "game", "adam", 1e-4, 1500, "none"),
+    ("sot/timer3", "game", "adam", 1e-4, 1500, "none"),
+    ("noscope/coral", "noscope", "rmsprop", 0.001 / 1.5, 50, "none"),
+    ("cifar10", "cifar10", "adam", 1e-4, 1500, "step"),
+    ("cifar100", "cifar100", "adam", 1e-4, 1500, "step"),
+])
+def test_original_recipes(task: str, group: str, optimizer: str, lr: float, epochs: int, schedule: str) -> None:
+    recipe = recipe_for(get_task(task), fold=2)
+    assert (recipe.name, recipe.optimizer, recipe.epochs, recipe.lr_schedule) == (group, optimizer, epochs, schedule)
+    assert recipe.lr == pytest.approx(lr) and recipe.batch_size == 32
+
+
+def test_cifar_recipes_hold_out_5000_and_augment() -> None:
+    for task in ("cifar10", "cifar100"):
+        recipe = recipe_for(get_task(task), fold=4)
+        assert recipe.val_split == 5000 and recipe.augment == "crop_flip"
+        assert (recipe.lr_step_size, recipe.lr_gamma) == (200, 0.5)
+
+
+def test_timer_minutes_fold4_variant() -> None:
+    spec = get_task("lol/timer-minutes")
+    assert recipe_for(spec, 2).epochs == 1500
+    slow = recipe_for(spec, 4)
+    assert (slow.epochs, slow.curriculum_gap, slow.curriculum_divisor) == (3000, 120, 20)
+
+
+def test_overrides_replace_fields_and_reject_unknown_ones() -> None:
+    recipe = recipe_for(get_task("lol/goldnumber-fraction"), 1)
+    changed = apply_overrides(recipe, {"lr": 1e-3, "epochs": None})
+    assert changed.lr == 1e-3 and changed.epochs == recipe.epochs
+    with pytest.raises(ConfigError, match="unknown recipe field"):
+        apply_overrides(recipe, {"learning_rate": 1})
+    with pytest.raises(ConfigError, match="unknown optimizer"):
+        apply_overrides(recipe, {"optimizer": "lbfgs"})
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
+        recipe_for(get_task("cifar10"), 1, "nope")
+
+
+@pytest.mark.parametrize(("batch", "fold", "expected"), [(32, 1, 32), (32, 2, 32), (32, 3, 30), (32, 4, 32),
+                                                         (7, 4, 4), (4, 4, 4)])
+def test_batch_size_rounds_down_to_the_fold(batch: int, fold: int, expected: int) -> None:
+    assert fold_batch_size(batch, fold) == expected
+
+
+def test_batch_smaller_than_fold() -> None:
+    with pytest.raises(ConfigError, match="smaller than fold 4"):
+        fold_batch_size(3, 4)
+
+
+# -- curriculum (reference section 4.5 table) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("task", "fold", "start", "step", "complete"), [
+    ("lol/goldnumber-fraction", 2, 2, 1, 540), ("lol/goldnumber-fraction", 3, 3, 1, 480),
+    ("lol/goldnumber-fraction", 4, 4, 1, 420), ("apex/squad_count_v2", 2, 2, 2, 600),
+    ("apex/squad_count_v2", 4, 4, 2, 540), ("sot/coin_count-digits_3_4-v2", 2, 2, 1, 780),
+    ("sot/coin_count-digits_3_4-v2", 4, 4, 1, 660), ("sot/timer3", 2, 2, 2, 780), ("sot/timer3", 4, 4, 2, 720),
+    ("lol/goldnumber-int", 4, 11, 11, 600), ("lol/timer-minutes", 2, 6, 6, 600),
+])
+def test_curriculum_matches_the_original(task: str, fold: int, start: int, step: int, complete: int) -> None:
+    schedule = curriculum_schedule(get_task(task).num_classes, fold)
+    assert (schedule.initial, schedule.step, schedule.gap) == (start, step, 60)
+    assert schedule.complete_epoch == complete
+    assert schedule.classes_at(complete) == schedule.num_classes
+    assert schedule.classes_at(complete - 1) < schedule.num_classes
+
+
+def test_curriculum_timer_minutes_fold4() -> None:
+    recipe = recipe_for(get_task("lol/timer-minutes"), 4)
+    schedule = curriculum_schedule(62, 4, divisor=recipe.curriculum_divisor, gap=recipe.curriculum_gap)
+    assert (schedule.initial, schedule.step, schedule.gap, schedule.complete_epoch) == (4, 3, 120, 2400)
+
+
+def test_curriculum_steps_every_gap() -> None:
+    schedule = CurriculumSchedule(num_classes=11, initial=4, step=1, gap=3)
+    assert [schedule.classes_at(e) for e in range(8)] == [4, 4, 4, 5, 5, 5, 6, 6]
+    assert schedule.classes_at(10_000) == 11
+    with pytest.raises(ConfigError, match="gap"):
+        CurriculumSchedule(num_classes=11, initial=4, step=1, gap=0)
+
+
+def test_curriculum_never_starts_with_more_classes_than_exist() -> None:
+    assert curriculum_schedule(3, 4).initial == 3
+    assert curriculum_schedule(3, 4).complete_epoch == 0
+
+
+# -- distillation ----------------------------------------------------------------------------------
+
+
+def test_mse_distillation_is_the_originals_mse_loss() -> None:
+    student, teacher = torch.randn(6, 10), torch.randn(6, 10)
+    per_image = distill_loss(student, teacher, "mse")
+    assert per_image.shape == (6,)
+    assert per_image.mean().item() == pytest.approx(nn.MSELoss()(student, teacher).item(), rel=1e-6)
+
+
+def test_kl_distillation() -> None:
+    teacher = torch.randn(5, 7)
+    assert torch.allclose(distill_loss(teacher.clone(), teacher, "kl", 3.0), torch.zeros(5), atol=1e-6)
+    student = torch.randn(5, 7)
+    loss = distill_loss(student, teacher, "kl", 2.0)
+    p = torch.softmax(teacher / 2.0, 1)
+    expected = (p * (p.log() - torch.log_softmax(student / 2.0, 1))).sum(1) * 4.0
+    assert torch.allclose(loss, expected, atol=1e-5) and bool((loss > 0).all())
+
+
+def test_distillation_errors() -> None:
+    with pytest.raises(ValueError, match="differ"):
+        distill_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ConfigError, match="unknown distillation loss"):
+        distill_loss(torch.zeros(2, 3), torch.zeros(2, 3), "l1")
+    with pytest.raises(ConfigError, match="temperature"):
+        distill_loss(torch.zeros(2, 3), torch.zeros(2, 3), "kl", 0.0)
+
+
+def test_teacher_logits_are_computed_once(tmp_path: Path) -> None:
+    teacher = build_model("lol/goldnumber-fraction", fold=1)
+    path = save_checkpoint(tmp_path / "teacher.pt", make_checkpoint(teacher))
+    student = build_model("lol/goldnumber-fraction", fold=4).config
+    images = torch.randint(0, 256, (5, 3, 22, 52), dtype=torch.uint8)
+    calls = []
+
+    def preprocess(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return x.float() / 255
+
+    first, info = cached_teacher_logits(tmp_path, path, student, images, preprocess)
+    assert first.shape == (5, 11) and info["cached"] is False and calls == [5]
+    with torch.no_grad():
+        assert torch.allclose(first, teacher.eval()(images.float() / 255), atol=1e-5)
+    second, info = cached_teacher_logits(tmp_path, path, student, images, preprocess)
+    assert info["cached"] is True and calls == [5] and torch.equal(first, second)
+    _, info = cached_teacher_logits(tmp_path, path, student, images.flip(0), preprocess)
+    assert info["cached"] is False and calls == [5, 5]  # other images: the stale cache is replaced
+
+
+# -- RNG state -------------------------------------------------------------------------------------
+
+
+def test_rng_state_round_trips_through_weights_only_load(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    state = get_rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]

@@ -1,0 +1,225 @@
+"""Trainer: folding in the loop, every image counted, files and checkpoints, resume, errors, evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from foldedcnns.cli.main import main
+from foldedcnns.errors import ConfigError, DataError
+from foldedcnns.training.checkpoint import load_checkpoint, model_from_checkpoint
+from foldedcnns.training.trainer import TrainConfig, evaluate, plan_run, train
+
+TINY_H, TINY_W = 15, 35  # the smallest game input used by the original (lol/timer-minutes)
+TINY_CLASSES = ("a", "b", "c")
+
+
+def write_tiny_task(root: Path, classes: tuple[str, ...] = TINY_CLASSES) -> Path:
+    """A game-family description of a small 3-class task; returns the JSON path."""
+    desc = {"name": "test/tiny", "family": "game", "out-h": TINY_H, "out-w": TINY_W, "chan-in": 3,
+            "ClassNames": list(classes),
+            "model-architecture": {"n-conv-units": 1, "conv1_n_feature_maps": 8, "convi_n_feature_maps": 8,
+                                   "convn_n_feature_maps": 4}}
+    path = root / "tiny.json"
+    path.write_text(json.dumps(desc), encoding="utf-8")
+    return path
+
+
+def write_tiny_images(root: Path, counts: dict[str, int], classes: tuple[str, ...] = TINY_CLASSES,
+                      seed: int = 0) -> Path:
+    """PNG folders root/<split>/<class>/*.png; class i lights colour channel i % 3 (plus noise)."""
+    rng = np.random.default_rng(seed)
+    for split, per_class in counts.items():
+        for i, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for j in range(per_class):
+                img = rng.integers(0, 80, size=(TINY_H, TINY_W, 3), dtype=np.uint8)
+                img[:, :, i % 3] += 150
+                Image.fromarray(img).save(folder / f"{j}.png")
+    return root
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> tuple[Path, Path]:
+    """(description JSON, data folder) with 13 train, 4 val and 4 test images per class."""
+    return write_tiny_task(tmp_path), write_tiny_images(tmp_path / "data", {"train": 13, "val": 4, "test": 4})
+
+
+def tiny_config(tiny: tuple[Path, Path], out: Path, **kw: object) -> TrainConfig:
+    desc, data = tiny
+    values: dict[str, object] = {"task": str(desc), "data": data, "out": out, "epochs": 2, "batch_size": 8,
+                                 "lr": 3e-3, "progress": False, "device": "cpu", "curriculum": False}
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+@pytest.mark.parametrize("fold", [1, 3])
+def test_train_counts_every_image_and_writes_files(tiny: tuple[Path, Path], tmp_path: Path, fold: int) -> None:
+    # 39 training images, batch 8 (6 at f = 3): the last partial batch is padded, not dropped.
+    result = train(tiny_config(tiny, tmp_path / "run", fold=fold))
+    assert result.epochs == 2 and len(result.history) == 2
+    for row in result.history:
+        assert row["train_images"] == 39
+        assert row["val_images"] == 12 and row["test_images"] == 12
+        assert 0.0 <= row["test_top1"] <= row["test_top5"] <= 100.0
+    run = tmp_path / "run"
+    for name in ("best.pt", "last.pt", "metrics.csv", "metrics.json", "config.json", "result.json"):
+        assert (run / name).is_file(), name
+    with open(run / "metrics.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"train_top1", "train_top5", "train_loss", "val_top1", "test_top1", "test_top5", "test_loss"} <= set(rows[0])
+    assert len(json.loads((run / "metrics.json").read_text())) == 2
+
+
+def test_checkpoint_is_self_describing(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    result = train(tiny_config(tiny, tmp_path / "run", fold=2))
+    ckpt = load_checkpoint(result.best_checkpoint)  # weights_only=True inside
+    config = ckpt["model_config"]
+    assert config["fold"] == 2 and config["task"]["ClassNames"] == list(TINY_CLASSES)
+    assert ckpt["preprocessing"]["image_size"] == [3, TINY_H, TINY_W]
+    assert ckpt["epoch"] == result.best_epoch and "train_state" not in ckpt
+    last = load_checkpoint(result.last_checkpoint)
+    assert {"optimizer", "rng", "data_rng", "history", "best", "curriculum"} <= set(last["train_state"])
+    model, cfg = model_from_checkpoint(result.best_checkpoint)
+    assert cfg.fold == 2 and cfg.multiplier == pytest.approx(2**0.5)
+    assert model(torch.zeros(1, 6, TINY_H, TINY_W)).shape == (1, 6)
+
+
+def test_evaluate_matches_the_best_epoch(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    result = train(tiny_config(tiny, tmp_path / "run", fold=2, epochs=3))
+    report = evaluate(result.best_checkpoint, tiny[1], "test", device="cpu")
+    assert report["images"] == 12
+    assert report["top1"] == pytest.approx(result.best["test_top1"])
+    assert report["loss"] == pytest.approx(result.best["test_loss"], rel=1e-4)
+    val = evaluate(result.best_checkpoint, tiny[1], "val", device="cpu")
+    assert val["top1"] == pytest.approx(result.best["val_top1"])
+
+
+def test_training_learns_the_tiny_task(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    result = train(tiny_config(tiny, tmp_path / "run", fold=2, epochs=8, batch_size=4))
+    assert result.best["val_top1"] > 50.0  # chance is 33.3
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_resume_continues_exactly(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    straight = train(tiny_config(tiny, tmp_path / "straight", fold=2, epochs=4))
+    train(tiny_config(tiny, tmp_path / "split", fold=2, epochs=2))
+    resumed = train(tiny_config(tiny, tmp_path / "split", fold=2, epochs=4, resume=True))
+    assert resumed.resumed_from == 2 and resumed.epochs == 4
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    a = load_checkpoint(straight.last_checkpoint)["state_dict"]
+    b = load_checkpoint(resumed.last_checkpoint)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.history[-1]["test_loss"] == straight.history[-1]["test_loss"]
+
+
+def test_resume_of_a_finished_run_returns_its_result(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    first = train(tiny_config(tiny, tmp_path / "run", fold=2))
+    again = train(tiny_config(tiny, tmp_path / "run", fold=2, resume=True))
+    assert again.history == first.history and again.best_epoch == first.best_epoch
+
+
+def test_existing_run_needs_resume_and_same_settings(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    train(tiny_config(tiny, tmp_path / "run", fold=2, epochs=1))
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny_config(tiny, tmp_path / "run", fold=2, epochs=1))
+    with pytest.raises(ConfigError, match="different model_config"):
+        train(tiny_config(tiny, tmp_path / "run", fold=4, epochs=1, resume=True))
+
+
+def test_curriculum_introduces_classes(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    result = train(tiny_config(tiny, tmp_path / "run", fold=2, epochs=3, curriculum=True, curriculum_gap=1))
+    # N = 3: start max(3 // 10, f) = 2 classes, one more after 1 epoch.
+    assert [r["classes"] for r in result.history] == [2, 3, 3]
+    assert result.history[0]["train_images"] == 26  # only the two introduced classes
+    assert result.history[0]["val_images"] == 12  # validation and test always cover every class
+
+
+def test_distillation_caches_teacher_logits(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    teacher = train(tiny_config(tiny, tmp_path / "teacher", fold=1, epochs=3))
+    for loss in ("mse", "kl"):
+        student = train(tiny_config(tiny, tmp_path / f"student-{loss}", fold=2, distill_from=teacher.best_checkpoint,
+                                    distill_loss=loss))
+        assert student.teacher is not None and student.teacher["cached"] is False
+        assert (tmp_path / f"student-{loss}" / "teacher_logits.pt").is_file()
+    resumed = train(tiny_config(tiny, tmp_path / "student-mse", fold=2, epochs=3,
+                                distill_from=teacher.best_checkpoint, resume=True))
+    assert resumed.teacher["cached"] is True
+
+
+def test_distillation_rejects_a_teacher_of_other_classes(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    teacher = train(tiny_config(tiny, tmp_path / "teacher", fold=1, epochs=1))
+    (tmp_path / "other").mkdir()
+    other = write_tiny_task(tmp_path / "other", ("x", "y", "z"))
+    data = write_tiny_images(tmp_path / "other-data", {"train": 2, "val": 1, "test": 1}, ("x", "y", "z"))
+    with pytest.raises(ConfigError, match="teacher"):
+        train(TrainConfig(task=str(other), data=data, out=tmp_path / "s", fold=2, epochs=1, progress=False,
+                          distill_from=teacher.best_checkpoint, device="cpu", curriculum=False))
+
+
+def test_folder_without_val_draws_a_fixed_validation_split(tmp_path: Path) -> None:
+    desc = write_tiny_task(tmp_path)
+    data = write_tiny_images(tmp_path / "data", {"train": 10, "test": 2})
+    result = train(TrainConfig(task=str(desc), data=data, out=tmp_path / "run", fold=2, epochs=1, progress=False,
+                               device="cpu", curriculum=False))
+    assert result.history[0]["val_images"] == 3 and result.history[0]["train_images"] == 27
+    report = evaluate(result.best_checkpoint, data, "val", device="cpu")
+    assert report["images"] == 3 and report["top1"] == pytest.approx(result.history[0]["val_top1"])
+
+
+# -- errors before any training starts ---------------------------------------------------------------
+
+
+def test_batch_smaller_than_fold_is_an_error(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="batch size 3 is smaller than fold 4"):
+        plan_run(tiny_config(tiny, tmp_path / "run", fold=4, batch_size=3))
+
+
+def test_batch_size_is_rounded_down_to_the_fold() -> None:
+    config = TrainConfig(task="lol/goldnumber-fraction", data=".", out=".", fold=3, progress=False, device="cpu")
+    assert plan_run(config).batch_size == 30  # the original's 32 -> 30 at f = 3
+
+
+def test_curriculum_that_cannot_finish_is_an_error(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    config = TrainConfig(task="lol/goldnumber-fraction", data=".", out=".", fold=2, epochs=20, device="cpu")
+    with pytest.raises(ConfigError, match="--curriculum-gap"):
+        plan_run(config)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "lol/no-such-task"], "unknown task"),
+    (["train", "{desc}", "--fold", "4", "--batch-size", "2"], "smaller than fold 4"),
+    (["train", "{desc}", "--data", "{tmp}/empty"], "no train/ folder"),
+    (["train", "{desc}", "--data", "{tmp}/noclass"], "class"),
+    (["train", "{desc}", "--data", "{tmp}/wrong"], "class"),
+    (["train", "{desc}", "--device", "tpu"], "unknown device"),
+])
+def test_cli_errors_before_training(tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    argv: list[str], message: str) -> None:
+    desc, data = tiny
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "noclass" / "train").mkdir(parents=True)
+    write_tiny_images(tmp_path / "wrong", {"train": 1, "val": 1, "test": 1}, ("a", "b", "zzz"))
+    argv = [a.format(desc=desc, tmp=tmp_path) for a in argv]
+    if argv[1] == str(desc):
+        argv[1:2] = ["--description", str(desc)]
+    if "--data" not in argv:
+        argv += ["--data", str(data)]
+    code = main([*argv, "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_data_errors_name_the_problem(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        train(tiny_config(tiny, tmp_path / "run", data=tmp_path / "missing"))
