@@ -8,6 +8,7 @@ strings, numbers and NumPy ``uint8`` arrays, so a tampered file cannot run code.
 
 from __future__ import annotations
 
+import codecs
 import io
 import os
 import pickle
@@ -59,8 +60,10 @@ def _reconstruct() -> Callable[..., Any]:
 
 
 # The only globals a CIFAR batch needs: NumPy's array and dtype constructors (Python 2 pickles name
-# numpy.core, NumPy 2 pickles numpy._core). Anything else is refused.
+# numpy.core, NumPy 2 pickles numpy._core), and bytes from a Python 3 protocol-2 re-pickle. Anything
+# else is refused.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+    ("_codecs", "encode"): lambda: codecs.encode,
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): lambda: np.ndarray,

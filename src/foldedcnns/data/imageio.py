@@ -9,14 +9,9 @@ frames resized here and batches resized on the device agree pixel for pixel.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import shutil
-import tempfile
 import zlib
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,28 +99,3 @@ def check_size(size: tuple[int, int] | int | None) -> tuple[int, int] | None:
     return (int(pair[0]), int(pair[1]))
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary folder next to ``path``; on success it is renamed to ``path``.
-
-    On any exception the temporary folder is deleted, so a folder at ``path`` is always complete.
-    An existing ``path`` is an error unless ``overwrite``, in which case it is replaced only after the
-    new folder is complete.
-    """
-    final = Path(path)
-    if final.exists() and not overwrite:
-        raise DataError(f"output folder {final} already exists; choose a new folder or pass --overwrite")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -33,11 +33,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from foldedcnns.data.imageio import atomic_directory, check_size, write_png
+from foldedcnns.data.imageio import check_size, write_png
 from foldedcnns.data.video import Crop, iter_frames
 from foldedcnns.errors import ConfigError, DataError
 from foldedcnns.models.spec import TaskSpec
-from foldedcnns.utils.atomic import atomic_path, atomic_write_text
+from foldedcnns.utils.atomic import atomic_directory, atomic_path, atomic_write_text
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 FRAME_SIZE = 50  # NoScope CNN input: 50x50, aspect ratio not kept
@@ -214,10 +214,10 @@ def extract_frames(video: str | os.PathLike[str], out_dir: str | os.PathLike[str
     :class:`DataError`.
     """
     size = check_size(size)
-    frames = iter_frames(video, size=size, start=start, end=end, crop=crop)
     count = 0
     with atomic_directory(out_dir, overwrite=overwrite) as tmp, \
             ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
+        frames = iter_frames(video, size=size, start=start, end=end, crop=crop)
         pending: deque[Future[None]] = deque()
         bar = tqdm(frames, desc=f"frames of {Path(video).name}", unit="frame", disable=not progress,
                    mininterval=0.5)

@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from foldedcnns.data.imageio import atomic_directory, write_png
+from foldedcnns.data.imageio import write_png
 from foldedcnns.errors import ConfigError
 from foldedcnns.models.spec import TaskSpec
+from foldedcnns.utils.atomic import atomic_directory
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)

@@ -153,8 +153,8 @@ def iter_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | int | N
 def _no_frames(path: Path, last: int, start: int) -> DataError:
     if last < 0:
         return DataError(f"no video frame could be decoded from {path}; the file is empty or not a video")
-    return DataError(f"{path} has only {last + 1} frames, none at or after start frame {start}; "
-                     "choose a smaller --start")
+    return DataError(f"{path} has only {last + 1} frames, none at or after the first frame asked for ({start}); "
+                     "ask for frames the video has")
 
 
 def _frames_pyav(path: Path, sampler: _Sampler, start: int, end: int | None) -> Iterator[tuple[int, np.ndarray]]:

@@ -1,0 +1,96 @@
+"""Batched device transforms: exact results, determinism per generator, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from foldedcnns.data import transforms as T
+from foldedcnns.data.imageio import resize_nearest
+from foldedcnns.errors import ShapeError
+
+
+def batch(n: int = 6, c: int = 3, h: int = 8, w: int = 10) -> torch.Tensor:
+    return torch.arange(n * c * h * w, dtype=torch.int64).remainder(251).to(torch.uint8).reshape(n, c, h, w)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_to_float_and_normalize() -> None:
+    x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1)
+    f = T.to_float(x)
+    assert f.dtype == torch.float32 and torch.allclose(f.flatten(), torch.tensor([0.0, 0.2, 1.0]))
+    assert T.to_float(f) is f
+    n = T.normalize(x, T.CIFAR_MEAN, T.CIFAR_STD)
+    expected = (torch.tensor([0.0, 0.2, 1.0]) - torch.tensor(T.CIFAR_MEAN)) / torch.tensor(T.CIFAR_STD)
+    assert torch.allclose(n.flatten(), expected)
+    with pytest.raises(ShapeError, match=r"2 means .* for 3 channels"):
+        T.normalize(f, (0.5, 0.5), (0.1, 0.1))
+    with pytest.raises(ShapeError, match="uint8 or floating"):
+        T.to_float(torch.zeros(1, dtype=torch.int32))
+
+
+def test_random_crop_is_a_window_of_the_padded_image() -> None:
+    x = batch()
+    out = T.random_crop(x, (8, 10), padding=2, generator=gen(1))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(len(x)):
+        windows = [padded[i, :, t:t + 8, s:s + 10] for t in range(5) for s in range(5)]
+        assert any(torch.equal(out[i], win) for win in windows)
+    assert T.random_crop(x, 4, generator=gen(1)).shape == (6, 3, 4, 4)
+    with pytest.raises(ShapeError, match="larger than the padded image"):
+        T.random_crop(x, 20, padding=1, generator=gen(1))
+
+
+def test_random_transforms_are_deterministic_per_generator() -> None:
+    x = batch(n=64)
+    a = T.random_hflip(T.random_crop(x, 8, 4, gen(7)), gen(8))
+    b = T.random_hflip(T.random_crop(x, 8, 4, gen(7)), gen(8))
+    c = T.random_hflip(T.random_crop(x, 8, 4, gen(9)), gen(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_random_hflip_flips_about_half() -> None:
+    x = batch(n=200)
+    out = T.random_hflip(x, gen(3))
+    flipped = [torch.equal(o, i.flip(2)) for o, i in zip(out, x, strict=True)]
+    kept = [torch.equal(o, i) for o, i in zip(out, x, strict=True)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
+    assert 60 < sum(flipped) < 140
+    assert torch.equal(T.random_hflip(x, gen(3), p=0.0), x)
+    assert torch.equal(T.random_hflip(x, gen(3), p=1.0), x.flip(3))
+
+
+@settings(deadline=None, max_examples=40)
+@given(h=st.integers(1, 40), w=st.integers(1, 40), oh=st.integers(1, 40), ow=st.integers(1, 40))
+def test_resize_nearest_matches_numpy_frames(h: int, w: int, oh: int, ow: int) -> None:
+    x = torch.randint(0, 256, (2, 3, h, w), generator=gen(h * 41 + w), dtype=torch.uint8)
+    out = T.resize(x, (oh, ow))
+    ref = resize_nearest(x[1].permute(1, 2, 0).numpy(), (oh, ow))
+    assert out.shape == (2, 3, oh, ow)
+    assert np.array_equal(out[1].permute(1, 2, 0).numpy(), ref)
+
+
+def test_resize_bilinear_keeps_dtype_and_range() -> None:
+    x = torch.full((2, 3, 20, 20), 200, dtype=torch.uint8)
+    out = T.resize(x, (10, 7), mode="bilinear")
+    assert out.dtype == torch.uint8 and out.shape == (2, 3, 10, 7) and int(out.min()) == int(out.max()) == 200
+    assert T.resize(x.float(), 5, mode="bilinear").dtype == torch.float32
+    with pytest.raises(ShapeError, match="unknown resize mode"):
+        T.resize(x, 5, mode="cubic")
+    with pytest.raises(ShapeError, match="batch"):
+        T.resize(x[0], 5)
+
+
+def test_cifar_recipes() -> None:
+    x = torch.randint(0, 256, (8, 3, 32, 32), generator=gen(0), dtype=torch.uint8)
+    train = T.cifar_train_transform(x, gen(1))
+    assert train.shape == (8, 3, 32, 32) and train.dtype == torch.float32
+    assert torch.equal(train, T.cifar_train_transform(x, gen(1)))
+    assert torch.allclose(T.cifar_eval_transform(x), T.normalize(x.float() / 255, T.CIFAR_MEAN, T.CIFAR_STD))
