@@ -15,7 +15,8 @@ from foldedcnns.training.checkpoint import make_checkpoint, save_checkpoint
 TINY = {"name": "tiny/game", "family": "game", "out-h": 16, "out-w": 20, "chan-in": 3, "ClassNames": ["a", "b", "c"],
         "model-architecture": {"template": "1_1_convnet", "conv1_n_feature_maps": 4, "convi_n_feature_maps": 4,
                                "convn_n_feature_maps": 2}}
-FAST = ["--warmup", "1", "--iterations", "2", "--peak-seconds", "0"]
+# One thread: on a busy 2-core machine every two-thread op of a tiny model waits for a time slice.
+FAST = ["--warmup", "1", "--iterations", "2", "--peak-seconds", "0", "--threads", "1"]
 
 
 @pytest.fixture()
@@ -54,7 +55,7 @@ def test_bench_end_to_end_writes_csv_plot_and_summary(capsys, tmp_path, tiny):
 
 def test_bench_json_and_utilization(capsys, tmp_path, tiny):
     code, out, _ = run(capsys, "bench", "--tasks", tiny, "--folds", "1,2", "--batch-sizes", "4",
-                       "--backends", "eager", "--trials", "1", "--warmup", "0", "--seconds", "0.01",
+                       "--backends", "eager", "--trials", "1", "--warmup", "0", "--seconds", "0.01", "--threads", "1",
                        "--peak-seconds", "0.01", "--out", tmp_path / "r.csv", "--json")
     data = json.loads(out)
     assert code == 0
@@ -97,7 +98,8 @@ def test_tune_checkpoint_with_data_reports_accuracy_cost_and_a_recommendation(ca
     out_csv = tmp_path / "final.csv"
     code, out, err = run(capsys, "tune", ckpt, "--backends", "eager,onnxruntime", "--precisions", "fp32,bf16",
                          "--batch-sizes", "4,8", "--trials", "2", "--screen-seconds", "0.01", "--seconds", "0.01",
-                         "--peak-seconds", "0", "--data", tmp_path / "data", "--out", out_csv, "--json")
+                         "--peak-seconds", "0", "--threads", "1", "--data", tmp_path / "data", "--out", out_csv,
+                         "--json")
     assert code == 0, err
     data = json.loads(out)
     (cost,) = data["accuracy"]  # eager bf16 (onnxruntime has no bf16 here)

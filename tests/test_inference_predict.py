@@ -51,7 +51,7 @@ def test_image_folder_gives_one_row_per_image_in_sorted_order(ckpt, tmp_path, ca
     assert main(["predict", str(ckpt), str(tmp_path / "imgs"), "--out", str(out), "--batch-size", "4",
                  "--no-progress"]) == 0
     rows = read_csv(out)
-    order = ["a.png", "b.png", "x.png", "y.png", "z.bmp", "sub/a.jpg", "sub/c.png"]
+    order = ["a.png", "b.png", "sub/a.jpg", "sub/c.png", "x.png", "y.png", "z.bmp"]
     assert list(rows[0]) == ["path", "label", "class_name", "score"]
     assert [r["path"] for r in rows] == [str(tmp_path / "imgs" / n) for n in order]
     reference = Predictor(ckpt, batch_size=4).predict(

@@ -13,12 +13,16 @@ from foldedcnns.models import build_model
 from foldedcnns.models.spec import spec_from_dict
 from foldedcnns.training.checkpoint import make_checkpoint
 
-TASK = "lol/goldnumber-fraction"  # 22 x 52 RGB, 11 classes
+# A tiny game CNN on 22 x 52 RGB images with 11 classes (the input of lol/goldnumber-fraction).
+TASK = spec_from_dict({"name": "tiny/digits", "family": "game", "out-h": 22, "out-w": 52,
+                       "ClassNames": [*map(str, range(10)), "other"],
+                       "model-architecture": {"template": "1_1_convnet", "n-conv-units": 0,
+                                              "conv1_n_feature_maps": 4, "convn_n_feature_maps": 4}})
 
 
-def checkpoint(fold: int, task=TASK, seed: int = 0) -> dict:
+def checkpoint(fold: int, seed: int = 0) -> dict:
     torch.manual_seed(seed)
-    return make_checkpoint(build_model(task, fold=fold))
+    return make_checkpoint(build_model(TASK, fold=fold))
 
 
 def frames(n: int, height: int = 22, width: int = 52, seed: int = 0) -> np.ndarray:
@@ -95,3 +99,12 @@ def test_errors_name_the_problem_and_the_fix():
         predictor.logits(torch.zeros(1, 3, 10, 10))
     with pytest.raises(ConfigError, match="unknown backend"):
         Predictor(checkpoint(fold=1), backend="tensorrt-9000")
+
+
+@pytest.mark.parametrize("backend", ["channels-last", "onnxruntime"])
+def test_backends_of_the_benchmark_predict_like_eager(backend):
+    ckpt, images = checkpoint(fold=4), frames(13)
+    reference = Predictor(ckpt, batch_size=8).predict(images)
+    preds = Predictor(ckpt, backend=backend, batch_size=8).predict(images)
+    assert preds.labels.tolist() == reference.labels.tolist()
+    np.testing.assert_allclose(preds.probabilities, reference.probabilities, atol=1e-5)

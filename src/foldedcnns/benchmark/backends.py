@@ -100,6 +100,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def _device_precision_check(device: torch.device, precision: str) -> tuple[bool, str]:
     precision_dtype(precision)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return False, "CUDA is not available on this machine; use --device cpu"
     if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
         return False, "this GPU has no bf16 support"
     return True, ""

@@ -30,7 +30,8 @@ from foldedcnns.errors import ConfigError
 
 TORCH_BACKENDS = ("eager", "channels-last")
 PROFILE_BACKENDS = (*TORCH_BACKENDS, "onnxruntime")
-ORT_KINDS = {"Conv": "conv", "FusedConv": "conv", "Gemm": "linear", "MatMul": "linear", "MaxPool": "pool",
+ORT_KINDS = {"Conv": "conv", "FusedConv": "conv", "Gemm": "linear", "FusedGemm": "linear", "MatMul": "linear",
+             "FusedMatMul": "linear", "MaxPool": "pool",
              "Relu": "relu", "Flatten": "flatten", "ReorderInput": "reorder", "ReorderOutput": "reorder"}
 TORCH_KINDS = {nn.Conv2d: "conv", nn.Linear: "linear", nn.MaxPool2d: "pool", nn.AvgPool2d: "pool",
                nn.ReLU: "relu", nn.Flatten: "flatten", nn.BatchNorm2d: "norm"}

@@ -44,6 +44,7 @@ from foldedcnns.benchmark.timing import check_budget, folded_inputs, images_per_
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import build_model
 from foldedcnns.models.registry import COMPOUND_PREFIX, ModelConfig
+from foldedcnns.models.spec import TaskSpec
 
 DEFAULT_FOLDS: tuple[int, ...] = (1, 2, 3, 4)
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1024,)
@@ -153,7 +154,9 @@ class BenchRun:
                 "peaks": {k: p.to_dict() for k, p in self.peaks.items()}, "machine": self.machine}
 
 
-def _build(task: str, fold: int, seed: int) -> Callable[[], nn.Module]:
+def _build(task: str | TaskSpec, fold: int, seed: int) -> Callable[[], nn.Module]:
+    """A builder of the task's model at ``fold`` with seeded weights (the caller's RNG is left alone)."""
+
     def build() -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -178,44 +181,27 @@ def checkpoint_entry(path: str | Path) -> ModelEntry:
 def model_entries(tasks: Sequence[str], folds: Sequence[int], seed: int = 0) -> list[ModelEntry]:
     """Every model to time: each task at each fold; ``compound/<task>`` adds the compound baseline and
     its task's Original; a checkpoint file adds its own model and its task's Original (fold 1).
-    Duplicates are dropped; order is task by task, Original first."""
-    entries: dict[tuple[str, str, int, float], ModelEntry] = {}
+    Duplicates are dropped; order is task by task (as given), Original first, then by fold."""
+    entries: dict[tuple[str, str, int, float], tuple[int, ModelEntry]] = {}
 
-    def add(entry: ModelEntry) -> None:
-        entries.setdefault(entry.key, entry)
+    def add(order: int, entry: ModelEntry) -> None:
+        entries.setdefault(entry.key, (order, entry))
 
-    for task in tasks:
+    for order, task in enumerate(tasks):
         if is_checkpoint(task):
             ckpt = checkpoint_entry(task)
-            add(ckpt)  # first, so a fold-1 checkpoint keeps its own weights
-            add(ModelEntry(build_model(ckpt.config.task, fold=1, init=False).config,
-                           _build_spec(ckpt.config, seed)))
-            continue
-        if task.startswith(COMPOUND_PREFIX):
+            add(order, ckpt)  # first, so a fold-1 checkpoint keeps its own weights
+            spec = ckpt.config.task
+            add(order, ModelEntry(build_model(spec, init=False).config, _build(spec, 1, seed)))
+        elif task.startswith(COMPOUND_PREFIX):
             base = task[len(COMPOUND_PREFIX):]
-            add(ModelEntry(build_model(base, init=False).config, _build(base, 1, seed)))
-            add(ModelEntry(build_model(task, init=False).config, _build(task, 1, seed)))
-            continue
-        for f in folds:
-            add(ModelEntry(build_model(task, fold=f, init=False).config, _build(task, f, seed)))
-    return sorted(entries.values(), key=lambda e: (_task_order(tasks, e), MODE_ORDER.get(e.config.mode, 9),
-                                                    e.config.fold))
-
-
-def _build_spec(config: ModelConfig, seed: int) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return build_model(config.task, fold=1).eval()
-
-    return build
-
-
-def _task_order(tasks: Sequence[str], entry: ModelEntry) -> int:
-    for i, task in enumerate(tasks):
-        if entry.config.task.name in (task, task.removeprefix(COMPOUND_PREFIX)):
-            return i
-    return len(tasks)
+            add(order, ModelEntry(build_model(base, init=False).config, _build(base, 1, seed)))
+            add(order, ModelEntry(build_model(task, init=False).config, _build(task, 1, seed)))
+        else:
+            for f in folds:
+                add(order, ModelEntry(build_model(task, fold=f, init=False).config, _build(task, f, seed)))
+    ranked = sorted(entries.values(), key=lambda oe: (oe[0], MODE_ORDER.get(oe[1].config.mode, 9), oe[1].config.fold))
+    return [entry for _, entry in ranked]
 
 
 def grid(entries: Sequence[ModelEntry], batch_sizes: Sequence[int], backends: Sequence[str],

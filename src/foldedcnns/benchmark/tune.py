@@ -2,7 +2,8 @@
 
 The search has three stages, all with the benchmark's protocol (:mod:`foldedcnns.benchmark.runner`):
 
-1. **screen**: every fold x backend x precision at one batch size, one short timing each;
+1. **screen**: every fold x backend x precision at one batch size, one short timing each (or the best
+   of ``screen_trials`` interleaved repeats);
 2. **batch**: the ``top_k`` backend/precision pairs of each fold at every other batch size;
 3. **final**: the winner of each fold, plus the Original at each folded winner's backend, precision
    and batch size, timed again in interleaved trials. Only this stage's medians are reported, so
@@ -72,6 +73,7 @@ class TuneConfig:
     top_k: int = DEFAULT_TOP_K
     screen_seconds: float = SCREEN_SECONDS
     screen_warmup: int = SCREEN_WARMUP
+    screen_trials: int = 1  # >1: interleaved repeats, ranked by the best one (load only ever slows a run)
     final_seconds: float = FINAL_SECONDS
     final_warmup: int = FINAL_WARMUP
     trials: int = FINAL_TRIALS
@@ -96,8 +98,9 @@ class TuneConfig:
     def validate(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1 or not self.folds or min(self.folds) < 1:
             raise ConfigError("batch sizes and folds must be non-empty lists of integers >= 1")
-        if self.top_k < 1 or self.trials < 1:
-            raise ConfigError(f"top-k and trials must be >= 1, got {self.top_k} and {self.trials}")
+        if self.top_k < 1 or self.trials < 1 or self.screen_trials < 1:
+            raise ConfigError(f"top-k and trials must be >= 1, got top-k {self.top_k}, trials {self.trials}, "
+                              f"screening trials {self.screen_trials}")
         if self.data is not None and not is_checkpoint(self.target):
             raise ConfigError("measuring the accuracy cost needs trained weights; pass a checkpoint instead of "
                               f"the task name {self.target!r}, or drop --data")
@@ -149,7 +152,7 @@ def tune_entries(config: TuneConfig) -> list[ModelEntry]:
 
 
 def _fastest(records: Sequence[BenchRecord]) -> dict[tuple[Any, ...], BenchRecord]:
-    """Per model entry (mode, fold): the fastest record."""
+    """Per model entry (mode, fold): the fastest record (over configurations and screening repeats)."""
     best: dict[tuple[Any, ...], BenchRecord] = {}
     for r in records:
         key = (r.mode, r.fold)
@@ -169,13 +172,15 @@ def search(entries: Sequence[ModelEntry], cache: PreparedCache, config: TuneConf
     by_key = {(e.config.mode, e.config.fold): e for e in entries}
     stage1 = [Candidate(e, b, p, screen_batch) for b in backends for p in precisions for e in entries
               if (b, p) not in excluded]
-    screen = measure(stage1, cache, trials=1, warmup=config.screen_warmup, seconds=config.screen_seconds,
-                     seed=config.seed, progress=progress, desc="tune: screen")
+    screen = measure(stage1, cache, trials=config.screen_trials, warmup=config.screen_warmup,
+                     seconds=config.screen_seconds, seed=config.seed, progress=progress, desc="tune: screen")
     stage2 = []
     for e in entries:
         mine = sorted((r for r in screen if (r.mode, r.fold) == (e.config.mode, e.config.fold)),
                       key=lambda r: -r.throughput)
-        for r in mine[: config.top_k]:
+        pairs = {(r.backend, r.precision): r for r in reversed(mine)}  # the fastest repeat of each pair
+        ranked = sorted(pairs.values(), key=lambda r: -r.throughput)
+        for r in ranked[: config.top_k]:
             for bs in config.batch_sizes:
                 candidate = Candidate(e, r.backend, r.precision, bs)
                 estimate = candidate.images / r.throughput
@@ -186,8 +191,8 @@ def search(entries: Sequence[ModelEntry], cache: PreparedCache, config: TuneConf
                                  f"over the {config.max_call_seconds:g} s limit)")
                     continue
                 stage2.append(candidate)
-    screen += measure(stage2, cache, trials=1, warmup=config.screen_warmup, seconds=config.screen_seconds,
-                      seed=config.seed, progress=progress, desc="tune: batch")
+    screen += measure(stage2, cache, trials=config.screen_trials, warmup=config.screen_warmup,
+                      seconds=config.screen_seconds, seed=config.seed, progress=progress, desc="tune: batch")
     winners = _fastest(screen)
     original = by_key.get(("Original", 1))
     final: list[Candidate] = []

@@ -113,7 +113,8 @@ def run_tune(args: argparse.Namespace) -> int:
         precisions=parse_names(args.precisions, list(PRECISIONS), "precision"),
         batch_sizes=tuple(parse_int_list(args.batch_sizes, "--batch-sizes")), device=args.device,
         trials=args.trials, screen_seconds=args.screen_seconds, final_seconds=args.seconds, threads=args.threads,
-        peak_seconds=args.peak_seconds, max_call_seconds=args.max_call_seconds, data=args.data, max_accuracy_drop=None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100)
+        peak_seconds=args.peak_seconds, max_call_seconds=args.max_call_seconds, data=args.data,
+        max_accuracy_drop=None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100)
     result = tune(config, progress=not args.json, on_notice=notice)
     if args.out:
         write_csv(args.out, result.final)

@@ -225,8 +225,8 @@ def render_markdown(report: DemoReport, run: BenchRun) -> str:
         "",
         f"The FoldedCNN's test Top-1 is {gap:+.2f} points from the original's ({verdict} "
         f"{TOP1_TOLERANCE} points). Speedup is the FoldedCNN's throughput on its fastest backend over the "
-        "original's on its fastest backend (median of per-trial ratios); GFLOP/s counts the original "
-        "per-image FLOPs times images/s; utilization is GFLOP/s over the measured dense-matmul peak.",
+        "original's on its fastest backend (median of per-trial ratios); GFLOP/s is the model's FLOPs per "
+        "image times images/s; utilization is GFLOP/s over the measured dense-matmul peak.",
         "",
         f"![accuracy and throughput]({PLOT_PNG})",
         "",

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from foldedcnns.benchmark.backends import get_backend
 from foldedcnns.errors import ConfigError
@@ -35,6 +36,8 @@ from foldedcnns.training.checkpoint import load_checkpoint
 # CPUs reserved per model actor: fractional, so that decode tasks always find a free CPU
 # (with whole CPUs the actors can take every CPU and starve the read tasks: ray#44687).
 ACTOR_CPUS = 0.5
+# PyTorch threads per actor (it reserves a fraction of a CPU).
+ACTOR_THREADS = 1
 # CPUs per decode task.
 DECODE_CPUS = 1.0
 # Model actors when --workers is not given and no GPU is used.
@@ -92,6 +95,7 @@ class PredictActor:
 
     def __init__(self, checkpoint: dict[str, Any], device: str, backend: str, precision: str,
                  batch_size: int) -> None:
+        torch.set_num_threads(ACTOR_THREADS)
         self.predictor = Predictor(checkpoint, device=device, backend=backend, precision=precision,
                                    batch_size=batch_size)
 
@@ -125,9 +129,9 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None) -> bool:
 
 def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Path, *,
                     batch_size: int | None = None, backend: str = "eager", precision: str = "fp32",
-                    device: str = "cpu",
-                    crop: Crop | str | None = None, address: str | None = None, workers: int | None = None,
-                    num_cpus: int | None = None, task_check: bool = True, progress: bool = False) -> PredictReport:
+                    device: str = "cpu", crop: Crop | str | None = None, address: str | None = None,
+                    workers: int | None = None, num_cpus: int | None = None, task_check: bool = True,
+                    progress: bool = False) -> PredictReport:
     """Like :func:`~foldedcnns.inference.pipeline.run_predict`, on Ray Data; one CSV per input.
 
     ``address``: ``"auto"`` or ``HOST:PORT`` of a running cluster; None starts a local Ray with

@@ -9,7 +9,6 @@ decoded before the fault are written, and the source's result carries the error.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import queue
@@ -24,10 +23,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from foldedcnns.benchmark.runner import torch_threads
 from foldedcnns.errors import ConfigError, DataError, FoldedCNNsError
 from foldedcnns.inference.predictor import Predictor
 from foldedcnns.inference.preprocess import RGB_CHANNELS, Crop
-from foldedcnns.inference.sources import Source, check_task_match, iter_source, resolve_inputs
+from foldedcnns.inference.sources import VIDEO, Source, check_task_match, iter_source, resolve_inputs
 from foldedcnns.utils.atomic import atomic_open
 
 # Cores left to the decoding worker (and the decoder's own threads) when the model runs on the CPU.
@@ -329,17 +329,6 @@ def model_threads(device: torch.device, threads: int | None = None) -> int:
     return max(1, cores - DECODE_CORES)
 
 
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` PyTorch intra-op threads, then restore the previous count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def run_predict(checkpoint: str | Path | Predictor, inputs: Sequence[str], out: str | Path, *,
                 batch_size: int | None = None, backend: str = "eager", precision: str = "fp32",
                 device: str = "cpu", crop: Crop | str | None = None, threads: int | None = None,
@@ -359,12 +348,12 @@ def run_predict(checkpoint: str | Path | Predictor, inputs: Sequence[str], out: 
     if task_check:
         for source in sources:
             check_task_match(source, predictor.config.task, predictor.input_hw, crop)
-    known = sum(len(s) for s in sources if s.kind != "video")
+    total = None if any(s.kind == VIDEO for s in sources) else sum(len(s) for s in sources)
     results = []
     threads = model_threads(predictor.device, threads)
     with torch_threads(threads):
         started = time.perf_counter()
-        with tqdm(total=known or None, unit="frame", disable=not progress, dynamic_ncols=True) as bar:
+        with tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True) as bar:
             for source, output in zip(sources, outputs, strict=True):
                 results.append(predict_source(predictor, source, output, crop=crop, progress=bar))
         wall = time.perf_counter() - started

@@ -9,7 +9,6 @@ for all images of a folder or a glob. :func:`iter_source` decodes a source seque
 from __future__ import annotations
 
 import glob
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +54,8 @@ def _is_video(path: Path) -> bool:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        found += [Path(root) / f for f in sorted(files) if is_image_file(Path(f))]
-    return found
+    """Image files anywhere under ``folder``, sorted by path."""
+    return sorted(p for p in folder.rglob("*") if is_image_file(p) and p.is_file())
 
 
 def _resolve_one(text: str) -> list[Source]:

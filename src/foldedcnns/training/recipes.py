@@ -46,6 +46,9 @@ CIFAR_CROP_PADDING = 4
 CURRICULUM_GAP = 60
 CURRICULUM_DIVISOR = 10
 VAL_FRACTION = 0.1
+QUICK_LR = 1e-3
+QUICK_EPOCHS = 15
+QUICK_CURRICULUM_GAP = 1
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ RECIPES: dict[str, Recipe] = {
                       notes=("StepLR(200, 0.5) also for folded CIFAR-10 (the original lost it by a bug)",)),
     "cifar100": Recipe(name="cifar100", epochs=CIFAR_EPOCHS, lr_schedule="step", val_split=CIFAR_VAL_IMAGES,
                        augment="crop_flip", notes=("original: StepLR(200, 0.5) stepped every epoch",)),
-    "quick": Recipe(name="quick", lr=2e-3, epochs=12, lr_schedule="cosine",
+    "quick": Recipe(name="quick", lr=QUICK_LR, epochs=QUICK_EPOCHS, lr_schedule="cosine", curriculum=True,
+                    curriculum_gap=QUICK_CURRICULUM_GAP,
                     notes=("short CPU runs on small (synthetic) data; not from the original",)),
 }
 

@@ -48,12 +48,12 @@ def _is_cifar_source(data: Path, spec: TaskSpec) -> bool:
     return spec.name in CIFAR_TASKS and not (data / "train").is_dir()
 
 
-def _folder_split(root: Path, spec: TaskSpec, split: str) -> SplitData:
+def _folder_split(root: Path, spec: TaskSpec, split: str, progress: bool | None = None) -> SplitData:
     from foldedcnns.data.folder import ImageFolder
 
     # A rare class may be missing from a small val/test split; the training split needs every class.
     folder = ImageFolder(root / split, classes=list(spec.class_names), cache=True, allow_empty=split != "train")
-    images, labels = folder.tensors()
+    images, labels = folder.tensors(progress=progress)
     return SplitData(images, labels, str(root / split))
 
 
@@ -110,7 +110,7 @@ def _fit(split: SplitData, spec: TaskSpec, image_size: tuple[int, int, int]) -> 
 
 
 def load_training_data(data: str | Path, spec: TaskSpec, image_size: tuple[int, int, int] | None = None,
-                       val_split: float | int = 0.1) -> TrainingData:
+                       val_split: float | int = 0.1, progress: bool | None = None) -> TrainingData:
     """Load every split of ``data`` for ``spec``; ``image_size`` (C, H, W) resizes (compound models)."""
     data = Path(data)
     image_size = image_size or spec.input_size
@@ -121,14 +121,14 @@ def load_training_data(data: str | Path, spec: TaskSpec, image_size: tuple[int, 
         train_idx, val_idx = val_indices(len(full), val_split)
         train, val, val_source = _subset(full, train_idx, full.source), _subset(full, val_idx, full.source), "train"
     else:
-        train = _folder_split(data, spec, "train")
+        train = _folder_split(data, spec, "train", progress)
         if (data / "val").is_dir():
-            val, val_source = _folder_split(data, spec, "val"), "folder"
+            val, val_source = _folder_split(data, spec, "val", progress), "folder"
         else:
             train_idx, val_idx = val_indices(len(train), val_split)
             train, val, val_source = _subset(train, train_idx, train.source), _subset(train, val_idx, train.source), \
                 "train"
-        test = _folder_split(data, spec, "test") if (data / "test").is_dir() else None
+        test = _folder_split(data, spec, "test", progress) if (data / "test").is_dir() else None
     if len(train) == 0:
         raise DataError(f"{train.source} holds no training images; add images to its class folders")
     return TrainingData(_fit(train, spec, image_size), _fit(val, spec, image_size),

@@ -400,7 +400,8 @@ def train(config: TrainConfig, *, on_batch: BatchHook | None = None) -> TrainRes
     elif config.resume:
         log.info("no %s in %s; starting a new run", LAST_CHECKPOINT, run_dir)
 
-    data = load_training_data(config.data, plan.spec, plan.model_config.image_size, plan.recipe.val_split)
+    data = load_training_data(config.data, plan.spec, plan.model_config.image_size, plan.recipe.val_split,
+                              progress=None if config.progress else False)
     return _Trainer(plan, data, run_dir, resume_ckpt, on_batch).run()
 
 

@@ -1,0 +1,212 @@
+"""Reproduce the headline table of docs/benchmarks.md on this machine.
+
+    .venv/bin/python benchmarks/headline.py               # CPU: about 10-15 minutes on 2 cores
+    .venv/bin/python benchmarks/headline.py --device cuda # GPU: fp16/bf16, CUDA graphs
+
+For every game and NoScope task it searches fold (1-4), backend, precision and batch size
+({256, 1024, 4096}) with :func:`foldedcnns.benchmark.tune.search` (screen, batch sweep, final
+interleaved trials), then profiles the best original and the best folded configuration layer by
+layer. It writes
+
+* ``benchmarks/results/headline_<device>.csv`` (final trials, the bench CSV format),
+  ``..._screen.csv`` (the one-trial screening) and ``..._run.json`` (machine, peaks, profiles, notices);
+* ``docs/img/bench_headline_<device>.png`` (final) and ``docs/img/bench_batch_<device>.png`` (screening:
+  throughput vs batch size);
+* the generated part of ``docs/benchmarks.md`` between ``<!-- headline:<device>:start/end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from foldedcnns.benchmark.backends import resolve_device
+from foldedcnns.benchmark.machine import machine_info
+from foldedcnns.benchmark.peak import Peak
+from foldedcnns.benchmark.plots import plot_results
+from foldedcnns.benchmark.profile import PROFILE_BACKENDS, LayerProfile, profile_layers
+from foldedcnns.benchmark.records import BenchRecord, write_csv
+from foldedcnns.benchmark.report import (
+    best_vs_best_markdown,
+    detail_markdown,
+    layers_markdown,
+    machine_markdown,
+    profile_summary_markdown,
+    replace_section,
+)
+from foldedcnns.benchmark.runner import (
+    PreparedCache,
+    add_utilization,
+    best_peaks,
+    measure_peaks,
+    model_entries,
+    torch_threads,
+)
+from foldedcnns.benchmark.summary import BestRow, best_configs
+from foldedcnns.benchmark.tune import TuneConfig, search
+from foldedcnns.cli.bench import default_tasks
+from foldedcnns.models import build_model, get_task
+from foldedcnns.utils.atomic import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_BACKENDS = ("eager", "channels-last", "onnxruntime")
+CUDA_BACKENDS = ("eager", "channels-last", "cuda-graphs", "onnxruntime")
+CPU_PRECISIONS = ("fp32", "bf16")
+CUDA_PRECISIONS = ("fp32", "fp16", "bf16")
+BATCH_SIZES = (256, 1024, 4096)
+SCREEN_BATCH = 256  # cheapest size for ranking backend x precision; the winners are then swept over sizes
+MAX_CALL_SECONDS = 3.0  # a batch size whose single call would take longer is not timed (listed in the notes)
+PROFILE_BATCH = 256
+PROFILE_ITERATIONS = 3
+DETAIL_TASK = "lol/goldnumber-fraction"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tasks", nargs="+", help="default: every game and NoScope task")
+    parser.add_argument("--folds", default="1,2,3,4")
+    parser.add_argument("--backends", help="comma-separated (default: per device)")
+    parser.add_argument("--precisions", help="comma-separated (default: fp32,bf16 on CPU; fp32,fp16,bf16 on CUDA)")
+    parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--screen-seconds", type=float, default=0.3)
+    parser.add_argument("--screen-trials", type=int, default=2, help="screening repeats (the best one ranks)")
+    parser.add_argument("--final-seconds", type=float, default=0.5)
+    parser.add_argument("--max-call-seconds", type=float, default=MAX_CALL_SECONDS)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    return parser.parse_args(argv)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v)
+
+
+def _names(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(v for v in text.split(",") if v) if text else default
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def profile_best(best: list[BestRow], device: str) -> list[LayerProfile]:
+    """Per task: the best Original and the best folded configuration, layer by layer."""
+    profiles = []
+    for model in dict.fromkeys(b.model for b in best):
+        mine = [b for b in best if b.model == model]
+        original = next((b for b in mine if b.mode == "Original"), None)
+        folded = max((b for b in mine if b.mode == "Folded"), key=lambda b: b.throughput, default=None)
+        for row in (original, folded):
+            if row is None or row.backend not in PROFILE_BACKENDS:
+                continue
+            net = build_model(model, fold=row.fold).eval()
+            profiles.append(profile_layers(net, backend=row.backend, precision=row.precision,
+                                           batch_size=PROFILE_BATCH, device=device,
+                                           iterations=PROFILE_ITERATIONS))
+    return profiles
+
+
+def render(device: str, machine: dict, peaks: dict[str, Peak], best: list[BestRow], profiles: list[LayerProfile],
+           notices: list[str], settings: dict[str, str]) -> str:
+    families = {b.model: get_task(b.model).family for b in best}
+    parts = [
+        f"Generated by `benchmarks/headline.py --device {device}` on {time.strftime('%Y-%m-%d %H:%M')}.",
+        "", "**Machine**", "", machine_markdown(machine, peaks, settings), "",
+        "**Best original vs best folded** (best = highest median throughput over any backend, precision and batch "
+        "size; ratios are medians over the final interleaved trials of best folded / best original):", "",
+        best_vs_best_markdown(best, families), "",
+        "**Every best configuration** ('vs same-config original' divides by the original CNN timed at the same "
+        "backend, precision and batch size in the same trials, the paper's TputNorm):", "",
+        detail_markdown(best), "",
+    ]
+    if profiles:
+        parts += [f"**Per-layer profiles** of the best original and the best folded configuration "
+                  f"(batch {PROFILE_BATCH}, median of {PROFILE_ITERATIONS} calls; shares of the profiled time):", "",
+                  profile_summary_markdown(profiles, peaks), ""]
+        detail = [p for p in profiles if p.model == DETAIL_TASK]
+        for p in detail:
+            parts += [f"Layers of {p.model} f={p.fold}, {p.backend} {p.precision} B={p.batch_size}:", "",
+                      layers_markdown(p), ""]
+    if notices:
+        parts += ["**Skipped or not measured**:", ""] + [f"- {n}" for n in notices] + [""]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    dev = resolve_device(args.device)
+    cuda = dev.type == "cuda"
+    backends = _names(args.backends, CUDA_BACKENDS if cuda else CPU_BACKENDS)
+    precisions = _names(args.precisions, CUDA_PRECISIONS if cuda else CPU_PRECISIONS)
+    tasks = args.tasks or default_tasks()
+    started = time.perf_counter()
+    screen_all: list[BenchRecord] = []
+    final_all: list[BenchRecord] = []
+    notices: list[str] = []
+    with torch_threads(args.threads):
+        samples = [measure_peaks(precisions, dev, 0.5)]
+        for task in tasks:
+            t0 = time.perf_counter()
+            config = TuneConfig(target=task, folds=_ints(args.folds), backends=backends, precisions=precisions,
+                                batch_sizes=_ints(args.batch_sizes), device=str(dev), screen_batch=SCREEN_BATCH,
+                                top_k=1, screen_seconds=args.screen_seconds, screen_warmup=1,
+                                screen_trials=args.screen_trials,
+                                final_seconds=args.final_seconds, final_warmup=1, trials=args.trials,
+                                max_call_seconds=args.max_call_seconds)
+            cache = PreparedCache(dev, on_notice=lambda n: log(f"  notice: {n}"))
+            screen, final = search(model_entries([task], config.folds), cache, config, progress=True)
+            screen_all += screen
+            final_all += final
+            notices += [n for n in cache.notices if n not in notices]
+            log(f"{task}: {time.perf_counter() - t0:.0f} s")
+        samples.append(measure_peaks(precisions, dev, 0.5))
+        peaks = best_peaks(*samples)
+        final_all = add_utilization(final_all, peaks)
+        screen_all = add_utilization(screen_all, peaks)
+        best = best_configs(final_all)
+        measure_seconds = time.perf_counter() - started
+        profiles = [] if args.no_profile else profile_best(best, str(dev))
+    total = time.perf_counter() - started
+    name = dev.type
+    out_dir, img_dir = args.out_dir, args.img_dir
+    write_csv(out_dir / f"headline_{name}.csv", final_all)
+    write_csv(out_dir / f"headline_{name}_screen.csv", screen_all)
+    plot_results(final_all, img_dir / f"bench_headline_{name}.png",
+                 title=f"headline ({name}): final interleaved trials of each fold's best configuration")
+    plot_results(screen_all, img_dir / f"bench_batch_{name}.png",
+                 title=f"screening ({name}): throughput vs batch size of each fold's best backend/precision")
+    machine = machine_info(str(dev))
+    settings = {
+        "Search": f"folds {args.folds}; backends {', '.join(backends)}; precisions {', '.join(precisions)}; "
+                  f"batch sizes {args.batch_sizes}; screening at B={SCREEN_BATCH} "
+                  f"(best of {args.screen_trials} interleaved timings of {args.screen_seconds} s), the top "
+                  f"backend/precision of each fold swept over the other batch sizes (same timing; sizes whose "
+                  f"single call would take over {args.max_call_seconds:g} s skipped), "
+                  f"final {args.trials} interleaved trials ({args.final_seconds} s per configuration, "
+                  f"1 warm-up call) of each fold's winner and of the original at that configuration",
+        "Run time": f"{measure_seconds / 60:.1f} min of measurement, {total / 60:.1f} min with profiles",
+    }
+    run = {"machine": machine, "peaks": {k: p.to_dict() for k, p in peaks.items()},
+           "best": [b.to_dict() for b in best], "profiles": [p.to_dict() for p in profiles], "notices": notices,
+           "settings": settings, "torch_threads": torch.get_num_threads()}
+    atomic_write_text(out_dir / f"headline_{name}_run.json", json.dumps(run, indent=2))
+    body = render(name, machine, peaks, best, profiles, notices, settings)
+    atomic_write_text(out_dir / f"headline_{name}.md", body + "\n")
+    doc = args.doc.read_text(encoding="utf-8") if args.doc.is_file() else "# Benchmarks\n"
+    atomic_write_text(args.doc, replace_section(doc, f"headline:{name}", body))
+    log(f"done in {total / 60:.1f} min; wrote {args.doc} and {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

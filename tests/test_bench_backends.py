@@ -1,0 +1,101 @@
+"""Backends give the eager model's logits, refuse what they cannot run with a reason, and leave the model alone."""
+
+import json
+
+import pytest
+import torch
+
+from foldedcnns.benchmark.backends import (
+    BACKENDS,
+    BackendUnavailable,
+    CudaGraphsBackend,
+    OnnxRuntimeBackend,
+    get_backend,
+)
+from foldedcnns.benchmark.profile import profile_layers
+from foldedcnns.errors import ConfigError
+from foldedcnns.models import build_model
+
+TINY = {"name": "tiny/noscope", "family": "noscope", "out-h": 12, "out-w": 12, "chan-in": 3, "ClassNames": ["0", "1"],
+        "model-architecture": {"nb_filters": 4, "nb_dense": 8, "nb_layers": 2}}
+
+
+@pytest.fixture()
+def model(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    torch.manual_seed(0)
+    return build_model(str(path), fold=2).eval()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("name", ["eager", "channels-last", "onnxruntime"])
+def test_fp32_backends_match_eager(model, name):
+    x = torch.rand(5, *model.config.input_shape)
+    with torch.no_grad():
+        expected = model(x)
+    prepared = get_backend(name).prepare(model, x[:2], precision="fp32")
+    out = prepared(x)
+    assert out.dtype == torch.float32 and out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    assert prepared.setup_seconds > 0
+
+
+def test_reduced_precision_is_close_and_leaves_the_callers_model_in_fp32(model):
+    x = torch.rand(4, *model.config.input_shape)
+    with torch.no_grad():
+        expected = model(x)
+    out = get_backend("channels-last").prepare(model, x, precision="bf16")(x)
+    assert next(model.parameters()).dtype == torch.float32
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0.1, atol=0.05)
+
+
+def test_unsupported_combinations_say_why():
+    assert OnnxRuntimeBackend().is_available("cpu", "bf16") == (False, "ONNX Runtime has no bf16 convolution on cpu")
+    ok, reason = CudaGraphsBackend().is_available("cpu", "fp32")
+    assert not ok and "--device cuda" in reason
+    with pytest.raises(BackendUnavailable, match="CUDA graphs need --device cuda"):
+        CudaGraphsBackend().prepare(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+    with pytest.raises(ConfigError, match="unknown backend"):
+        get_backend("tensorrt")
+    assert set(BACKENDS) == {"eager", "channels-last", "compile", "onnxruntime", "cuda-graphs"}
+
+
+def test_a_kernel_that_fails_in_the_check_call_makes_the_backend_unavailable():
+    class NoHalf(torch.nn.Module):
+        def forward(self, x):
+            if x.dtype == torch.float16:
+                raise RuntimeError("\"conv\" not implemented for 'Half'\nmore detail")
+            return x
+
+    with pytest.raises(BackendUnavailable, match=r"^\"conv\" not implemented for 'Half'$"):
+        get_backend("eager").prepare(NoHalf(), torch.zeros(2, 3), precision="fp16")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_cuda_without_a_gpu_is_refused_with_the_fix(model):
+    with pytest.raises(BackendUnavailable, match="CUDA is not available on this machine; use --device cpu"):
+        get_backend("eager").prepare(model, torch.zeros(1, *model.config.input_shape), device="cuda")
+
+
+@pytest.mark.parametrize("backend", ["channels-last", "onnxruntime"])
+def test_per_layer_profile_times_every_layer_and_attributes_flops(model, backend):
+    profile = profile_layers(model, backend=backend, batch_size=8, iterations=2)
+    kinds = [layer.kind for layer in profile.layers]
+    assert kinds.count("conv") == 2 and kinds.count("linear") == 2 and "pool" in kinds
+    assert profile.images == 8 and profile.seconds > 0
+    conv_flops = sum(layer.flops for layer in profile.layers if layer.kind == "conv")
+    from foldedcnns.analysis import count_flops
+
+    report = count_flops(model)
+    assert conv_flops == pytest.approx(2 * 4 * sum(la.macs for la in report.layers if la.kind == "conv"))
+    assert 0 < profile.share("conv") <= 1
+    assert all(layer.flops == 0 for layer in profile.layers if layer.kind == "pool")

@@ -1,0 +1,97 @@
+"""tune's three-stage search, with a stub backend whose speed is known in advance (a fake clock)."""
+
+import json
+import types
+
+import pytest
+import torch
+
+from foldedcnns.benchmark import timing
+from foldedcnns.benchmark.backends import Backend, Prepared
+from foldedcnns.benchmark.tune import TuneConfig, tune
+from foldedcnns.errors import ConfigError
+
+TINY = {"name": "tiny/game", "family": "game", "out-h": 16, "out-w": 20, "chan-in": 3, "ClassNames": ["a", "b", "c"],
+        "model-architecture": {"template": "1_1_convnet", "conv1_n_feature_maps": 4, "convi_n_feature_maps": 4,
+                               "convn_n_feature_maps": 2}}
+CALL_OVERHEAD = 0.002  # seconds per call: bigger batches are faster per image
+
+
+class FakeClock:
+    now = 0.0
+
+    @classmethod
+    def perf_counter(cls):
+        return cls.now
+
+
+@pytest.fixture(autouse=True)
+def fake_clock(monkeypatch):
+    FakeClock.now = 0.0
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=FakeClock.perf_counter))
+
+
+class SleepBackend(Backend):
+    """A call advances the fake clock by overhead + images * cost; ``fast`` makes fold 2 at bf16 the winner."""
+
+    def __init__(self, name, fast):
+        self.name, self.fast = name, fast
+
+    def prepare(self, model, example, *, precision="fp32", device="cpu"):
+        fold = model.config.fold
+        per_image = 2e-5 if (self.fast and fold == 2 and precision == "bf16") else 1e-4
+
+        def run(x):
+            FakeClock.now += CALL_OVERHEAD + x.shape[0] * fold * per_image
+            return x.new_zeros(x.shape[0], 3 * fold)
+
+        return Prepared(self.name, precision, torch.device(device), run, lambda x: x, lambda y: y)
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+def tune_config(tiny, **kw):
+    base = dict(target=tiny, folds=(1, 2), backends=("slow", "quick"), precisions=("fp32", "bf16"),
+                batch_sizes=(8, 16, 32), screen_seconds=0.005, screen_warmup=0, final_seconds=0.005, final_warmup=0,
+                trials=2, peak_seconds=0, threads=1)
+    base.update(kw)
+    return TuneConfig(**base)
+
+
+REGISTRY = {"slow": SleepBackend("slow", fast=False), "quick": SleepBackend("quick", fast=True)}
+
+
+def test_tune_screens_everything_then_confirms_each_folds_winner_in_interleaved_trials(tiny):
+    result = tune(tune_config(tiny), registry=REGISTRY)
+    screened = {(r.fold, r.backend, r.precision) for r in result.screen if r.batch_size == 16}
+    assert len(screened) == 2 * 2 * 2  # every fold x backend x precision at the middle batch size
+    assert {r.batch_size for r in result.screen if (r.fold, r.backend, r.precision) == (2, "quick", "bf16")} == \
+        {8, 16, 32}
+    rec = result.recommended
+    assert (rec.mode, rec.fold, rec.backend, rec.precision, rec.batch_size) == ("Folded", 2, "quick", "bf16", 32)
+    assert rec.speedup == pytest.approx((2 + 32 * 0.1) / (2 + 32 * 0.02))  # ms per call, original / folded
+    # the final stage also times the Original at the folded winner's configuration (TputNorm)
+    assert rec.same_config_speedup == pytest.approx(rec.speedup)
+    final_configs = {(r.fold, r.backend, r.precision, r.batch_size) for r in result.final}
+    assert (1, "quick", "bf16", 32) in final_configs
+    assert [r.trial for r in result.final].count(1) == [r.trial for r in result.final].count(2)
+
+
+def test_tune_skips_batch_sizes_whose_call_would_be_too_long(tiny):
+    notices = []
+    result = tune(tune_config(tiny, folds=(1,), backends=("slow",), precisions=("fp32",), max_call_seconds=0.003),
+                  registry=REGISTRY, on_notice=notices.append)
+    assert {r.batch_size for r in result.screen} == {8, 16}
+    assert any(n.startswith("not measured: tiny/game f=1 slow fp32 B=32") for n in notices)
+
+
+def test_tune_rejects_bad_settings(tiny):
+    with pytest.raises(ConfigError, match="top-k and trials"):
+        tune(tune_config(tiny, top_k=0), registry=REGISTRY)
+    with pytest.raises(ConfigError, match="needs trained weights"):
+        tune(tune_config(tiny, data="somewhere"), registry=REGISTRY)
