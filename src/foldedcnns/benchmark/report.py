@@ -99,6 +99,28 @@ def profile_summary_markdown(profiles: Sequence[LayerProfile], peaks: Mapping[st
     return markdown_table(headers, rows)
 
 
+def fold_profile_markdown(profiles: Sequence[LayerProfile], peaks: Mapping[str, Peak]) -> str:
+    """One row per task and configuration, one column per fold: conv GFLOP/s (% of peak) and pool share."""
+    folds = sorted({p.fold for p in profiles})
+    headers = ["task", "configuration", *[f"f={f} conv GFLOP/s (% peak), pool share" for f in folds]]
+    groups: dict[tuple[str, str], dict[int, LayerProfile]] = {}
+    for p in profiles:
+        groups.setdefault((p.model, f"{p.backend} {p.precision} B={p.batch_size}"), {})[p.fold] = p
+    rows = []
+    for (model, config), by_fold in groups.items():
+        cells = []
+        for f in folds:
+            p = by_fold.get(f)
+            if p is None:
+                cells.append("n/a")
+                continue
+            conv, peak = p.flops_per_sec("conv"), peaks.get(p.precision)
+            pct = f" ({100 * conv / peak.flops_per_sec:.0f}%)" if peak else ""
+            cells.append(f"{conv / 1e9:.0f}{pct}, {100 * p.share('pool'):.0f}%")
+        rows.append([model, config, *cells])
+    return markdown_table(headers, rows)
+
+
 def layers_markdown(profile: LayerProfile) -> str:
     """Every layer of one profile: time, share, FLOPs/sec."""
     total = profile.seconds

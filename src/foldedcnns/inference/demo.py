@@ -31,7 +31,7 @@ from foldedcnns.benchmark.records import write_csv
 from foldedcnns.benchmark.runner import BenchConfig, BenchRun, run_benchmark
 from foldedcnns.benchmark.summary import BestRow, best_configs, markdown_table, summarize
 from foldedcnns.errors import ConfigError
-from foldedcnns.models import get_task
+from foldedcnns.models import TaskSpec, get_task
 from foldedcnns.training.trainer import TrainConfig, TrainResult, evaluate, train
 from foldedcnns.utils.atomic import atomic_save, atomic_write_text
 
@@ -131,16 +131,17 @@ def table_rows(report: DemoReport) -> list[list[Any]]:
              "" if r.utilization is None else f"{100 * r.utilization:.1f}%", r.backend] for r in report.rows]
 
 
-def _synthetic_data(task: str, root: Path, settings: DemoSettings, seed: int, progress: bool) -> dict[str, int]:
+def _synthetic_data(spec: TaskSpec, root: Path, settings: DemoSettings, seed: int, progress: bool,
+                    ) -> dict[str, int]:
     """Draw the data set, or keep the one a previous run drew with the same task, size and seed."""
     from foldedcnns.data.synth import generate_synthetic
 
     manifest = root / SYNTH_MANIFEST
     if manifest.is_file():
         saved = json.loads(manifest.read_text(encoding="utf-8"))
-        if (saved.get("task"), saved.get("per_class"), saved.get("seed")) == (task, settings.per_class, seed):
+        if (saved.get("task"), saved.get("per_class"), saved.get("seed")) == (spec.name, settings.per_class, seed):
             return dict(saved["counts"])
-    return generate_synthetic(task, root, per_class=settings.per_class, seed=seed, overwrite=True,
+    return generate_synthetic(spec, root, per_class=settings.per_class, seed=seed, overwrite=True,
                               progress=progress)
 
 
@@ -256,7 +257,7 @@ def render_markdown(report: DemoReport, run: BenchRun) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_demo(out: str | Path = "demo_out", *, task: str = DEFAULT_TASK, fold: int = DEFAULT_FOLD,
+def run_demo(out: str | Path = "demo_out", *, task: str | Path = DEFAULT_TASK, fold: int = DEFAULT_FOLD,
              quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool = False,
              settings: DemoSettings | None = None, on_phase: Callable[[str], None] | None = None) -> DemoReport:
     """Run the whole demo into ``out``; see the module docstring. ``settings`` overrides FULL/QUICK."""
@@ -279,11 +280,11 @@ def run_demo(out: str | Path = "demo_out", *, task: str = DEFAULT_TASK, fold: in
         return value
 
     images = timed("data", f"drawing synthetic {task} data ({settings.per_class} per class)",
-                   lambda: _synthetic_data(spec.name, out / DATA_DIR, settings, seed, progress))
+                   lambda: _synthetic_data(spec, out / DATA_DIR, settings, seed, progress))
     results: list[TrainResult] = []
     for f, name in ((1, ORIGINAL_RUN), (fold, f"folded-f{fold}")):
         run_dir = _fresh_run_dir(out / RUNS_DIR / name)
-        config = TrainConfig(task=spec.name, data=out / DATA_DIR, out=run_dir, fold=f, recipe=TRAIN_RECIPE,
+        config = TrainConfig(task=str(task), data=out / DATA_DIR, out=run_dir, fold=f, recipe=TRAIN_RECIPE,
                              epochs=settings.epochs, device=device, seed=seed, progress=progress)
         results.append(timed(f"train f={f}", f"training the {'original CNN' if f == 1 else f'FoldedCNN (f={f})'} "
                              f"for {settings.epochs} epochs", lambda config=config: train(config)))
