@@ -169,8 +169,9 @@ def count_flops(model: nn.Module, input_shape: tuple[int, int, int] | None = Non
 
 
 def model_flops(config: ModelConfig) -> FlopReport:
-    """:func:`count_flops` of the model a :class:`ModelConfig` describes (built without initialisation)."""
-    return count_flops(build_from_config(config))
+    """:func:`count_flops` of the model a :class:`ModelConfig` describes (built on the meta device)."""
+    with torch.device("meta"):
+        return count_flops(build_from_config(config))
 
 
 def flops_per_image(config: ModelConfig) -> float:

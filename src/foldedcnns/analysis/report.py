@@ -6,20 +6,30 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from foldedcnns.analysis.flops import FlopReport, model_flops
+import torch
+from torch import nn
+
+from foldedcnns.analysis.flops import FlopReport, count_flops, model_flops
 from foldedcnns.analysis.intensity import inputs_per_batch, layer_intensity, model_intensity
 from foldedcnns.errors import ConfigError
 from foldedcnns.models.compound import DEFAULT_PHI
 from foldedcnns.models.registry import ModelConfig, build_model, get_task, list_models
+from foldedcnns.models.spec import TaskSpec
 
 CONVENTIONS = ("original", "exact")
 INTENSITY_CSV_HEADER = ("task", "mode", "fold", "batch_size", "bytes_per_element", "ops", "bytes",
                         "arithmetic_intensity")
 
 
+def shape_model(task: str | TaskSpec, **kwargs: Any) -> nn.Module:
+    """Build a model on the meta device: shapes and costs without allocating or computing anything."""
+    with torch.device("meta"):
+        return build_model(task, init=False, **kwargs)
+
+
 def model_config(task: str, fold: int = 1, multiplier: float | None = None) -> ModelConfig:
-    """The :class:`ModelConfig` of ``task`` at ``fold`` (builds the model once, uninitialised)."""
-    return build_model(task, fold=fold, multiplier=multiplier, init=False).config
+    """The :class:`ModelConfig` of ``task`` at ``fold``."""
+    return shape_model(task, fold=fold, multiplier=multiplier).config
 
 
 def flops_summary(config: ModelConfig, report: FlopReport | None = None, per_layer: bool = False) -> dict[str, Any]:
@@ -81,11 +91,11 @@ def intensity_rows(tasks: Sequence[str], folds: Sequence[int], batch_size: int, 
     rows: list[IntensityRow] = []
     for task in tasks:
         spec = get_task(task)
-        configs = [model_config(task, f) for f in sorted(set(folds))]
+        models = [shape_model(spec, fold=f) for f in sorted(set(folds))]
         if compound and spec.family == "game":
-            configs.append(build_model(spec, phi=DEFAULT_PHI, init=False).config)
-        for config in configs:
-            report = model_flops(config)
+            models.append(shape_model(spec, phi=DEFAULT_PHI))
+        for model in models:
+            config, report = model.config, count_flops(model)
             divisor = config.fold
             if config.compound_phi is not None and convention == "original":
                 divisor = config.compound_phi
@@ -115,8 +125,9 @@ def layer_intensity_rows(task: str, folds: Sequence[int], batch_size: int, bytes
     """Per-layer AI of ``task`` at each fold; ``memory_bound`` when AI < ``ridge`` (FLOP/byte)."""
     rows = []
     for fold in sorted(set(folds)):
-        config = model_config(task, fold)
-        for layer in model_flops(config).layers:
+        model = shape_model(task, fold=fold)
+        config = model.config
+        for layer in count_flops(model).layers:
             result = layer_intensity(layer, inputs_per_batch(batch_size, fold), bytes_per_element)
             ai = result.arithmetic_intensity
             rows.append(LayerIntensityRow(config.task.name, config.mode, fold, layer.name, layer.kind,

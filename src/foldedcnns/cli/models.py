@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from foldedcnns.analysis.report import shape_model
 from foldedcnns.cli.common import add_json_option, format_table, print_json
-from foldedcnns.models import build_model, get_task, list_models
+from foldedcnns.models import get_task, list_models
 
 
 def model_rows(pattern: str = "*") -> list[dict[str, object]]:
     rows = []
     for name in list_models(pattern):
-        config = build_model(name, init=False).config
+        config = shape_model(name).config
         spec = get_task(name)
         rows.append({"task": name, "family": "compound" if config.compound_phi else spec.family,
                      "input_size": list(config.image_size), "num_classes": spec.num_classes})
