@@ -1,4 +1,4 @@
-"""Plots of analysis results (matplotlib, Agg backend, written atomically)."""
+"""Plots of analysis results."""
 
 from __future__ import annotations
 
@@ -7,20 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from foldedcnns.analysis.report import IntensityRow
-from foldedcnns.utils.atomic import atomic_path
+from foldedcnns.utils.plotting import new_axes, save_figure
 
 
 def plot_intensity(rows: Sequence[IntensityRow], path: str | Path, ridge: float | None = None) -> Path:
     """Arithmetic intensity vs fold, one line per task; compound models as a marker at x = 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     by_task: dict[str, list[IntensityRow]] = defaultdict(list)
     for row in rows:
         by_task[row.task].append(row)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = new_axes((8, 5))
     for task, task_rows in by_task.items():
         folded = sorted((r for r in task_rows if r.mode != "Compound"), key=lambda r: r.fold)
         line = ax.plot([r.fold for r in folded], [r.arithmetic_intensity for r in folded], marker="o", label=task)
@@ -35,9 +30,4 @@ def plot_intensity(rows: Sequence[IntensityRow], path: str | Path, ridge: float 
     ax.set_title(f"Arithmetic intensity, batch {batch} images")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
