@@ -8,10 +8,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from foldedcnns.benchmark.records import BenchRecord
 from foldedcnns.benchmark.summary import best_configs, summarize
@@ -21,13 +23,15 @@ from foldedcnns.utils.atomic import atomic_save
 PANEL_SIZE = (5.0, 3.6)  # inches per subplot
 MAX_COLUMNS = 3
 DPI = 110
+TITLE_ROOM = 0.97  # fraction of the figure height left to the panels when there is a title
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES = ("-", "--", ":", "-.")
 
 
 def plot_results(records: Sequence[BenchRecord], path: str | Path, title: str | None = None) -> Path:
     """One panel per model (median throughput vs batch size, a colour per fold, a marker per backend
-    and precision) and a last panel with the best-vs-best speedup of each fold per task."""
+    and precision; one legend on the first panel) and a last panel with the best-vs-best speedup of
+    each fold per task."""
     if not records:
         raise DataError("no benchmark records to plot; every configuration was skipped")
     rows = summarize(records)
@@ -49,24 +53,33 @@ def plot_results(records: Sequence[BenchRecord], path: str | Path, title: str | 
                              if r.model == model and (r.backend, r.precision) == variant and (r.mode, r.fold) == mf)
                 if not pts:
                     continue
-                label = f"{'compound' if mf[0] == 'Compound' else f'f={mf[1]}'} {variant[0]} {variant[1]}"
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[mf], marker=MARKERS[vi % len(MARKERS)],
-                        linestyle=LINESTYLES[vi % len(LINESTYLES)], label=label)
+                        linestyle=LINESTYLES[vi % len(LINESTYLES)])
         ax.set_xscale("log", base=2)
         ax.set_title(model, fontsize=9)
         ax.set_xlabel("batch size (images)")
         ax.set_ylabel("throughput (images/s)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+    _legend(flat[0], folds, colors, variants)
     _speedup_panel(flat[len(models)], records, models)
     for ax in flat[panels:]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, TITLE_ROOM) if title else None)
     path = Path(path)
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     return path
+
+
+def _legend(ax: Axes, folds: list[tuple[str, int]], colors: dict[tuple[str, int], Any],
+            variants: list[tuple[str, str]]) -> None:
+    """One legend: a colour per fold, a marker and line style per backend and precision."""
+    handles = [Line2D([], [], color=colors[mf], linewidth=3,
+                      label="compound" if mf[0] == "Compound" else f"f={mf[1]}") for mf in folds]
+    handles += [Line2D([], [], color="gray", marker=MARKERS[vi % len(MARKERS)], linestyle=LINESTYLES[vi % len(LINESTYLES)],
+                       label=f"{backend} {precision}") for vi, (backend, precision) in enumerate(variants)]
+    ax.legend(handles=handles, fontsize=6)
 
 
 def _speedup_panel(ax: Axes, records: Sequence[BenchRecord], models: list[str]) -> None:

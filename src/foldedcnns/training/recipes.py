@@ -59,7 +59,9 @@ class Recipe:
     images, a float a fraction of the training images (drawn with a fixed seed, so every run and
     ``evaluate`` see the same split). ``curriculum`` switches curriculum learning on for folded models
     (fold > 1) only, as the original did; ``curriculum_divisor`` sets the start and step size
-    (``N // divisor`` classes) and ``curriculum_gap`` the epochs between steps.
+    (``N // divisor`` classes) and ``curriculum_gap`` the epochs between steps. ``slot_warmup`` is the
+    number of epochs a folded model trains as f separate per-image CNNs first
+    (:mod:`foldedcnns.training.slots`; 0 = off, as in the original).
     """
 
     name: str
@@ -78,6 +80,7 @@ class Recipe:
     curriculum: bool = False
     curriculum_gap: int = CURRICULUM_GAP
     curriculum_divisor: int = CURRICULUM_DIVISOR
+    slot_warmup: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +139,8 @@ def validate_recipe(recipe: Recipe) -> Recipe:
         value = getattr(recipe, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key.replace('_', ' ')} must be an integer >= 1, got {value!r}")
+    if isinstance(recipe.slot_warmup, bool) or not isinstance(recipe.slot_warmup, int) or recipe.slot_warmup < 0:
+        raise ConfigError(f"slot warm-up must be an integer >= 0 (epochs), got {recipe.slot_warmup!r}")
     split = recipe.val_split
     if isinstance(split, float) and not 0.0 < split < 1.0:
         raise ConfigError(f"validation fraction must be in (0, 1), got {split}")

@@ -42,6 +42,7 @@ from foldedcnns.training.distill import DEFAULT_TEMPERATURE, DISTILL_LOSSES, cac
 from foldedcnns.training.metrics import MetricAccumulator, format_progress, topk_correct
 from foldedcnns.training.recipes import Recipe, apply_overrides, fold_batch_size, recipe_for
 from foldedcnns.training.rng import get_rng_state, seed_everything, set_rng_state
+from foldedcnns.training.slots import mask_cross_slot_gradients, separate_slots
 from foldedcnns.training.splits import SplitData, TrainingData, load_split, load_training_data
 from foldedcnns.utils.atomic import atomic_open, atomic_write_text
 
@@ -57,6 +58,7 @@ DEFAULT_EVAL_BATCH = 512
 PROGRESS_EVERY = 10  # batches between progress-bar refreshes (each one syncs the device)
 PROGRESS_SECONDS = 0.5  # least time between two progress-bar redraws
 PIXEL_MAX = 255.0
+EVAL_ORDER_SEED = 19  # the original's seed for shuffling validation and test images before folding
 # Settings that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ("epochs",)
 
@@ -88,6 +90,7 @@ class TrainConfig:
     lr_schedule: str | None = None
     curriculum: bool | None = None
     curriculum_gap: int | None = None
+    slot_warmup: int | None = None
     distill_from: str | Path | None = None
     distill_loss: str = "mse"
     distill_temperature: float = DEFAULT_TEMPERATURE
@@ -184,7 +187,7 @@ def plan_run(config: TrainConfig) -> RunPlan:
     recipe = apply_overrides(recipe, {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
                                       "weight_decay": config.weight_decay, "optimizer": config.optimizer,
                                       "lr_schedule": config.lr_schedule, "curriculum": config.curriculum,
-                                      "curriculum_gap": config.curriculum_gap})
+                                      "curriculum_gap": config.curriculum_gap, "slot_warmup": config.slot_warmup})
     batch_size = fold_batch_size(recipe.batch_size, model_config.fold)
     if config.eval_batch_size < 1:
         raise ConfigError(f"eval batch size must be >= 1, got {config.eval_batch_size}")
@@ -292,8 +295,13 @@ def evaluate_split(model: nn.Module, fold_factor: int, split: SplitData, preproc
     model.eval()
     batch_size = max(fold_factor, batch_size - batch_size % fold_factor)
     losses, hits1, hits5 = [], [], []
-    images, labels = split.images.to(device), split.labels.to(device)
     n = len(split)
+    # Image folders list images class by class; folding them in that order would put f images of the same
+    # class into one input, unlike training and deployment. A fixed shuffle (the original's seed 19) mixes
+    # them; per-image results are put back in the split's order.
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(EVAL_ORDER_SEED)) if fold_factor > 1 \
+        else torch.arange(n)
+    images, labels = split.images[order].to(device), split.labels[order].to(device)
     acc = MetricAccumulator(device)
     bar = tqdm(total=-(-n // batch_size), desc=desc, file=sys.stderr, disable=not progress or n == 0,
                leave=True, dynamic_ncols=True, mininterval=PROGRESS_SECONDS)
@@ -317,7 +325,10 @@ def evaluate_split(model: nn.Module, fold_factor: int, split: SplitData, preproc
     if not losses:
         empty = torch.zeros(0, device="cpu")
         return EvalOutputs(empty, empty.bool(), empty.bool(), split.labels.cpu())
-    return EvalOutputs(torch.cat(losses).cpu(), torch.cat(hits1).cpu(), torch.cat(hits5).cpu(), split.labels.cpu())
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n)
+    return EvalOutputs(torch.cat(losses).cpu()[inverse], torch.cat(hits1).cpu()[inverse],
+                       torch.cat(hits5).cpu()[inverse], split.labels.cpu())
 
 
 def format_progress_desc(desc: str, summary: dict[str, float | int]) -> str:
@@ -412,6 +423,10 @@ class _Trainer:
         self.device, self.fold = plan.device, plan.fold
         seed_everything(plan.config.seed)
         self.model = build_model(plan.config.task, fold=plan.fold, multiplier=plan.config.multiplier, init=True)
+        self.slot_warmup = plan.recipe.slot_warmup if plan.fold > 1 else 0
+        if self.slot_warmup:
+            separate_slots(self.model, plan.fold)
+        self.slot_hooks: list[Any] = []
         self.model.to(self.device)
         if plan.config.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -458,6 +473,15 @@ class _Trainer:
         self.teacher_info = {**info, "loss": cfg.distill_loss, "train_top1": top1,
                              "temperature": cfg.distill_temperature if cfg.distill_loss == "kl" else None}
         self.teacher_logits = logits.to(self.device)
+
+    def _update_slot_masks(self, epoch: int) -> None:
+        """Cross-slot gradients are masked during the first ``slot_warmup`` epochs only."""
+        if epoch < self.slot_warmup and not self.slot_hooks:
+            self.slot_hooks = mask_cross_slot_gradients(self.model, self.fold)
+        elif epoch >= self.slot_warmup and self.slot_hooks:
+            for handle in self.slot_hooks:
+                handle.remove()
+            self.slot_hooks = []
 
     # -- one epoch --------------------------------------------------------------------------------
 
@@ -533,6 +557,7 @@ class _Trainer:
         for epoch in range(self.start_epoch, epochs):
             started = time.perf_counter()
             active = plan.curriculum.classes_at(epoch) if plan.curriculum else plan.spec.num_classes
+            self._update_slot_masks(epoch)
             lr = self.optimizer.param_groups[0]["lr"]
             train_m = self._train_epoch(epoch, active)
             val_out = self._eval(self.data.val, epoch, "val")
