@@ -64,7 +64,7 @@ SCREEN_BATCH = 256  # cheapest size for ranking backend x precision; the winners
 MAX_CALL_SECONDS = 3.0  # a batch size whose single call would take longer is not timed (listed in the notes)
 PEAK_SECONDS = 0.5  # matmul time per size for each peak sample
 PROFILE_BATCH = 256
-PROFILE_ITERATIONS = 3
+PROFILE_ITERATIONS = 5
 DETAIL_TASK = "sot/timer3"
 # every fold at the same configurations, so per-layer rates can be compared across folds
 FIXED_PROFILES = {"cpu": (("onnxruntime", "fp32"), ("channels-last", "bf16")),

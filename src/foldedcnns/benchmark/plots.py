@@ -77,8 +77,9 @@ def _legend(ax: Axes, folds: list[tuple[str, int]], colors: dict[tuple[str, int]
     """One legend: a colour per fold, a marker and line style per backend and precision."""
     handles = [Line2D([], [], color=colors[mf], linewidth=3,
                       label="compound" if mf[0] == "Compound" else f"f={mf[1]}") for mf in folds]
-    handles += [Line2D([], [], color="gray", marker=MARKERS[vi % len(MARKERS)], linestyle=LINESTYLES[vi % len(LINESTYLES)],
-                       label=f"{backend} {precision}") for vi, (backend, precision) in enumerate(variants)]
+    handles += [Line2D([], [], color="gray", marker=MARKERS[vi % len(MARKERS)],
+                       linestyle=LINESTYLES[vi % len(LINESTYLES)], label=f"{backend} {precision}")
+                for vi, (backend, precision) in enumerate(variants)]
     ax.legend(handles=handles, fontsize=6)
 
 
