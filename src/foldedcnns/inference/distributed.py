@@ -27,10 +27,10 @@ import torch
 
 from foldedcnns.benchmark.backends import get_backend
 from foldedcnns.errors import ConfigError
-from foldedcnns.inference.pipeline import PredictionCSV, PredictReport, SourceResult, decode_batches, output_paths
+from foldedcnns.inference.pipeline import PredictionCSV, PredictReport, SourceResult, decode_batches, plan_inputs
 from foldedcnns.inference.predictor import Predictor
 from foldedcnns.inference.preprocess import Crop
-from foldedcnns.inference.sources import VIDEO, Source, check_task_match, resolve_inputs
+from foldedcnns.inference.sources import VIDEO, Source
 from foldedcnns.training.checkpoint import load_checkpoint
 
 # CPUs reserved per model actor: fractional, so that decode tasks always find a free CPU
@@ -141,12 +141,7 @@ def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Pa
     ckpt = load_checkpoint(checkpoint)
     get_backend(backend)  # an unknown name fails here, not in every actor
     local = Predictor(ckpt, batch_size=batch_size)  # checks the checkpoint and batch size, gives sizes and names
-    crop = Crop.parse(crop) if isinstance(crop, str) else crop
-    sources = resolve_inputs(inputs)
-    outputs = output_paths(sources, out)
-    if task_check:
-        for source in sources:
-            check_task_match(source, local.config.task, local.input_hw, crop)
+    crop, sources, outputs = plan_inputs(inputs, out, local, crop, task_check)
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     started_ray = _connect(ray, address, num_cpus)

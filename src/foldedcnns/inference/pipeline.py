@@ -329,6 +329,18 @@ def model_threads(device: torch.device, threads: int | None = None) -> int:
     return max(1, cores - DECODE_CORES)
 
 
+def plan_inputs(inputs: Sequence[str], out: str | Path, predictor: Predictor, crop: Crop | str | None,
+                task_check: bool) -> tuple[Crop | None, list[Source], list[Path]]:
+    """Parse the crop, resolve the inputs and their output CSVs, and check labelled folders fit the task."""
+    crop = Crop.parse(crop) if isinstance(crop, str) else crop
+    sources = resolve_inputs(inputs)
+    outputs = output_paths(sources, out)
+    if task_check:
+        for source in sources:
+            check_task_match(source, predictor.config.task, predictor.input_hw, crop)
+    return crop, sources, outputs
+
+
 def run_predict(checkpoint: str | Path | Predictor, inputs: Sequence[str], out: str | Path, *,
                 batch_size: int | None = None, backend: str = "eager", precision: str = "fp32",
                 device: str = "cpu", crop: Crop | str | None = None, threads: int | None = None,
@@ -342,12 +354,7 @@ def run_predict(checkpoint: str | Path | Predictor, inputs: Sequence[str], out: 
     """
     predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor(
         checkpoint, device=device, backend=backend, precision=precision, batch_size=batch_size)
-    crop = Crop.parse(crop) if isinstance(crop, str) else crop
-    sources = resolve_inputs(inputs)
-    outputs = output_paths(sources, out)
-    if task_check:
-        for source in sources:
-            check_task_match(source, predictor.config.task, predictor.input_hw, crop)
+    crop, sources, outputs = plan_inputs(inputs, out, predictor, crop, task_check)
     total = None if any(s.kind == VIDEO for s in sources) else sum(len(s) for s in sources)
     results = []
     threads = model_threads(predictor.device, threads)
