@@ -29,7 +29,7 @@ from foldedcnns.benchmark.backends import resolve_device
 from foldedcnns.benchmark.machine import machine_info
 from foldedcnns.benchmark.peak import Peak
 from foldedcnns.benchmark.plots import plot_results
-from foldedcnns.benchmark.profile import PROFILE_BACKENDS, LayerProfile, profile_layers
+from foldedcnns.benchmark.profile import PROFILE_BACKENDS, LayerProfile, profile_interleaved, profile_layers
 from foldedcnns.benchmark.records import BenchRecord, write_csv
 from foldedcnns.benchmark.report import (
     best_vs_best_markdown,
@@ -64,7 +64,7 @@ SCREEN_BATCH = 256  # cheapest size for ranking backend x precision; the winners
 MAX_CALL_SECONDS = 3.0  # a batch size whose single call would take longer is not timed (listed in the notes)
 PEAK_SECONDS = 0.5  # matmul time per size for each peak sample
 PROFILE_BATCH = 256
-PROFILE_ITERATIONS = 5
+PROFILE_ITERATIONS = 7
 DETAIL_TASK = "sot/timer3"
 # every fold at the same configurations, so per-layer rates can be compared across folds
 FIXED_PROFILES = {"cpu": (("onnxruntime", "fp32"), ("channels-last", "bf16")),
@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-call-seconds", type=float, default=MAX_CALL_SECONDS)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="keep the measured results in --out-dir and redo only the per-layer profiles")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -116,10 +118,15 @@ def profile_best(best: list[BestRow], device: str) -> list[LayerProfile]:
 
 
 def profile_fixed(tasks: list[str], folds: tuple[int, ...], device: torch.device) -> list[LayerProfile]:
-    """Every task at every fold with the same backend and precision (see FIXED_PROFILES)."""
-    return [profile_layers(build_model(task, fold=f).eval(), backend=backend, precision=precision,
-                           batch_size=PROFILE_BATCH, device=str(device), iterations=PROFILE_ITERATIONS)
-            for task in tasks for backend, precision in FIXED_PROFILES[device.type] for f in folds]
+    """Every task at every fold with the same backend and precision (see FIXED_PROFILES), the folds'
+    calls interleaved so that their per-layer rates are comparable."""
+    out = []
+    for task in tasks:
+        for backend, precision in FIXED_PROFILES[device.type]:
+            models = [build_model(task, fold=f).eval() for f in folds]
+            out += profile_interleaved(models, backend=backend, precision=precision, batch_size=PROFILE_BATCH,
+                                       device=str(device), iterations=PROFILE_ITERATIONS)
+    return out
 
 
 def render(device: str, machine: dict, peaks: dict[str, Peak], best: list[BestRow], profiles: list[LayerProfile],
@@ -153,51 +160,38 @@ def render(device: str, machine: dict, peaks: dict[str, Peak], best: list[BestRo
     return "\n".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    dev = resolve_device(args.device)
-    cuda = dev.type == "cuda"
-    backends = _names(args.backends, CUDA_BACKENDS if cuda else CPU_BACKENDS)
-    precisions = _names(args.precisions, CUDA_PRECISIONS if cuda else CPU_PRECISIONS)
-    tasks = args.tasks or default_tasks()
+def measure_all(args: argparse.Namespace, dev: torch.device, tasks: list[str], backends: tuple[str, ...],
+                precisions: tuple[str, ...]) -> dict:
+    """The search for every task; writes the CSVs and figures, returns the run's data."""
     started = time.perf_counter()
     screen_all: list[BenchRecord] = []
     final_all: list[BenchRecord] = []
     notices: list[str] = []
-    with torch_threads(args.threads):
-        samples = [measure_peaks(precisions, dev, PEAK_SECONDS)]
-        for task in tasks:
-            t0 = time.perf_counter()
-            config = TuneConfig(target=task, folds=_ints(args.folds), backends=backends, precisions=precisions,
-                                batch_sizes=_ints(args.batch_sizes), device=str(dev), screen_batch=SCREEN_BATCH,
-                                top_k=1, screen_seconds=args.screen_seconds, screen_warmup=1,
-                                screen_trials=args.screen_trials,
-                                final_seconds=args.final_seconds, final_warmup=1, trials=args.trials,
-                                max_call_seconds=args.max_call_seconds)
-            cache = PreparedCache(dev, on_notice=lambda n: log(f"  notice: {n}"))
-            screen, final = search(model_entries([task], config.folds), cache, config, progress=True)
-            screen_all += screen
-            final_all += final
-            notices += [n for n in cache.notices if n not in notices]
-            log(f"{task}: {time.perf_counter() - t0:.0f} s")
-            samples.append(measure_peaks(precisions, dev, PEAK_SECONDS))  # one sample per task; the best is kept
-        peaks = best_peaks(*samples)
-        final_all = add_utilization(final_all, peaks)
-        screen_all = add_utilization(screen_all, peaks)
-        best = best_configs(final_all)
-        measure_seconds = time.perf_counter() - started
-        profiles = [] if args.no_profile else profile_best(best, str(dev))
-        fixed = [] if args.no_profile else profile_fixed(tasks, _ints(args.folds), dev)
-    total = time.perf_counter() - started
+    samples = [measure_peaks(precisions, dev, PEAK_SECONDS)]
+    for task in tasks:
+        t0 = time.perf_counter()
+        config = TuneConfig(target=task, folds=_ints(args.folds), backends=backends, precisions=precisions,
+                            batch_sizes=_ints(args.batch_sizes), device=str(dev), screen_batch=SCREEN_BATCH,
+                            top_k=1, screen_seconds=args.screen_seconds, screen_warmup=1,
+                            screen_trials=args.screen_trials, final_seconds=args.final_seconds, final_warmup=1,
+                            trials=args.trials, max_call_seconds=args.max_call_seconds)
+        cache = PreparedCache(dev, on_notice=lambda n: log(f"  notice: {n}"))
+        screen, final = search(model_entries([task], config.folds), cache, config, progress=True)
+        screen_all += screen
+        final_all += final
+        notices += [n for n in cache.notices if n not in notices]
+        log(f"{task}: {time.perf_counter() - t0:.0f} s")
+        samples.append(measure_peaks(precisions, dev, PEAK_SECONDS))  # one sample per task; the best is kept
+    peaks = best_peaks(*samples)
+    final_all = add_utilization(final_all, peaks)
+    screen_all = add_utilization(screen_all, peaks)
     name = dev.type
-    out_dir, img_dir = args.out_dir, args.img_dir
-    write_csv(out_dir / f"headline_{name}.csv", final_all)
-    write_csv(out_dir / f"headline_{name}_screen.csv", screen_all)
-    plot_results(final_all, img_dir / f"bench_headline_{name}.png",
+    write_csv(args.out_dir / f"headline_{name}.csv", final_all)
+    write_csv(args.out_dir / f"headline_{name}_screen.csv", screen_all)
+    plot_results(final_all, args.img_dir / f"bench_headline_{name}.png",
                  title=f"headline ({name}): final interleaved trials of each fold's best configuration")
-    plot_results(screen_all, img_dir / f"bench_batch_{name}.png",
+    plot_results(screen_all, args.img_dir / f"bench_batch_{name}.png",
                  title=f"screening ({name}): throughput vs batch size of each fold's best backend/precision")
-    machine = machine_info(str(dev))
     settings = {
         "Search": f"folds {args.folds}; backends {', '.join(backends)}; precisions {', '.join(precisions)}; "
                   f"batch sizes {args.batch_sizes}; screening at B={SCREEN_BATCH} "
@@ -208,18 +202,44 @@ def main(argv: list[str] | None = None) -> int:
                   f"1 warm-up call) of each fold's winner and of the original at that configuration",
         "Peak": f"sampled before the first task and after every task ({PEAK_SECONDS} s per matrix size); "
                 "the best sample is the ceiling for utilization",
-        "Run time": f"{measure_seconds / 60:.1f} min of measurement, {total / 60:.1f} min with profiles",
+        "Measurement time": f"{(time.perf_counter() - started) / 60:.1f} min",
     }
-    run = {"machine": machine, "peaks": {k: p.to_dict() for k, p in peaks.items()},
-           "best": [b.to_dict() for b in best], "profiles": [p.to_dict() for p in profiles],
-           "fixed_profiles": [p.to_dict() for p in fixed], "notices": notices,
-           "settings": settings, "torch_threads": torch.get_num_threads()}
-    atomic_write_text(out_dir / f"headline_{name}_run.json", json.dumps(run, indent=2))
-    body = render(name, machine, peaks, best, profiles, fixed, notices, settings)
-    atomic_write_text(out_dir / f"headline_{name}.md", body + "\n")
+    return {"machine": machine_info(str(dev)), "peaks": {k: p.to_dict() for k, p in peaks.items()},
+            "best": [b.to_dict() for b in best_configs(final_all)], "notices": notices, "settings": settings,
+            "torch_threads": torch.get_num_threads()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    dev = resolve_device(args.device)
+    cuda = dev.type == "cuda"
+    backends = _names(args.backends, CUDA_BACKENDS if cuda else CPU_BACKENDS)
+    precisions = _names(args.precisions, CUDA_PRECISIONS if cuda else CPU_PRECISIONS)
+    tasks = args.tasks or default_tasks()
+    name = dev.type
+    run_file = args.out_dir / f"headline_{name}_run.json"
+    with torch_threads(args.threads):
+        if args.profile_only:
+            if not run_file.is_file():
+                raise SystemExit(f"{run_file} does not exist; run without --profile-only first")
+            run = json.loads(run_file.read_text(encoding="utf-8"))
+        else:
+            run = measure_all(args, dev, tasks, backends, precisions)
+        best = [BestRow(**{k: v for k, v in b.items() if k != "config"}) for b in run["best"]]
+        peaks = {k: Peak(**v) for k, v in run["peaks"].items()}
+        started = time.perf_counter()
+        profiles = [] if args.no_profile else profile_best(best, str(dev))
+        fixed = [] if args.no_profile else profile_fixed(list(dict.fromkeys(b.model for b in best)),
+                                                          _ints(args.folds), dev)
+        if profiles or fixed:
+            run["settings"]["Profiling time"] = f"{(time.perf_counter() - started) / 60:.1f} min"
+    run.update(profiles=[p.to_dict() for p in profiles], fixed_profiles=[p.to_dict() for p in fixed])
+    atomic_write_text(run_file, json.dumps(run, indent=2))
+    body = render(name, run["machine"], peaks, best, profiles, fixed, run["notices"], run["settings"])
+    atomic_write_text(args.out_dir / f"headline_{name}.md", body + "\n")
     doc = args.doc.read_text(encoding="utf-8") if args.doc.is_file() else "# Benchmarks\n"
     atomic_write_text(args.doc, replace_section(doc, f"headline:{name}", body))
-    log(f"done in {total / 60:.1f} min; wrote {args.doc} and {out_dir}")
+    log(f"wrote {args.doc} and {args.out_dir}")
     return 0
 
 

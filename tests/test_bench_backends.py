@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from foldedcnns.analysis import count_flops
 from foldedcnns.benchmark.backends import (
     BACKENDS,
     BackendUnavailable,
@@ -12,7 +13,7 @@ from foldedcnns.benchmark.backends import (
     OnnxRuntimeBackend,
     get_backend,
 )
-from foldedcnns.benchmark.profile import profile_layers
+from foldedcnns.benchmark.profile import profile_interleaved, profile_layers
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import build_model
 
@@ -93,9 +94,22 @@ def test_per_layer_profile_times_every_layer_and_attributes_flops(model, backend
     assert kinds.count("conv") == 2 and kinds.count("linear") == 2 and "pool" in kinds
     assert profile.images == 8 and profile.seconds > 0
     conv_flops = sum(layer.flops for layer in profile.layers if layer.kind == "conv")
-    from foldedcnns.analysis import count_flops
-
     report = count_flops(model)
     assert conv_flops == pytest.approx(2 * 4 * sum(la.macs for la in report.layers if la.kind == "conv"))
     assert 0 < profile.share("conv") <= 1
     assert all(layer.flops == 0 for layer in profile.layers if layer.kind == "pool")
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
+def test_interleaved_profiles_keep_each_models_layers_apart(tmp_path, backend):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    models = [build_model(str(path), fold=f).eval() for f in (1, 2)]
+    one, two = profile_interleaved(models, backend=backend, batch_size=4, iterations=3, warmup=1)
+    assert (one.fold, two.fold) == (1, 2) and (one.images, two.images) == (4, 4)
+    for profile, model in ((one, models[0]), (two, models[1])):
+        report = count_flops(model)
+        conv = sum(la.flops for la in profile.layers if la.kind == "conv")
+        assert conv == pytest.approx(2 * profile.images // profile.fold
+                                     * sum(la.macs for la in report.layers if la.kind == "conv"))
+        assert all(la.seconds > 0 for la in profile.layers if la.kind == "conv")

@@ -5,7 +5,8 @@ pre/post hooks (the device is synchronized inside the hooks on CUDA). For ``onnx
 session's own profiler gives per-node kernel times (ORT fuses Conv+ReLU, so a conv row includes
 its ReLU). FLOPs per layer come from :func:`foldedcnns.analysis.count_flops` (2 x MACs of Conv2d
 and Linear; pooling, ReLU and flatten count zero). Hooks add a little overhead per layer, so the
-shares are the thing to read, not the absolute total.
+shares are the thing to read, not the absolute total. :func:`profile_interleaved` profiles several
+models (one task at f = 1..4) with their calls taking turns, so their per-layer rates can be compared.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import copy
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -99,104 +100,153 @@ def profile_layers(model: nn.Module, *, backend: str = "channels-last", precisio
                    batch_size: int = 1024, device: str = "cpu", warmup: int = 1, iterations: int = 3,
                    seed: int = 0) -> LayerProfile:
     """Profile ``model`` (with ``model.config``) at a nominal batch of ``batch_size`` images."""
+    return profile_interleaved([model], backend=backend, precision=precision, batch_size=batch_size,
+                               device=device, warmup=warmup, iterations=iterations, seed=seed)[0]
+
+
+def profile_interleaved(models: Sequence[nn.Module], *, backend: str = "channels-last", precision: str = "fp32",
+                        batch_size: int = 1024, device: str = "cpu", warmup: int = 1, iterations: int = 3,
+                        seed: int = 0) -> list[LayerProfile]:
+    """Profile several models (e.g. one task at f = 1..4) with their calls interleaved.
+
+    After ``warmup`` untimed calls each, the models take turns, one recorded call each per round for
+    ``iterations`` rounds, so load changes on the machine hit all of them alike; each layer's time is
+    the median over rounds.
+    """
     if backend not in PROFILE_BACKENDS:
         raise ConfigError(f"per-layer profiles exist for {', '.join(PROFILE_BACKENDS)}, not {backend!r}")
-    if iterations < 1:
-        raise ConfigError(f"iterations must be >= 1, got {iterations}")
-    config = model.config
+    if iterations < 1 or warmup < 0:
+        raise ConfigError(f"iterations must be >= 1 and warm-up >= 0, got {iterations} and {warmup}")
     dev = resolve_device(device)
-    inputs = folded_inputs(batch_size, config.fold)
-    x = torch.rand(inputs, *config.input_shape, generator=torch.Generator().manual_seed(seed))
-    by_name, convs, linears = _layer_flops(model, inputs)
-    if backend == "onnxruntime":
-        layers = _profile_ort(model, x, precision, warmup, iterations, convs, linears)
-    else:
-        layers = _profile_torch(model, x, backend == "channels-last", precision, dev, warmup, iterations, by_name)
-    return LayerProfile(config.task.name, config.fold, backend, precision, batch_size, inputs * config.fold,
-                        tuple(layers))
+    profilers: list[_TorchProfiler | _OrtProfiler] = []
+    for model in models:
+        config = model.config
+        inputs = folded_inputs(batch_size, config.fold)
+        x = torch.rand(inputs, *config.input_shape, generator=torch.Generator().manual_seed(seed))
+        flops = _layer_flops(model, inputs)
+        profilers.append(_OrtProfiler(model, x, precision, flops) if backend == "onnxruntime"
+                         else _TorchProfiler(model, x, backend == "channels-last", precision, dev, flops))
+    try:
+        for profiler in profilers:
+            for _ in range(warmup):
+                profiler.call(record=False)
+        for _ in range(iterations):
+            for profiler in profilers:
+                profiler.call(record=True)
+        results = [profiler.layers() for profiler in profilers]
+    finally:
+        for profiler in profilers:
+            profiler.close()
+    return [LayerProfile(m.config.task.name, m.config.fold, backend, precision, batch_size,
+                         folded_inputs(batch_size, m.config.fold) * m.config.fold, tuple(layers))
+            for m, layers in zip(models, results, strict=True)]
 
 
-def _profile_torch(model: nn.Module, x: torch.Tensor, channels_last: bool, precision: str, device: torch.device,
-                   warmup: int, iterations: int, flops: dict[str, float]) -> list[LayerTime]:
-    dtype = precision_dtype(precision)
-    model = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    x = x.to(device=device, dtype=dtype).contiguous(memory_format=fmt)
-    leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
-    times: dict[str, list[float]] = {name: [] for name, _ in leaves}
-    started: dict[str, float] = {}
+class _TorchProfiler:
+    """Forward pre/post hooks on every leaf module of a cast copy of the model."""
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    def __init__(self, model: nn.Module, x: torch.Tensor, channels_last: bool, precision: str,
+                 device: torch.device, flops: tuple[dict[str, float], list[float], list[float]]) -> None:
+        dtype = precision_dtype(precision)
+        self.model = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.x = x.to(device=device, dtype=dtype).contiguous(memory_format=fmt)
+        self.device = device
+        self.flops = flops[0]
+        self.recording = False
+        self.leaves = [(name, m) for name, m in self.model.named_modules() if not list(m.children())]
+        self.times: dict[str, list[float]] = {name: [] for name, _ in self.leaves}
+        self.started: dict[str, float] = {}
+        self.handles = []
+        for name, module in self.leaves:
+            self.handles += [module.register_forward_pre_hook(self._pre(name)),
+                             module.register_forward_hook(self._post(name))]
 
-    def pre(name: str):
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _pre(self, name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: Any) -> None:
-            sync()
-            started[name] = time.perf_counter()
+            if self.recording:
+                self._sync()
+                self.started[name] = time.perf_counter()
         return hook
 
-    def post(name: str):
+    def _post(self, name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: Any, _output: Any) -> None:
-            sync()
-            times[name].append(time.perf_counter() - started[name])
+            if self.recording:
+                self._sync()
+                self.times[name].append(time.perf_counter() - self.started[name])
         return hook
 
-    with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        handles = []
-        for name, module in leaves:
-            handles += [module.register_forward_pre_hook(pre(name)), module.register_forward_hook(post(name))]
-        try:
-            for _ in range(iterations):
-                model(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-    kinds = {name: TORCH_KINDS.get(type(m), type(m).__name__.lower()) for name, m in leaves}
-    return [LayerTime(name, kinds[name], median(times[name]), flops.get(name, 0.0)) for name, _ in leaves
-            if times[name]]
+    def call(self, record: bool) -> None:
+        self.recording = record
+        with torch.inference_mode():
+            self.model(self.x)
+        self.recording = False
+
+    def layers(self) -> list[LayerTime]:
+        kinds = {name: TORCH_KINDS.get(type(m), type(m).__name__.lower()) for name, m in self.leaves}
+        return [LayerTime(name, kinds[name], median(self.times[name]), self.flops.get(name, 0.0))
+                for name, _ in self.leaves if self.times[name]]
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
-def _profile_ort(model: nn.Module, x: torch.Tensor, precision: str, warmup: int, iterations: int,
-                 convs: Sequence[float], linears: Sequence[float]) -> list[LayerTime]:
-    import onnxruntime as ort
+class _OrtProfiler:
+    """ONNX Runtime's own per-node profiler on a session of the exported model."""
 
-    backend = OnnxRuntimeBackend()
-    ok, reason = backend.is_available("cpu", precision)
-    if not ok:
-        raise ConfigError(f"cannot profile onnxruntime {precision}: {reason}")
-    dtype = precision_dtype(precision)
-    cpu_model = copy.deepcopy(model).to(dtype=dtype).eval()
-    x = x.to(dtype)
-    with tempfile.TemporaryDirectory() as tmp:
+    def __init__(self, model: nn.Module, x: torch.Tensor, precision: str,
+                 flops: tuple[dict[str, float], list[float], list[float]]) -> None:
+        import onnxruntime as ort
+
+        backend = OnnxRuntimeBackend()
+        ok, reason = backend.is_available("cpu", precision)
+        if not ok:
+            raise ConfigError(f"cannot profile onnxruntime {precision}: {reason}")
+        dtype = precision_dtype(precision)
+        cpu_model = copy.deepcopy(model).to(dtype=dtype).eval()
+        self.feed = {"x": x.to(dtype).numpy()}
+        self.convs, self.linears = flops[1], flops[2]
+        self.tmp = tempfile.TemporaryDirectory()
         options = backend.session_options()
         options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(export_onnx_bytes(cpu_model, x[:1]), options,
-                                       providers=["CPUExecutionProvider"])
-        feed = {"x": x.numpy()}
-        for _ in range(warmup + iterations):
-            session.run(None, feed)
-        events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
-    nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
-    names = list(dict.fromkeys(e["name"] for e in nodes))
-    per_run = len(names)
-    runs = len(nodes) // per_run if per_run else 0
-    timed = nodes[warmup * per_run: runs * per_run]
-    durations: dict[str, list[float]] = {n: [] for n in names}
-    ops: dict[str, str] = {}
-    for e in timed:
-        durations[e["name"]].append(e["dur"] * 1e-6)  # microseconds
-        ops[e["name"]] = e.get("args", {}).get("op_name", "")
-    conv_iter, linear_iter = iter(convs), iter(linears)
-    layers = []
-    for name in names:
-        kind = ORT_KINDS.get(ops.get(name, ""), ops.get(name, "").lower() or "other")
-        flops = next(conv_iter, 0.0) if kind == "conv" else next(linear_iter, 0.0) if kind == "linear" else 0.0
-        label = name.removesuffix("_kernel_time")
-        layers.append(LayerTime(label, kind, median(durations[name]) if durations[name] else 0.0, flops))
-    return layers
+        options.profile_file_prefix = str(Path(self.tmp.name) / "ort")
+        self.session = ort.InferenceSession(export_onnx_bytes(cpu_model, x[:1].to(dtype)), options,
+                                            providers=["CPUExecutionProvider"])
+        self.recorded: list[bool] = []
+
+    def call(self, record: bool) -> None:
+        self.session.run(None, self.feed)
+        self.recorded.append(record)
+
+    def layers(self) -> list[LayerTime]:
+        events = json.loads(Path(self.session.end_profiling()).read_text(encoding="utf-8"))
+        nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+        names = list(dict.fromkeys(e["name"] for e in nodes))
+        per_run = len(names)
+        durations: dict[str, list[float]] = {n: [] for n in names}
+        ops: dict[str, str] = {}
+        for run, recorded in enumerate(self.recorded):
+            if not recorded:
+                continue
+            for e in nodes[run * per_run:(run + 1) * per_run]:
+                durations[e["name"]].append(e["dur"] * 1e-6)  # microseconds
+                ops[e["name"]] = e.get("args", {}).get("op_name", "")
+        conv_iter, linear_iter = iter(self.convs), iter(self.linears)
+        layers = []
+        for name in names:
+            op = ops.get(name, "")
+            kind = ORT_KINDS.get(op, op.lower() or "other")
+            flops = next(conv_iter, 0.0) if kind == "conv" else next(linear_iter, 0.0) if kind == "linear" else 0.0
+            layers.append(LayerTime(name.removesuffix("_kernel_time"), kind,
+                                    median(durations[name]) if durations[name] else 0.0, flops))
+        return layers
+
+    def close(self) -> None:
+        self.tmp.cleanup()

@@ -47,8 +47,9 @@ CURRICULUM_GAP = 60
 CURRICULUM_DIVISOR = 10
 VAL_FRACTION = 0.1
 QUICK_LR = 1e-3
-QUICK_EPOCHS = 15
-QUICK_CURRICULUM_GAP = 1
+QUICK_EPOCHS = 40
+QUICK_BATCH_SIZE = 128
+QUICK_SLOT_WARMUP = 8
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,8 @@ RECIPES: dict[str, Recipe] = {
                       notes=("StepLR(200, 0.5) also for folded CIFAR-10 (the original lost it by a bug)",)),
     "cifar100": Recipe(name="cifar100", epochs=CIFAR_EPOCHS, lr_schedule="step", val_split=CIFAR_VAL_IMAGES,
                        augment="crop_flip", notes=("original: StepLR(200, 0.5) stepped every epoch",)),
-    "quick": Recipe(name="quick", lr=QUICK_LR, epochs=QUICK_EPOCHS, lr_schedule="cosine", curriculum=True,
-                    curriculum_gap=QUICK_CURRICULUM_GAP,
+    "quick": Recipe(name="quick", lr=QUICK_LR, epochs=QUICK_EPOCHS, batch_size=QUICK_BATCH_SIZE,
+                    lr_schedule="cosine", slot_warmup=QUICK_SLOT_WARMUP,
                     notes=("short CPU runs on small (synthetic) data; not from the original",)),
 }
 

@@ -42,7 +42,7 @@ from foldedcnns.training.distill import DEFAULT_TEMPERATURE, DISTILL_LOSSES, cac
 from foldedcnns.training.metrics import MetricAccumulator, format_progress, topk_correct
 from foldedcnns.training.recipes import Recipe, apply_overrides, fold_batch_size, recipe_for
 from foldedcnns.training.rng import get_rng_state, seed_everything, set_rng_state
-from foldedcnns.training.slots import mask_cross_slot_gradients, separate_slots
+from foldedcnns.training.slots import SlotWarmup
 from foldedcnns.training.splits import SplitData, TrainingData, load_split, load_training_data
 from foldedcnns.utils.atomic import atomic_open, atomic_write_text
 
@@ -189,6 +189,7 @@ def plan_run(config: TrainConfig) -> RunPlan:
                                       "lr_schedule": config.lr_schedule, "curriculum": config.curriculum,
                                       "curriculum_gap": config.curriculum_gap, "slot_warmup": config.slot_warmup})
     batch_size = fold_batch_size(recipe.batch_size, model_config.fold)
+    SlotWarmup(probe, model_config.fold, recipe.slot_warmup)  # checks that every layer can be split
     if config.eval_batch_size < 1:
         raise ConfigError(f"eval batch size must be >= 1, got {config.eval_batch_size}")
     schedule = None
@@ -423,11 +424,9 @@ class _Trainer:
         self.device, self.fold = plan.device, plan.fold
         seed_everything(plan.config.seed)
         self.model = build_model(plan.config.task, fold=plan.fold, multiplier=plan.config.multiplier, init=True)
-        self.slot_warmup = plan.recipe.slot_warmup if plan.fold > 1 else 0
-        if self.slot_warmup:
-            separate_slots(self.model, plan.fold)
-        self.slot_hooks: list[Any] = []
         self.model.to(self.device)
+        self.slots = SlotWarmup(self.model, plan.fold, plan.recipe.slot_warmup)
+        self.slots.separate()
         if plan.config.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.generator = torch.Generator().manual_seed(plan.config.seed)
@@ -474,15 +473,6 @@ class _Trainer:
                              "temperature": cfg.distill_temperature if cfg.distill_loss == "kl" else None}
         self.teacher_logits = logits.to(self.device)
 
-    def _update_slot_masks(self, epoch: int) -> None:
-        """Cross-slot gradients are masked during the first ``slot_warmup`` epochs only."""
-        if epoch < self.slot_warmup and not self.slot_hooks:
-            self.slot_hooks = mask_cross_slot_gradients(self.model, self.fold)
-        elif epoch >= self.slot_warmup and self.slot_hooks:
-            for handle in self.slot_hooks:
-                handle.remove()
-            self.slot_hooks = []
-
     # -- one epoch --------------------------------------------------------------------------------
 
     def _train_epoch(self, epoch: int, active: int) -> dict[str, float | int]:
@@ -517,7 +507,8 @@ class _Trainer:
             loss = (per_image * weight).sum() / weight.sum()
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
+            with self.slots.blend(epoch, (start + real) / n):
+                self.scaler.step(self.optimizer)
             self.scaler.update()
             acc.add(per_image, logits, y, weight)
             bar.update(1)
@@ -557,7 +548,7 @@ class _Trainer:
         for epoch in range(self.start_epoch, epochs):
             started = time.perf_counter()
             active = plan.curriculum.classes_at(epoch) if plan.curriculum else plan.spec.num_classes
-            self._update_slot_masks(epoch)
+            self.slots.begin_epoch(epoch)
             lr = self.optimizer.param_groups[0]["lr"]
             train_m = self._train_epoch(epoch, active)
             val_out = self._eval(self.data.val, epoch, "val")
