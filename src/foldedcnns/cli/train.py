@@ -30,6 +30,11 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="MSE on logits (the original) or KL divergence with a temperature")
     parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
                         help="distillation temperature for --distill-loss kl")
+    parser.add_argument("--distill-weight", type=float, default=1.0, metavar="W",
+                        help="loss = W * distillation + (1 - W) * cross-entropy on the labels (original: 1)")
+    parser.add_argument("--slot-warmup", type=int, metavar="EPOCHS",
+                        help="epochs a folded model first trains as f separate per-image CNNs, then as many "
+                             "to blend them (default: the recipe's; 0 = off, as the original)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="automatic mixed precision (default: on with CUDA)")
@@ -43,6 +48,7 @@ def training_overrides(args: argparse.Namespace) -> dict[str, object]:
     return {"recipe": args.recipe, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "weight_decay": args.weight_decay, "optimizer": args.optimizer, "lr_schedule": args.lr_schedule,
             "curriculum": args.curriculum, "curriculum_gap": args.curriculum_gap,
+            "slot_warmup": args.slot_warmup, "distill_weight": args.distill_weight,
             "distill_from": args.distill_from, "distill_loss": args.distill_loss,
             "distill_temperature": args.temperature, "device": args.device, "amp": args.amp, "seed": args.seed,
             "eval_batch_size": args.eval_batch_size, "progress": not args.no_progress}
