@@ -11,7 +11,7 @@ game          Adam 1e-4, wd 1e-5         1500      none          32       curric
 noscope       RMSprop 0.001/1.5          50        none          32
 cifar10       Adam 1e-4, wd 1e-5         1500      StepLR 200/.5 32       crop 4 + flip, 5000 val
 cifar100      Adam 1e-4, wd 1e-5         1500      StepLR 200/.5 32       crop 4 + flip, 5000 val
-quick         Adam 2e-3, wd 1e-5         12        cosine        32       short CPU runs (synthetic data)
+quick         Adam 1e-3, wd 1e-5         30        cosine        128      slot warm-up 10 when folded
 ============  =========================  ========  ============  =======  ============================
 
 lol/timer-minutes at fold 4 runs 3000 epochs with the slower curriculum (start and step N//20,
@@ -47,9 +47,9 @@ CURRICULUM_GAP = 60
 CURRICULUM_DIVISOR = 10
 VAL_FRACTION = 0.1
 QUICK_LR = 1e-3
-QUICK_EPOCHS = 40
+QUICK_EPOCHS = 30
 QUICK_BATCH_SIZE = 128
-QUICK_SLOT_WARMUP = 8
+QUICK_SLOT_WARMUP = 10
 
 
 @dataclass(frozen=True)
