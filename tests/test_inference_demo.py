@@ -7,8 +7,8 @@ import pytest
 from foldedcnns.cli.main import main
 from foldedcnns.inference import demo
 
-TINY = demo.DemoSettings(per_class=8, epochs=2, bench_batch=16, bench_seconds=0.05, bench_trials=1,
-                         peak_seconds=0.05)
+TINY = demo.DemoSettings(per_class=8, original_epochs=2, epochs=2, slot_warmup=1, bench_batch=16,
+                         bench_seconds=0.05, bench_trials=1, peak_seconds=0.05)
 # A user-defined two-class game task with a tiny CNN: the synthetic set draws the class names.
 TWO_CLASSES = {"name": "tiny/letters", "family": "game", "out-h": 16, "out-w": 24, "ClassNames": ["A", "B"],
                "model-architecture": {"template": "1_1_convnet", "n-conv-units": 0, "conv1_n_feature_maps": 4,

@@ -192,7 +192,13 @@ def plan_run(config: TrainConfig) -> RunPlan:
                                       "lr_schedule": config.lr_schedule, "curriculum": config.curriculum,
                                       "curriculum_gap": config.curriculum_gap, "slot_warmup": config.slot_warmup})
     batch_size = fold_batch_size(recipe.batch_size, model_config.fold)
-    SlotWarmup(probe, model_config.fold, recipe.slot_warmup)  # checks that every layer can be split
+    try:
+        SlotWarmup(probe, model_config.fold, recipe.slot_warmup)  # checks that every layer can be split
+    except ConfigError:
+        if config.slot_warmup is not None:
+            raise
+        log.info("slot warm-up is off: a layer of this model has fewer than %d channels", model_config.fold)
+        recipe = apply_overrides(recipe, {"slot_warmup": 0})
     if config.eval_batch_size < 1:
         raise ConfigError(f"eval batch size must be >= 1, got {config.eval_batch_size}")
     schedule = None
