@@ -155,6 +155,19 @@ def test_distillation_caches_teacher_logits(tiny: tuple[Path, Path], tmp_path: P
     assert resumed.teacher["cached"] is True
 
 
+def test_distillation_weight_mixes_soft_and_hard_targets(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    teacher = train(tiny_config(tiny, tmp_path / "teacher", fold=1, epochs=1))
+    runs = {w: train(tiny_config(tiny, tmp_path / f"w{w}", fold=2, epochs=1, seed=3,
+                                 distill_from=teacher.best_checkpoint, distill_loss="kl", distill_weight=w))
+            for w in (0.0, 1.0)}
+    plain = train(tiny_config(tiny, tmp_path / "plain", fold=2, epochs=1, seed=3))
+    # Weight 0 trains on the labels alone, exactly like a run without a teacher; weight 1 does not.
+    assert runs[0.0].final["train_loss"] == pytest.approx(plain.final["train_loss"], rel=1e-5)
+    assert runs[1.0].final["train_loss"] != pytest.approx(plain.final["train_loss"], rel=1e-3)
+    with pytest.raises(ConfigError, match="distillation weight"):
+        plan_run(tiny_config(tiny, tmp_path / "bad", fold=2, distill_from=teacher.best_checkpoint, distill_weight=1.5))
+
+
 def test_distillation_rejects_a_teacher_of_other_classes(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     teacher = train(tiny_config(tiny, tmp_path / "teacher", fold=1, epochs=1))
     (tmp_path / "other").mkdir()

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from foldedcnns.cli.common import add_json_option, format_table, print_json
-from foldedcnns.inference.demo import DEFAULT_FOLD, DEFAULT_TASK, TABLE_HEADERS, TOP1_TOLERANCE, run_demo, table_rows
+from foldedcnns.inference.demo import DEFAULT_FOLD, DEFAULT_TASK, TABLE_HEADERS, run_demo, table_rows
 from foldedcnns.inference.predictor import DEVICE_CHOICES, resolve_device
 
 
@@ -22,9 +22,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
         return 0
     print(format_table(TABLE_HEADERS, table_rows(report)))
-    verdict = "within" if report.within_tolerance else "NOT within"
-    print(f"\nFoldedCNN Top-1 {report.top1_gap:+.2f} points from the original ({verdict} {TOP1_TOLERANCE}); "
-          f"speedup = best folded / best original throughput on {device}.")
+    print(f"\n{report.verdict}; speedup = best folded / best original throughput on {device}.")
     print(f"report: {report.files['report']}  plot: {report.files['plot']}  timings: {report.files['bench_csv']}")
     print(f"total {sum(report.phase_seconds.values()):.0f} s ("
           + ", ".join(f"{k} {v:.0f} s" for k, v in report.phase_seconds.items()) + ")")

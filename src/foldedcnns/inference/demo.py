@@ -122,6 +122,15 @@ class DemoReport:
     def within_tolerance(self) -> bool:
         return abs(self.top1_gap) <= TOP1_TOLERANCE
 
+    @property
+    def verdict(self) -> str:
+        """One sentence on the accuracy comparison (a --quick run trains too little to make one)."""
+        where = "within" if self.within_tolerance else "NOT within"
+        text = f"FoldedCNN Top-1 {self.top1_gap:+.2f} points from the original's ({where} {TOP1_TOLERANCE})"
+        if self.quick:
+            text += "; --quick is a smoke run that trains too little to compare accuracy, run without it"
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "fold": self.fold, "quick": self.quick, "device": self.device,
                 "settings": asdict(self.settings), "images": self.images, "rows": [asdict(r) for r in self.rows],
@@ -223,8 +232,6 @@ def plot_demo(report: DemoReport, run: BenchRun, path: Path) -> Path:
 def render_markdown(report: DemoReport, run: BenchRun) -> str:
     """``report.md``: the table, what was run, every backend's medians, and the files."""
     s = report.settings
-    gap = report.top1_gap
-    verdict = "within" if report.within_tolerance else "NOT within"
     per_backend = [[r.model.split("/")[-1], "original" if r.fold == 1 else f"folded f={r.fold}", r.backend,
                     r.precision, f"{r.throughput:,.0f}", f"{100 * r.spread:.1f}%", f"{r.flops_per_sec / GIGA:.2f}",
                     "" if r.utilization is None else f"{100 * r.utilization:.1f}%"] for r in summarize(run.records)]
@@ -233,8 +240,7 @@ def render_markdown(report: DemoReport, run: BenchRun) -> str:
         "",
         markdown_table(TABLE_HEADERS, table_rows(report)),
         "",
-        f"The FoldedCNN's test Top-1 is {gap:+.2f} points from the original's ({verdict} "
-        f"{TOP1_TOLERANCE} points). Speedup is the FoldedCNN's throughput on its fastest backend over the "
+        f"{report.verdict}. Speedup is the FoldedCNN's throughput on its fastest backend over the "
         "original's on its fastest backend (median of per-trial ratios); GFLOP/s is the model's FLOPs per "
         "image times images/s; utilization is GFLOP/s over the measured dense-matmul peak.",
         "",
