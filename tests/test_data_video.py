@@ -58,6 +58,13 @@ def test_resize_start_end_and_true_indices(video: Path) -> None:
     assert list(iter_frames(video, size=5, start=28))[-1][0] == FRAMES - 1  # end of stream ends cleanly
 
 
+def test_one_decoder_thread_gives_the_same_frames(video: Path) -> None:
+    default = list(iter_frames(video, size=(20, 30), backend="pyav"))
+    single = list(iter_frames(video, size=(20, 30), backend="pyav", threads=1))
+    assert [i for i, _ in single] == [i for i, _ in default] == list(range(FRAMES))
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(default, single, strict=True))
+
+
 def test_backends_agree_after_resize(video: Path) -> None:
     pytest.importorskip("cv2")
     a = np.stack([f for _, f in iter_frames(video, size=(24, 32), backend="pyav")]).astype(int)

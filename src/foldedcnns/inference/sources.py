@@ -136,20 +136,21 @@ def check_task_match(source: Source, task: TaskSpec, size: tuple[int, int], crop
                             f"{size[1]}x{size[0]} images; pass the checkpoint trained for these images, {skip}")
 
 
-def iter_source(source: Source, size: tuple[int, int], crop: Crop | None = None,
-                start: int = 0) -> Iterator[tuple[int | str, np.ndarray]]:
+def iter_source(source: Source, size: tuple[int, int], crop: Crop | None = None, start: int = 0,
+                decode_threads: int | None = None) -> Iterator[tuple[int | str, np.ndarray]]:
     """Yield ``(key, frame)`` for every frame of ``source`` in order, frames at ``size`` (height, width).
 
     Videos are decoded sequentially; on a truncated or corrupt file every good frame is yielded
     before the DataError. Images are decoded one by one; an unreadable file raises a DataError after
     the images before it. ``start`` skips the first frames (videos) or files (images).
+    ``decode_threads`` caps the video decoder's threads (default: one per core).
     """
     height, width = size
     if source.kind == VIDEO:
         from foldedcnns.data.video import iter_frames
 
         yield from iter_frames(source.paths[0], size=(height, width), start=start,
-                               crop=None if crop is None else crop.as_tuple())
+                               crop=None if crop is None else crop.as_tuple(), threads=decode_threads)
         return
     for path in source.paths[start:]:
         yield str(path), prepare_frame(read_image(path), height, width, crop, where=str(path))
