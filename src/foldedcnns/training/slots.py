@@ -52,15 +52,20 @@ def slot_groups(n: int, fold: int) -> torch.Tensor:
     return torch.arange(n) * fold // n
 
 
+def inputs_per_channel(n: int, channels: int | None) -> int:
+    """Inputs of a layer that come from each channel of the layer before: ``n // channels`` for a linear
+    layer after a channel-major flatten (``n`` a larger multiple of ``channels``), else 1."""
+    return n // channels if channels and n != channels and n % channels == 0 else 1
+
+
 def feature_groups(n: int, fold: int, channels: int | None = None) -> torch.Tensor:
     """Slot of each of ``n`` inputs of a layer. Shape (n,).
 
-    ``channels``: the channel count of the layer before; when ``n`` is a multiple of it (a linear layer
-    after a channel-major flatten), each input belongs to the slot of the channel it comes from.
+    ``channels``: the channel count of the layer before; after a flatten each input belongs to the slot
+    of the channel it comes from (:func:`inputs_per_channel`).
     """
-    if channels and n != channels and n % channels == 0:
-        return slot_groups(channels, fold).repeat_interleave(n // channels)
-    return slot_groups(n, fold)
+    unit = inputs_per_channel(n, channels)
+    return slot_groups(n // unit, fold).repeat_interleave(unit)
 
 
 def tie_index(groups: torch.Tensor, fold: int, unit: int = 1) -> torch.Tensor:
@@ -102,9 +107,8 @@ def _plan(model: nn.Module, fold: int) -> list[_Layer]:
                                   "slot warm-up needs every layer to have at least f channels; "
                                   "pass --slot-warmup 0")
             out_g, in_g = slot_groups(n_out, fold), feature_groups(n_in, fold, channels)
-            unit = n_in // channels if channels and n_in != channels and n_in % channels == 0 else 1
             layers.append(_Layer(module, block_mask(out_g, in_g, module.weight.dim()),
-                                 tie_index(out_g, fold), tie_index(in_g, fold, unit)))
+                                 tie_index(out_g, fold), tie_index(in_g, fold, inputs_per_channel(n_in, channels))))
             channels = n_out
         elif isinstance(module, NORMS) and module.affine:
             layers.append(_Layer(module, None, tie_index(slot_groups(module.num_features, fold), fold), None))
