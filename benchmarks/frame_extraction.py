@@ -31,9 +31,10 @@ WIDTH, HEIGHT, FRAMES, FPS = 1280, 720, 600, 30
 BOXES = 5
 
 
-def traffic_frames(frames: int = FRAMES, width: int = WIDTH, height: int = HEIGHT,
-                   seed: int = 0) -> Iterator[np.ndarray]:
-    """(H, W, 3) uint8 frames: a static noisy background with ``BOXES`` moving boxes."""
+def traffic_frames(frames: int = FRAMES, width: int = WIDTH, height: int = HEIGHT, seed: int = 0,
+                   box: tuple[int, int] = (70, 40)) -> Iterator[np.ndarray]:
+    """(H, W, 3) uint8 frames: a static noisy background with ``BOXES`` moving boxes of half-size ``box``
+    (x, y) pixels. Also used by ``predict_pipeline.py``."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
     background = np.stack([xx * 255 // width, yy * 255 // height, ((xx // 64 + yy // 64) % 2) * 120 + 60], -1)
@@ -42,7 +43,7 @@ def traffic_frames(frames: int = FRAMES, width: int = WIDTH, height: int = HEIGH
         frame = background.copy()
         for k in range(BOXES):
             cx, cy = (100 * k + 5 * i * (k + 1)) % width, (80 + 120 * k + 2 * i) % height
-            frame[max(cy - 40, 0):cy + 40, max(cx - 70, 0):cx + 70] = (40 * k, 200, 255 - 40 * k)
+            frame[max(cy - box[1], 0):cy + box[1], max(cx - box[0], 0):cx + box[0]] = (40 * k, 200, 255 - 40 * k)
         frame += rng.integers(-2, 3, frame.shape, dtype=np.int16)
         yield frame.clip(0, 255).astype(np.uint8)
 

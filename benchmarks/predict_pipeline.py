@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/predict_pipeline.py CKPT [--sizes 320x240,1280x720] [--frames 2000] [--trials 3]
 
-For each size the script draws a ``--frames``-frame H.264 clip (a noisy static background with moving
-boxes, 1 Mbit/s), runs :func:`foldedcnns.inference.pipeline.run_predict` on it ``--trials`` times
-(eager fp32 on the CPU, the checkpoint's fold) and prints, per trial and as medians, the end-to-end
-frames/s, the decode-only and model-only frames/s measured right after on the same frames, and their
-ratio (end-to-end over the slower stage; the target is 0.8 or more).
+For each size the script draws a ``--frames``-frame H.264 clip (``frame_extraction.traffic_frames``: a
+noisy static background with moving boxes, 1 Mbit/s), runs
+:func:`foldedcnns.inference.pipeline.run_predict` on it ``--trials`` times (eager fp32 on the CPU, the
+checkpoint's fold) and prints, per trial and as medians, the end-to-end frames/s, the decode-only and
+model-only frames/s measured right after on the same frames, and their ratio (end-to-end over the
+slower stage; the target is 0.8 or more).
 """
 
 from __future__ import annotations
@@ -15,28 +16,12 @@ import argparse
 import os
 import statistics
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
+from frame_extraction import traffic_frames  # this folder's clip generator
 
 from foldedcnns.data.video import write_video
 from foldedcnns.inference.pipeline import run_predict
-
-
-def clip(frames: int, width: int, height: int, seed: int = 0) -> Iterator[np.ndarray]:
-    """(H, W, 3) uint8 frames: a noisy static background with three moving boxes."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    background = np.stack([xx * 255 // width, yy * 255 // height, ((xx // 32 + yy // 32) % 2) * 120 + 60], -1)
-    background = (background + rng.integers(-20, 20, background.shape)).clip(0, 255).astype(np.uint8)
-    box_w, box_h = max(8, width // 16), max(8, height // 16)
-    for i in range(frames):
-        frame = background.copy()
-        for k in range(3):
-            cx, cy = (37 * k + 3 * i * (k + 1)) % width, (height // 4 * (k + 1) + i) % height
-            frame[max(cy - box_h, 0):cy + box_h, max(cx - box_w, 0):cx + box_w] = (60 * k, 220, 255 - 60 * k)
-        yield frame
 
 
 def main() -> None:
@@ -52,7 +37,8 @@ def main() -> None:
     for size in args.sizes.split(","):
         width, height = (int(v) for v in size.lower().split("x"))
         video = work / f"clip_{width}x{height}.mp4"
-        write_video(video, clip(args.frames, width, height), options={"b": "1000k"})
+        write_video(video, traffic_frames(args.frames, width, height, box=(width // 18, height // 18)),
+                    options={"b": "1000k"})
         rows = []
         for trial in range(args.trials):
             report = run_predict(args.checkpoint, [str(video)], work / f"out_{size}_{trial}.csv",
