@@ -50,12 +50,15 @@ from foldedcnns.benchmark.runner import (
 )
 from foldedcnns.benchmark.summary import BestRow, best_configs
 from foldedcnns.benchmark.tune import TuneConfig, search
-from foldedcnns.cli.bench import default_tasks
+from foldedcnns.cli.bench import default_tasks, parse_pairs
 from foldedcnns.models import build_model, get_task
 from foldedcnns.utils.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU_BACKENDS = ("eager", "channels-last", "onnxruntime")
+CPU_BACKENDS = ("eager", "channels-last", "compile", "onnxruntime")
+# compile fp32 was slower than onnxruntime fp32 at f = 1 and f = 4 in benchmarks/results/cpu_compile_check.txt,
+# and each compilation costs ~10 s, so the CPU search leaves it out (--exclude "" puts it back)
+CPU_EXCLUDE = "compile:fp32"
 CUDA_BACKENDS = ("eager", "channels-last", "cuda-graphs", "onnxruntime")
 CPU_PRECISIONS = ("fp32", "bf16")
 CUDA_PRECISIONS = ("fp32", "fp16", "bf16")
@@ -67,8 +70,9 @@ PROFILE_BATCH = 256
 PROFILE_ITERATIONS = 7
 DETAIL_TASK = "sot/timer3"
 # every fold at the same configurations, so per-layer rates can be compared across folds
-FIXED_PROFILES = {"cpu": (("onnxruntime", "fp32"), ("channels-last", "bf16")),
+FIXED_PROFILES = {"cpu": (("onnxruntime", "fp32"), ("compile", "bf16")),
                   "cuda": (("channels-last", "fp16"),)}
+DETAIL_PROFILE = {"cpu": ("compile", "bf16"), "cuda": ("channels-last", "fp16")}  # DETAIL_TASK's layer tables
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,6 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--folds", default="1,2,3,4")
     parser.add_argument("--backends", help="comma-separated (default: per device)")
     parser.add_argument("--precisions", help="comma-separated (default: fp32,bf16 on CPU; fp32,fp16,bf16 on CUDA)")
+    parser.add_argument("--exclude", help=f"backend:precision pairs to leave out (default on CPU: {CPU_EXCLUDE})")
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--screen-seconds", type=float, default=0.3)
@@ -152,9 +157,8 @@ def render(device: str, machine: dict, peaks: dict[str, Peak], best: list[BestRo
                   "the measured peak of that precision, then the time share of max-pooling):", "",
                   fold_profile_markdown(fixed, peaks), ""]
         for p in fixed:
-            if p.model == DETAIL_TASK and p.backend == FIXED_PROFILES[device][0][0]:
-                parts += [f"Layers of {p.model} f={p.fold}, {p.backend} {p.precision} B={p.batch_size} (an ONNX "
-                          "Runtime node named `..._nchwc` runs in its blocked NCHWc layout):", "",
+            if p.model == DETAIL_TASK and (p.backend, p.precision) == DETAIL_PROFILE[device]:
+                parts += [f"Layers of {p.model} f={p.fold}, {p.backend} {p.precision} B={p.batch_size}:", "",
                           layers_markdown(p), ""]
     if notices:
         parts += ["**Skipped or not measured**:", ""] + [f"- {n}" for n in notices] + [""]
@@ -162,7 +166,7 @@ def render(device: str, machine: dict, peaks: dict[str, Peak], best: list[BestRo
 
 
 def measure_all(args: argparse.Namespace, dev: torch.device, tasks: list[str], backends: tuple[str, ...],
-                precisions: tuple[str, ...]) -> dict:
+                precisions: tuple[str, ...], exclude: tuple[tuple[str, str], ...]) -> dict:
     """The search for every task; writes the CSVs and figures, returns the run's data."""
     started = time.perf_counter()
     screen_all: list[BenchRecord] = []
@@ -175,9 +179,10 @@ def measure_all(args: argparse.Namespace, dev: torch.device, tasks: list[str], b
                             batch_sizes=_ints(args.batch_sizes), device=str(dev), screen_batch=SCREEN_BATCH,
                             top_k=1, screen_seconds=args.screen_seconds, screen_warmup=1,
                             screen_trials=args.screen_trials, final_seconds=args.final_seconds, final_warmup=1,
-                            trials=args.trials, max_call_seconds=args.max_call_seconds)
+                            trials=args.trials, max_call_seconds=args.max_call_seconds, exclude=exclude)
         cache = PreparedCache(dev, on_notice=lambda n: log(f"  notice: {n}"))
-        screen, final = search(model_entries([task], config.folds), cache, config, progress=True)
+        screen, final = search(model_entries([task], config.folds), cache, config, progress=True,
+                               excluded=frozenset(exclude))
         screen_all += screen
         final_all += final
         notices += [n for n in cache.notices if n not in notices]
@@ -194,7 +199,8 @@ def measure_all(args: argparse.Namespace, dev: torch.device, tasks: list[str], b
     plot_results(screen_all, args.img_dir / f"bench_batch_{name}.png",
                  title=f"screening ({name}): throughput vs batch size of each fold's best backend/precision")
     settings = {
-        "Search": f"folds {args.folds}; backends {', '.join(backends)}; precisions {', '.join(precisions)}; "
+        "Search": f"folds {args.folds}; backends {', '.join(backends)}; precisions {', '.join(precisions)}"
+                  + "".join(f"; without {b} {p}" for b, p in exclude) + "; "
                   f"batch sizes {args.batch_sizes}; screening at B={SCREEN_BATCH} "
                   f"(best of {args.screen_trials} interleaved timings of {args.screen_seconds} s), the top "
                   f"backend/precision of each fold swept over the other batch sizes (same timing; sizes whose "
@@ -216,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = dev.type == "cuda"
     backends = _names(args.backends, CUDA_BACKENDS if cuda else CPU_BACKENDS)
     precisions = _names(args.precisions, CUDA_PRECISIONS if cuda else CPU_PRECISIONS)
+    exclude = parse_pairs(args.exclude if args.exclude is not None else ("" if cuda else CPU_EXCLUDE))
     tasks = args.tasks or default_tasks()
     name = dev.type
     run_file = args.out_dir / f"headline_{name}_run.json"
@@ -225,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{run_file} does not exist; run without --profile-only first")
             run = json.loads(run_file.read_text(encoding="utf-8"))
         else:
-            run = measure_all(args, dev, tasks, backends, precisions)
+            run = measure_all(args, dev, tasks, backends, precisions, exclude)
         best = [BestRow(**{k: v for k, v in b.items() if k != "config"}) for b in run["best"]]
         peaks = {k: Peak(**v) for k, v in run["peaks"].items()}
         started = time.perf_counter()

@@ -87,7 +87,7 @@ def test_cuda_without_a_gpu_is_refused_with_the_fix(model):
         get_backend("eager").prepare(model, torch.zeros(1, *model.config.input_shape), device="cuda")
 
 
-@pytest.mark.parametrize("backend", ["channels-last", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["channels-last", "onnxruntime", "compile"])
 def test_per_layer_profile_times_every_layer_and_attributes_flops(model, backend):
     profile = profile_layers(model, backend=backend, batch_size=8, iterations=2)
     kinds = [layer.kind for layer in profile.layers]
@@ -113,3 +113,21 @@ def test_interleaved_profiles_keep_each_models_layers_apart(tmp_path, backend):
         assert conv == pytest.approx(2 * profile.images // profile.fold
                                      * sum(la.macs for la in report.layers if la.kind == "conv"))
         assert all(la.seconds > 0 for la in profile.layers if la.kind == "conv")
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_compile_matches_eager_and_freezing_makes_weights_constants(model, freeze):
+    from foldedcnns.benchmark.backends import CompileBackend
+
+    x = torch.rand(3, *model.config.input_shape)
+    with torch.no_grad():
+        expected = model(x)
+    prepared = CompileBackend(freeze=freeze).prepare(model, x, precision="fp32")
+    torch.testing.assert_close(prepared(x), expected, rtol=1e-4, atol=1e-5)
+    copy = prepared.keep[0]  # the backend's own cast copy of the model
+    with torch.no_grad():
+        for p in copy.parameters():
+            p.zero_()
+    # frozen: the weights were folded into the compiled code; unfrozen: they are still read at run time
+    changed = not torch.allclose(prepared(x), expected, rtol=1e-4, atol=1e-5)
+    assert changed is not freeze

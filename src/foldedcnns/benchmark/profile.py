@@ -3,9 +3,13 @@
 For PyTorch backends (``eager``, ``channels-last``) every leaf module is timed with forward
 pre/post hooks (the device is synchronized inside the hooks on CUDA). For ``onnxruntime`` the
 session's own profiler gives per-node kernel times (ORT fuses Conv+ReLU, so a conv row includes
-its ReLU). FLOPs per layer come from :func:`foldedcnns.analysis.count_flops` (2 x MACs of Conv2d
-and Linear; pooling, ReLU and flatten count zero). Hooks add a little overhead per layer, so the
-shares are the thing to read, not the absolute total. :func:`profile_interleaved` profiles several
+its ReLU). For ``compile`` (frozen inductor, CPU) ``torch.profiler`` times every op and generated
+kernel that inductor's code calls: oneDNN convolutions (with their fused ReLU) and the ``cpp_fused_*``
+kernels it writes for pooling, layout copies and other elementwise work (kind ``pool`` when the
+kernel's name has ``max_pool``, else ``fused``). FLOPs per layer come from
+:func:`foldedcnns.analysis.count_flops` (2 x MACs of Conv2d and Linear; pooling, ReLU and flatten
+count zero). Hooks and the profiler add a little overhead per layer, so the shares are the thing to
+read, not the absolute total. :func:`profile_interleaved` profiles several
 models (one task at f = 1..4) with their calls taking turns, so their per-layer rates can be compared.
 """
 
@@ -30,7 +34,10 @@ from foldedcnns.benchmark.timing import folded_inputs
 from foldedcnns.errors import ConfigError
 
 TORCH_BACKENDS = ("eager", "channels-last")
-PROFILE_BACKENDS = (*TORCH_BACKENDS, "onnxruntime")
+PROFILE_BACKENDS = (*TORCH_BACKENDS, "compile", "onnxruntime")
+COMPILED_CALL = "## Call CompiledFxGraph"  # torch.profiler's event around one call of inductor's code
+COMPILED_CONV_OPS = ("mkldnn::_convolution_pointwise", "aten::convolution", "aten::mkldnn_convolution")
+COMPILED_LINEAR_OPS = ("mkldnn::_linear_pointwise", "mkl::_mkl_linear", "aten::addmm", "aten::mm")
 ORT_KINDS = {"Conv": "conv", "FusedConv": "conv", "Gemm": "linear", "FusedGemm": "linear", "MatMul": "linear",
              "FusedMatMul": "linear", "MaxPool": "pool",
              "Relu": "relu", "Flatten": "flatten", "ReorderInput": "reorder", "ReorderOutput": "reorder"}
@@ -118,14 +125,18 @@ def profile_interleaved(models: Sequence[nn.Module], *, backend: str = "channels
     if iterations < 1 or warmup < 0:
         raise ConfigError(f"iterations must be >= 1 and warm-up >= 0, got {iterations} and {warmup}")
     dev = resolve_device(device)
-    profilers: list[_TorchProfiler | _OrtProfiler] = []
+    profilers: list[_TorchProfiler | _OrtProfiler | _CompileProfiler] = []
     for model in models:
         config = model.config
         inputs = folded_inputs(batch_size, config.fold)
         x = torch.rand(inputs, *config.input_shape, generator=torch.Generator().manual_seed(seed))
         flops = _layer_flops(model, inputs)
-        profilers.append(_OrtProfiler(model, x, precision, flops) if backend == "onnxruntime"
-                         else _TorchProfiler(model, x, backend == "channels-last", precision, dev, flops))
+        if backend == "onnxruntime":
+            profilers.append(_OrtProfiler(model, x, precision, flops))
+        elif backend == "compile":
+            profilers.append(_CompileProfiler(model, x, precision, dev, flops))
+        else:
+            profilers.append(_TorchProfiler(model, x, backend == "channels-last", precision, dev, flops))
     try:
         for profiler in profilers:
             for _ in range(warmup):
@@ -198,6 +209,76 @@ class _TorchProfiler:
             handle.remove()
 
 
+def _in_order(names: Sequence[str], kinds: Sequence[str], durations: dict[str, list[float]],
+              convs: Sequence[float], linears: Sequence[float]) -> list[LayerTime]:
+    """Rows in call order; conv and linear rows take the model's conv and linear FLOPs in order."""
+    conv_iter, linear_iter = iter(convs), iter(linears)
+    layers = []
+    for name, kind in zip(names, kinds, strict=True):
+        flops = next(conv_iter, 0.0) if kind == "conv" else next(linear_iter, 0.0) if kind == "linear" else 0.0
+        layers.append(LayerTime(name, kind, median(durations[name]) if durations[name] else 0.0, flops))
+    return layers
+
+
+class _CompileProfiler:
+    """``torch.profiler`` over the ops and kernels of a frozen inductor compilation (CPU)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, precision: str, device: torch.device,
+                 flops: tuple[dict[str, float], list[float], list[float]]) -> None:
+        from foldedcnns.benchmark.backends import CompileBackend
+
+        if device.type != "cpu":
+            raise ConfigError("per-layer profiles of the compile backend exist on the CPU only")
+        import torch._inductor.config as inductor_config
+
+        self.convs, self.linears = flops[1], flops[2]
+        # kernel profiling makes inductor's generated kernels show up as profiler events
+        with inductor_config.patch({"cpp.enable_kernel_profile": True}):
+            self.prepared = CompileBackend().prepare(model, x, precision=precision, device=device)
+        self.x = self.prepared.prepare_input(x)
+        self.calls: list[list[tuple[str, float]]] = []
+
+    def call(self, record: bool) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        if not record:
+            self.prepared.run(self.x)
+            return
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            self.prepared.run(self.x)
+        rows = []
+        for e in prof.events():
+            parent = e.cpu_parent
+            if parent is not None and parent.name.startswith(COMPILED_CALL) and not e.name.startswith("aten::empty") \
+                    and e.name != "aten::resize_":
+                rows.append((e.name, e.cpu_time_total * 1e-6))  # microseconds
+        self.calls.append(rows)
+
+    @staticmethod
+    def _kind(name: str) -> str:
+        if name in COMPILED_CONV_OPS:
+            return "conv"
+        if name in COMPILED_LINEAR_OPS:
+            return "linear"
+        if "cpp_fused" in name:
+            return "pool" if "max_pool" in name else "fused"
+        return name.split("::")[-1].lower()
+
+    def layers(self) -> list[LayerTime]:
+        if not self.calls:
+            return []
+        names = [f"{i:02d} {name}" for i, (name, _) in enumerate(self.calls[0])]
+        durations: dict[str, list[float]] = {n: [] for n in names}
+        for rows in self.calls:
+            for n, (_, seconds) in zip(names, rows, strict=False):
+                durations[n].append(seconds)
+        kinds = [self._kind(name) for name, _ in self.calls[0]]
+        return _in_order(names, kinds, durations, self.convs, self.linears)
+
+    def close(self) -> None:
+        self.prepared.keep.clear()
+
+
 class _OrtProfiler:
     """ONNX Runtime's own per-node profiler on a session of the exported model."""
 
@@ -238,15 +319,9 @@ class _OrtProfiler:
             for e in nodes[run * per_run:(run + 1) * per_run]:
                 durations[e["name"]].append(e["dur"] * 1e-6)  # microseconds
                 ops[e["name"]] = e.get("args", {}).get("op_name", "")
-        conv_iter, linear_iter = iter(self.convs), iter(self.linears)
-        layers = []
-        for name in names:
-            op = ops.get(name, "")
-            kind = ORT_KINDS.get(op, op.lower() or "other")
-            flops = next(conv_iter, 0.0) if kind == "conv" else next(linear_iter, 0.0) if kind == "linear" else 0.0
-            layers.append(LayerTime(name.removesuffix("_kernel_time"), kind,
-                                    median(durations[name]) if durations[name] else 0.0, flops))
-        return layers
+        kinds = [ORT_KINDS.get(ops.get(name, ""), ops.get(name, "").lower() or "other") for name in names]
+        layers = _in_order(names, kinds, durations, self.convs, self.linears)
+        return [LayerTime(la.name.removesuffix("_kernel_time"), la.kind, la.seconds, la.flops) for la in layers]
 
     def close(self) -> None:
         self.tmp.cleanup()

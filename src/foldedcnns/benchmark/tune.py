@@ -48,7 +48,7 @@ from foldedcnns.errors import ConfigError
 
 TUNE_BATCH_SIZES: tuple[int, ...] = (256, 1024, 4096)
 TUNE_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-CPU_TUNE_BACKENDS: tuple[str, ...] = ("eager", "channels-last", "onnxruntime")
+CPU_TUNE_BACKENDS: tuple[str, ...] = ("eager", "channels-last", "compile", "onnxruntime")
 CUDA_TUNE_BACKENDS: tuple[str, ...] = ("eager", "channels-last", "onnxruntime", "cuda-graphs")
 DEFAULT_TOP_K = 2
 SCREEN_SECONDS = 0.5
@@ -61,7 +61,8 @@ TEST_SPLIT = "test"
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """What to search. ``backends`` defaults to the device's list (compile is opt-in: ~25 s per shape)."""
+    """What to search. ``backends`` defaults to the device's list; ``exclude`` leaves out (backend,
+    precision) pairs, e.g. ``(("compile", "fp16"),)`` to save its compilations."""
 
     target: str
     folds: tuple[int, ...] = (1, 2, 3, 4)
@@ -83,6 +84,7 @@ class TuneConfig:
     max_accuracy_drop: float | None = None  # in accuracy points (0.01 = 1 %)
     max_call_seconds: float | None = None  # skip batch sizes whose one call would take longer (estimated)
     seed: int = 0
+    exclude: tuple[tuple[str, str], ...] = ()
 
     def resolved_backends(self) -> tuple[str, ...]:
         if self.backends is not None:
@@ -221,10 +223,12 @@ def tune(config: TuneConfig, *, registry: Mapping[str, Backend] | None = None, p
             measure_peaks(config.precisions, device, config.peak_seconds)]
         costs: list[PrecisionCost] = []
         if config.data is not None:
-            pairs = [(b, p) for b in config.resolved_backends() for p in config.precisions if p != "fp32"]
+            pairs = [(b, p) for b in config.resolved_backends() for p in config.precisions
+                     if p != "fp32" and (b, p) not in config.exclude]
             costs = precision_costs(entries[0], pairs, config.resolved_screen_batch(), cache, Path(config.data))
-        excluded = frozenset((c.backend, c.precision) for c in costs
-                             if config.max_accuracy_drop is not None and c.accuracy_drop > config.max_accuracy_drop)
+        excluded = frozenset(config.exclude) | frozenset(
+            (c.backend, c.precision) for c in costs
+            if config.max_accuracy_drop is not None and c.accuracy_drop > config.max_accuracy_drop)
         screen, final = search(entries, cache, config, progress=progress, excluded=excluded)
         if peaks is None:
             samples.append(measure_peaks(config.precisions, device, config.peak_seconds))

@@ -60,6 +60,20 @@ def _device_type(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
+def parse_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
+    """'compile:fp16,eager:bf16' -> (('compile', 'fp16'), ('eager', 'bf16')), each name checked."""
+    pairs = []
+    for item in (text or "").replace(" ", "").split(","):
+        if not item:
+            continue
+        backend, sep, precision = item.partition(":")
+        if not sep:
+            raise ConfigError(f"--exclude takes BACKEND:PRECISION pairs such as compile:fp16, got {item!r}")
+        pairs.append((parse_names(backend, list(BACKENDS), "backend")[0],
+                      parse_names(precision, list(PRECISIONS), "precision")[0]))
+    return tuple(pairs)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     config = BenchConfig(
         tasks=tuple(args.tasks or default_tasks()),
@@ -114,7 +128,8 @@ def run_tune(args: argparse.Namespace) -> int:
         batch_sizes=tuple(parse_int_list(args.batch_sizes, "--batch-sizes")), device=args.device,
         trials=args.trials, screen_seconds=args.screen_seconds, final_seconds=args.seconds, threads=args.threads,
         peak_seconds=args.peak_seconds, max_call_seconds=args.max_call_seconds, data=args.data,
-        max_accuracy_drop=None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100)
+        max_accuracy_drop=None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100,
+        exclude=parse_pairs(args.exclude))
     result = tune(config, progress=not args.json, on_notice=notice)
     if args.out:
         write_csv(args.out, result.final)
@@ -184,8 +199,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     tuner.add_argument("target", metavar="TASK|CKPT", help="a task name or a checkpoint file")
     _common(tuner)
     tuner.add_argument("--folds", default="1,2,3,4", help="folds to search for a task (a checkpoint keeps its own)")
-    tuner.add_argument("--backends", help="comma-separated backends (default: eager, channels-last, onnxruntime; "
-                                          "plus cuda-graphs on CUDA; compile is opt-in, ~25 s per shape)")
+    tuner.add_argument("--backends", help="comma-separated backends (default: eager, channels-last, compile, "
+                                          "onnxruntime; plus cuda-graphs on CUDA)")
+    tuner.add_argument("--exclude", metavar="B:P,...",
+                       help="backend:precision pairs to leave out, e.g. compile:fp16 (each compile takes ~10 s)")
     tuner.add_argument("--precisions", default="fp32,bf16,fp16", help="comma-separated precisions")
     tuner.add_argument("--batch-sizes", default=",".join(map(str, TUNE_BATCH_SIZES)), help="images per call")
     tuner.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="trials of the final measurement")
