@@ -29,7 +29,7 @@ from foldedcnns.benchmark.backends import resolve_device
 from foldedcnns.benchmark.machine import machine_info
 from foldedcnns.benchmark.peak import Peak
 from foldedcnns.benchmark.plots import plot_results
-from foldedcnns.benchmark.profile import PROFILE_BACKENDS, LayerProfile, profile_interleaved, profile_layers
+from foldedcnns.benchmark.profile import PROFILE_BACKENDS, LayerProfile, profile_interleaved
 from foldedcnns.benchmark.records import BenchRecord, write_csv
 from foldedcnns.benchmark.report import (
     best_vs_best_markdown,
@@ -111,15 +111,28 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def profile_best(best: list[BestRow], device: str) -> list[LayerProfile]:
-    """Every task's best configuration of each fold (Original and Folded), layer by layer."""
-    profiles = []
+def profile_best(best: list[BestRow], device: str, done: list[LayerProfile]) -> list[LayerProfile]:
+    """Every task's best configuration of each fold (Original and Folded), layer by layer.
+
+    The folds of a task that share a backend and precision are profiled with their calls interleaved
+    (single profiles on a shared machine were off by up to 2x); a profile already in ``done`` (the
+    fixed configurations) is reused.
+    """
+    have = {(p.model, p.fold, p.backend, p.precision): p for p in done}
+    groups: dict[tuple[str, str, str], list[int]] = {}
     for row in best:
         if row.mode in ("Original", "Folded") and row.backend in PROFILE_BACKENDS:
-            net = build_model(row.model, fold=row.fold).eval()
-            profiles.append(profile_layers(net, backend=row.backend, precision=row.precision,
-                                           batch_size=PROFILE_BATCH, device=device, iterations=PROFILE_ITERATIONS))
-    return profiles
+            groups.setdefault((row.model, row.backend, row.precision), []).append(row.fold)
+    out = []
+    for (model, backend, precision), folds in groups.items():
+        missing = [f for f in folds if (model, f, backend, precision) not in have]
+        if missing:
+            nets = [build_model(model, fold=f).eval() for f in missing]
+            for p in profile_interleaved(nets, backend=backend, precision=precision, batch_size=PROFILE_BATCH,
+                                         device=device, iterations=PROFILE_ITERATIONS):
+                have[(p.model, p.fold, p.backend, p.precision)] = p
+        out += [have[(model, f, backend, precision)] for f in folds]
+    return out
 
 
 def profile_fixed(tasks: list[str], folds: tuple[int, ...], device: torch.device) -> list[LayerProfile]:
@@ -236,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         best = [BestRow(**{k: v for k, v in b.items() if k != "config"}) for b in run["best"]]
         peaks = {k: Peak(**v) for k, v in run["peaks"].items()}
         started = time.perf_counter()
-        profiles = [] if args.no_profile else profile_best(best, str(dev))
         fixed = [] if args.no_profile else profile_fixed(list(dict.fromkeys(b.model for b in best)),
                                                           _ints(args.folds), dev)
+        profiles = [] if args.no_profile else profile_best(best, str(dev), fixed)
         if profiles or fixed:
             run["settings"]["Profiling time"] = f"{(time.perf_counter() - started) / 60:.1f} min"
     run.update(profiles=[p.to_dict() for p in profiles], fixed_profiles=[p.to_dict() for p in fixed])

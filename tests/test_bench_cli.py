@@ -114,3 +114,17 @@ def test_tune_checkpoint_with_data_reports_accuracy_cost_and_a_recommendation(ca
 def test_tune_task_with_data_is_refused(capsys, tmp_path, tiny):
     code, _, err = run(capsys, "tune", tiny, "--data", tmp_path)
     assert code == 1 and "needs trained weights" in err
+
+
+def test_exclude_pairs_are_parsed_and_bad_ones_named():
+    from foldedcnns.cli.bench import parse_pairs
+    from foldedcnns.errors import ConfigError
+
+    assert parse_pairs("compile:fp32, eager:bf16") == (("compile", "fp32"), ("eager", "bf16"))
+    assert parse_pairs("") == () and parse_pairs(None) == ()
+    with pytest.raises(ConfigError, match="BACKEND:PRECISION"):
+        parse_pairs("compile")
+    with pytest.raises(ConfigError, match="unknown backend tensorrt"):
+        parse_pairs("tensorrt:fp16")
+    with pytest.raises(ConfigError, match="unknown precision int8"):
+        parse_pairs("eager:int8")

@@ -95,3 +95,10 @@ def test_tune_rejects_bad_settings(tiny):
         tune(tune_config(tiny, top_k=0), registry=REGISTRY)
     with pytest.raises(ConfigError, match="needs trained weights"):
         tune(tune_config(tiny, data="somewhere"), registry=REGISTRY)
+
+
+def test_excluded_pairs_are_never_timed_and_the_next_best_wins(tiny):
+    result = tune(tune_config(tiny, exclude=(("quick", "bf16"),)), registry=REGISTRY)
+    timed = {(r.backend, r.precision) for r in result.screen + result.final}
+    assert ("quick", "bf16") not in timed and ("quick", "fp32") in timed and ("slow", "bf16") in timed
+    assert (result.recommended.backend, result.recommended.precision) != ("quick", "bf16")
