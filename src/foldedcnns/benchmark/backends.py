@@ -229,8 +229,8 @@ class CompileBackend(Backend):
     """``torch.compile`` with inductor, static shapes, and by default *freezing*: the weights are
     treated as constants, so inductor folds them, prepacks them for oneDNN on the CPU and fuses each
     convolution with its ReLU (PyTorch's recommended setting for CPU inference). Model and input are
-    channels-last (NHWC), which saves the layout copy of the input (1.2x at B = 256 on this CPU). On this project's
-    CPU that made bf16 2-3x faster than unfrozen eager channels-last (docs/benchmarks.md). A frozen
+    channels-last (NHWC), which saves a layout copy of the input (1.2x at B = 256 on this CPU). On this
+    project's CPU, bf16 ran about 2x faster than eager channels-last bf16 (docs/benchmarks.md). A frozen
     model no longer sees later changes to the module's weights; prepare again after training."""
 
     name = "compile"

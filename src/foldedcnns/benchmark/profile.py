@@ -28,7 +28,13 @@ import torch
 from torch import nn
 
 from foldedcnns.analysis import count_flops
-from foldedcnns.benchmark.backends import OnnxRuntimeBackend, export_onnx_bytes, precision_dtype, resolve_device
+from foldedcnns.benchmark.backends import (
+    CompileBackend,
+    OnnxRuntimeBackend,
+    export_onnx_bytes,
+    precision_dtype,
+    resolve_device,
+)
 from foldedcnns.benchmark.runner import median
 from foldedcnns.benchmark.timing import folded_inputs
 from foldedcnns.errors import ConfigError
@@ -225,8 +231,6 @@ class _CompileProfiler:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, precision: str, device: torch.device,
                  flops: tuple[dict[str, float], list[float], list[float]]) -> None:
-        from foldedcnns.benchmark.backends import CompileBackend
-
         if device.type != "cpu":
             raise ConfigError("per-layer profiles of the compile backend exist on the CPU only")
         import torch._inductor.config as inductor_config
