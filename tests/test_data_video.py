@@ -60,7 +60,7 @@ def test_resize_start_end_and_true_indices(video: Path) -> None:
 
 def test_one_decoder_thread_gives_the_same_frames(video: Path) -> None:
     default = list(iter_frames(video, size=(20, 30), backend="pyav"))
-    single = list(iter_frames(video, size=(20, 30), backend="pyav", threads=1))
+    single = list(iter_frames(video, size=(20, 30), backend="pyav", small_frame_threads=1))
     assert [i for i, _ in single] == [i for i, _ in default] == list(range(FRAMES))
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(default, single, strict=True))
 

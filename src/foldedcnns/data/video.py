@@ -34,7 +34,7 @@ _KR_KB = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
 _AV_COLORSPACE_BT709 = 1  # AVColorSpace.AVCOL_SPC_BT709
 _AV_RANGE_FULL = 2  # AVColorRange.AVCOL_RANGE_JPEG
 _FAST_FORMATS = ("yuv420p", "yuvj420p")
-SMALL_FRAME_PIXELS = 640 * 480  # up to here a ``threads`` cap applies (see iter_frames)
+SMALL_FRAME_PIXELS = 640 * 480  # up to here ``small_frame_threads`` applies (see iter_frames)
 
 
 def _yuv_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, matrix: str, full_range: bool) -> np.ndarray:
@@ -118,7 +118,7 @@ def _pick_backend(backend: str) -> str:
 
 def iter_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | int | None = None, start: int = 0,
                 end: int | None = None, crop: Crop | None = None, backend: str = "auto",
-                threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                small_frame_threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Decode ``path`` in order and yield ``(frame index, (H, W, 3) RGB uint8 array)``.
 
     Args:
@@ -127,7 +127,7 @@ def iter_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | int | N
             (no seeking), and decoding stops at ``end`` or at the end of the stream.
         crop: ``(x, y, width, height)`` box cut out of each frame before resizing.
         backend: ``auto`` (PyAV, else OpenCV), ``pyav`` or ``opencv``.
-        threads: decoder threads for PyAV on videos of at most :data:`SMALL_FRAME_PIXELS` pixels per
+        small_frame_threads: decoder threads for PyAV on videos of at most :data:`SMALL_FRAME_PIXELS` pixels per
             frame (default: FFmpeg's choice, about one per core); one leaves the other cores to a model
             running next to the decoder. Larger videos keep FFmpeg's threads: their decoding is the
             bottleneck (measured on 2 cores, 1280x720: 436 frames/s with FFmpeg's threads, 341 with one).
@@ -151,7 +151,7 @@ def iter_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | int | N
         raise DataError(f"video {path} does not exist; check the path")
     sampler = _Sampler(size, crop, path)
     if _pick_backend(backend) == "pyav":
-        return _frames_pyav(path, sampler, start, end, threads)
+        return _frames_pyav(path, sampler, start, end, small_frame_threads)
     return _frames_opencv(path, sampler, start, end)
 
 
@@ -163,7 +163,7 @@ def _no_frames(path: Path, last: int, start: int) -> DataError:
 
 
 def _frames_pyav(path: Path, sampler: _Sampler, start: int, end: int | None,
-                 threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                 small_frame_threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     import av
 
     try:
@@ -173,7 +173,7 @@ def _frames_pyav(path: Path, sampler: _Sampler, start: int, end: int | None,
     if not container.streams.video:
         container.close()
         raise DataError(f"{path} has no video stream; pass a video file")
-    return _decode_pyav(container, path, sampler, start, end, threads)
+    return _decode_pyav(container, path, sampler, start, end, small_frame_threads)
 
 
 class _CorruptPacket(Exception):
@@ -191,13 +191,14 @@ def _pyav_frames(container: Any, stream: Any) -> Iterator[Any]:
 
 
 def _decode_pyav(container: Any, path: Path, sampler: _Sampler, start: int,
-                 end: int | None, threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                 end: int | None, small_frame_threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     import av
 
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # frame threads: the main speed-up on 2 cores
-    if threads is not None and stream.codec_context.width * stream.codec_context.height <= SMALL_FRAME_PIXELS:
-        stream.thread_count = threads
+    pixels = stream.codec_context.width * stream.codec_context.height
+    if small_frame_threads is not None and pixels <= SMALL_FRAME_PIXELS:
+        stream.thread_count = small_frame_threads
     index = -1
     try:
         for frame in _pyav_frames(container, stream):

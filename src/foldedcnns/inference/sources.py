@@ -143,14 +143,16 @@ def iter_source(source: Source, size: tuple[int, int], crop: Crop | None = None,
     Videos are decoded sequentially; on a truncated or corrupt file every good frame is yielded
     before the DataError. Images are decoded one by one; an unreadable file raises a DataError after
     the images before it. ``start`` skips the first frames (videos) or files (images).
-    ``decode_threads`` caps the video decoder's threads (default: one per core).
+    ``decode_threads`` caps the video decoder's threads for frames of up to 640x480 pixels (larger
+    videos keep FFmpeg's one thread per core; see :func:`foldedcnns.data.video.iter_frames`).
     """
     height, width = size
     if source.kind == VIDEO:
         from foldedcnns.data.video import iter_frames
 
         yield from iter_frames(source.paths[0], size=(height, width), start=start,
-                               crop=None if crop is None else crop.as_tuple(), threads=decode_threads)
+                               crop=None if crop is None else crop.as_tuple(),
+                               small_frame_threads=decode_threads)
         return
     for path in source.paths[start:]:
         yield str(path), prepare_frame(read_image(path), height, width, crop, where=str(path))
