@@ -194,8 +194,7 @@ def measure_all(args: argparse.Namespace, dev: torch.device, tasks: list[str], b
                             screen_trials=args.screen_trials, final_seconds=args.final_seconds, final_warmup=1,
                             trials=args.trials, max_call_seconds=args.max_call_seconds, exclude=exclude)
         cache = PreparedCache(dev, on_notice=lambda n: log(f"  notice: {n}"))
-        screen, final = search(model_entries([task], config.folds), cache, config, progress=True,
-                               excluded=frozenset(exclude))
+        screen, final = search(model_entries([task], config.folds), cache, config, progress=True)
         screen_all += screen
         final_all += final
         notices += [n for n in cache.notices if n not in notices]

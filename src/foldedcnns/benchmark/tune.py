@@ -165,11 +165,12 @@ def _fastest(records: Sequence[BenchRecord]) -> dict[tuple[Any, ...], BenchRecor
 
 def search(entries: Sequence[ModelEntry], cache: PreparedCache, config: TuneConfig, *, progress: bool = False,
            excluded: frozenset[tuple[str, str]] = frozenset()) -> tuple[list[BenchRecord], list[BenchRecord]]:
-    """Stages 1-3 for ``entries``, leaving out ``excluded`` (backend, precision) pairs.
+    """Stages 1-3 for ``entries``, leaving out ``config.exclude`` and ``excluded`` (backend, precision) pairs.
 
     Returns (screening records, final records).
     """
     backends, precisions = config.resolved_backends(), config.precisions
+    excluded = excluded | frozenset(config.exclude)
     screen_batch = config.resolved_screen_batch()
     by_key = {(e.config.mode, e.config.fold): e for e in entries}
     stage1 = [Candidate(e, b, p, screen_batch) for b in backends for p in precisions for e in entries
@@ -226,9 +227,8 @@ def tune(config: TuneConfig, *, registry: Mapping[str, Backend] | None = None, p
             pairs = [(b, p) for b in config.resolved_backends() for p in config.precisions
                      if p != "fp32" and (b, p) not in config.exclude]
             costs = precision_costs(entries[0], pairs, config.resolved_screen_batch(), cache, Path(config.data))
-        excluded = frozenset(config.exclude) | frozenset(
-            (c.backend, c.precision) for c in costs
-            if config.max_accuracy_drop is not None and c.accuracy_drop > config.max_accuracy_drop)
+        excluded = frozenset((c.backend, c.precision) for c in costs
+                             if config.max_accuracy_drop is not None and c.accuracy_drop > config.max_accuracy_drop)
         screen, final = search(entries, cache, config, progress=progress, excluded=excluded)
         if peaks is None:
             samples.append(measure_peaks(config.precisions, device, config.peak_seconds))
