@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-from foldedcnns.benchmark.backends import resolve_device
 from foldedcnns.benchmark.machine import machine_info
 from foldedcnns.benchmark.peak import Peak
 from foldedcnns.benchmark.plots import plot_results
@@ -52,6 +51,7 @@ from foldedcnns.benchmark.summary import BestRow, best_configs
 from foldedcnns.benchmark.tune import TuneConfig, search
 from foldedcnns.cli.bench import default_tasks, parse_pairs
 from foldedcnns.models import build_model, get_task
+from foldedcnns.runtime.device import resolve_device
 from foldedcnns.utils.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]

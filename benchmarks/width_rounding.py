@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from foldedcnns.benchmark.backends import get_backend
 from foldedcnns.benchmark.timing import folded_inputs
 from foldedcnns.models import build_model
+from foldedcnns.runtime.backends import get_backend
 
 VARIANTS = ((1, 1.0), (2, 2 ** 0.5), (2, 1.5), (3, 3 ** 0.5), (3, 2.0), (4, 2.0))
 

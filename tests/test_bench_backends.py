@@ -6,16 +6,17 @@ import pytest
 import torch
 
 from foldedcnns.analysis import count_flops
-from foldedcnns.benchmark.backends import (
+from foldedcnns.benchmark.profile import profile_interleaved, profile_layers
+from foldedcnns.errors import ConfigError
+from foldedcnns.models import build_model
+from foldedcnns.runtime.backends import (
     BACKENDS,
     BackendUnavailable,
+    CompileBackend,
     CudaGraphsBackend,
     OnnxRuntimeBackend,
     get_backend,
 )
-from foldedcnns.benchmark.profile import profile_interleaved, profile_layers
-from foldedcnns.errors import ConfigError
-from foldedcnns.models import build_model
 
 TINY = {"name": "tiny/noscope", "family": "noscope", "out-h": 12, "out-w": 12, "chan-in": 3, "ClassNames": ["0", "1"],
         "model-architecture": {"nb_filters": 4, "nb_dense": 8, "nb_layers": 2}}
@@ -43,7 +44,7 @@ def test_fp32_backends_match_eager(model, name):
     with torch.no_grad():
         expected = model(x)
     prepared = get_backend(name).prepare(model, x[:2], precision="fp32")
-    out = prepared(x)
+    out = prepared.folded(x)
     assert out.dtype == torch.float32 and out.shape == expected.shape
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
     assert prepared.setup_seconds > 0
@@ -53,7 +54,7 @@ def test_reduced_precision_is_close_and_leaves_the_callers_model_in_fp32(model):
     x = torch.rand(4, *model.config.input_shape)
     with torch.no_grad():
         expected = model(x)
-    out = get_backend("channels-last").prepare(model, x, precision="bf16")(x)
+    out = get_backend("channels-last").prepare(model, x, precision="bf16").folded(x)
     assert next(model.parameters()).dtype == torch.float32
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, expected, rtol=0.1, atol=0.05)
@@ -117,17 +118,29 @@ def test_interleaved_profiles_keep_each_models_layers_apart(tmp_path, backend):
 
 @pytest.mark.parametrize("freeze", [True, False])
 def test_compile_matches_eager_and_freezing_makes_weights_constants(model, freeze):
-    from foldedcnns.benchmark.backends import CompileBackend
-
     x = torch.rand(3, *model.config.input_shape)
     with torch.no_grad():
         expected = model(x)
     prepared = CompileBackend(freeze=freeze).prepare(model, x, precision="fp32")
-    torch.testing.assert_close(prepared(x), expected, rtol=1e-4, atol=1e-5)
-    copy = prepared.keep[0]  # the backend's own cast copy of the model
+    torch.testing.assert_close(prepared.folded(x), expected, rtol=1e-4, atol=1e-5)
+    copy = prepared.module  # the backend's own cast copy of the model
     with torch.no_grad():
         for p in copy.parameters():
             p.zero_()
     # frozen: the weights were folded into the compiled code; unfrozen: they are still read at run time
-    changed = not torch.allclose(prepared(x), expected, rtol=1e-4, atol=1e-5)
+    changed = not torch.allclose(prepared.folded(x), expected, rtol=1e-4, atol=1e-5)
     assert changed is not freeze
+
+
+@pytest.mark.parametrize("name", ["eager", "compile"])
+def test_the_runner_classifies_any_number_of_images_with_own_group_padding(model, name):
+    """classify(): pad the last group with its own images, fold, run, unfold; a static-shape backend
+    pads every call to its prepared shape and cuts larger ones, so any N works without recompiling."""
+    images = torch.rand(7, *model.config.image_size)
+    prepared = get_backend(name).prepare(model, torch.rand(2, *model.config.input_shape))
+    assert prepared.fold == 2 and prepared.static_inputs == (2 if name == "compile" else None)
+    for n, order in ((1, [0, 0]), (3, [0, 1, 2, 2]), (7, [0, 1, 2, 3, 4, 5, 6, 6])):
+        folded = images[order].reshape(len(order) // 2, -1, *images.shape[2:])
+        with torch.no_grad():
+            expected = model(folded).reshape(len(order), -1)[:n]
+        torch.testing.assert_close(prepared.classify(images[:n]), expected, rtol=1e-4, atol=1e-5)

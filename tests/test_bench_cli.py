@@ -10,7 +10,7 @@ from PIL import Image
 from foldedcnns.benchmark.records import CSV_COLUMNS
 from foldedcnns.cli.main import main
 from foldedcnns.models import build_model, get_task
-from foldedcnns.training.checkpoint import make_checkpoint, save_checkpoint
+from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
 
 TINY = {"name": "tiny/game", "family": "game", "out-h": 16, "out-w": 20, "chan-in": 3, "ClassNames": ["a", "b", "c"],
         "model-architecture": {"template": "1_1_convnet", "conv1_n_feature_maps": 4, "convi_n_feature_maps": 4,

@@ -31,7 +31,7 @@ def test_batch_counts_images_and_rounds_up_to_a_multiple_of_the_fold():
     assert folded_inputs(1024, 4) == 256 and images_per_call(1024, 4) == 1024
     assert folded_inputs(1024, 3) == 342 and images_per_call(1024, 3) == 1026
     assert images_per_call(1, 4) == 4 and images_per_call(7, 1) == 7
-    with pytest.raises(ConfigError, match="batch size and fold"):
+    with pytest.raises(ConfigError, match="batch size must be a positive integer"):
         folded_inputs(0, 2)
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from foldedcnns.analysis import flops_per_image
-from foldedcnns.benchmark.backends import Backend, BackendUnavailable, Prepared
 from foldedcnns.benchmark.peak import Peak
 from foldedcnns.benchmark.runner import BenchConfig, model_entries, run_benchmark
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import get_task
+from foldedcnns.runtime.backends import Backend, BackendUnavailable, Prepared
 
 TINY = {"name": "tiny/game", "family": "game", "out-h": 16, "out-w": 20, "chan-in": 3, "ClassNames": ["a", "b", "c"],
         "model-architecture": {"template": "1_1_convnet", "conv1_n_feature_maps": 4, "convi_n_feature_maps": 4,
@@ -105,7 +105,7 @@ def test_compound_tasks_bring_their_original_and_checkpoints_keep_their_fold(tmp
     assert [(e.model, e.config.mode, e.config.fold) for e in entries] == [
         ("lol/goldnumber-fraction", "Original", 1), ("lol/goldnumber-fraction", "Compound", 1)]
     from foldedcnns.models import build_model
-    from foldedcnns.training.checkpoint import make_checkpoint, save_checkpoint
+    from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
 
     ckpt = save_checkpoint(tmp_path / "m.pt", make_checkpoint(build_model(get_task("noscope/coral"), fold=3)))
     entries = model_entries([str(ckpt)], (1, 2, 4))

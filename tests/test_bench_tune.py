@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from foldedcnns.benchmark import timing
-from foldedcnns.benchmark.backends import Backend, Prepared
 from foldedcnns.benchmark.tune import TuneConfig, tune
 from foldedcnns.errors import ConfigError
+from foldedcnns.runtime.backends import Backend, Prepared
 
 TINY = {"name": "tiny/game", "family": "game", "out-h": 16, "out-w": 20, "chan-in": 3, "ClassNames": ["a", "b", "c"],
         "model-architecture": {"template": "1_1_convnet", "conv1_n_feature_maps": 4, "convi_n_feature_maps": 4,

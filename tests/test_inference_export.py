@@ -8,7 +8,7 @@ import torch
 from foldedcnns.cli.main import main
 from foldedcnns.inference.export import ort_session, read_onnx_config
 from foldedcnns.models import build_model
-from foldedcnns.training.checkpoint import make_checkpoint, save_checkpoint
+from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
 
 
 def test_export_onnx_matches_pytorch_and_describes_itself(tmp_path, capsys):

@@ -12,7 +12,7 @@ from foldedcnns.cli.main import main
 from foldedcnns.inference import Predictor
 from foldedcnns.inference.pipeline import run_predict
 from foldedcnns.models import build_model, get_task, spec_from_dict
-from foldedcnns.training.checkpoint import make_checkpoint, save_checkpoint
+from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
 
 # A tiny game CNN on 22 x 52 RGB images with the classes of lol/goldnumber-fraction (0-9, other).
 TINY = {"name": "tiny/digits", "family": "game", "out-h": 22, "out-w": 52,

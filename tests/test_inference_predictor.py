@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from foldedcnns.core.folding import fold, unfold_logits
+from foldedcnns.core.folding import fold, pad_to_multiple, round_batch, unfold_logits
+from foldedcnns.data.crop import Crop
 from foldedcnns.errors import ConfigError, DataError, ShapeError
 from foldedcnns.inference import Predictor
-from foldedcnns.inference.predictor import check_batch_size, pad_tail_group
-from foldedcnns.inference.preprocess import Crop, to_model_input
 from foldedcnns.models import build_model
 from foldedcnns.models.spec import spec_from_dict
-from foldedcnns.training.checkpoint import make_checkpoint
+from foldedcnns.runtime.checkpoint import make_checkpoint
+from foldedcnns.runtime.inputs import to_model_input
 
 # A tiny game CNN on 22 x 52 RGB images with 11 classes (the input of lol/goldnumber-fraction).
 TASK = spec_from_dict({"name": "tiny/digits", "family": "game", "out-h": 22, "out-w": 52,
@@ -56,10 +56,10 @@ def test_predictions_do_not_depend_on_batch_size(batch_size):
     np.testing.assert_allclose(preds.probabilities, reference.probabilities, atol=1e-6)
 
 
-def test_pad_tail_group_repeats_the_last_groups_own_images():
+def test_padding_repeats_the_last_groups_own_images():
     x = torch.arange(6).view(6, 1)
-    assert pad_tail_group(x, 4).flatten().tolist() == [0, 1, 2, 3, 4, 5, 4, 5]
-    assert pad_tail_group(x, 3).flatten().tolist() == list(range(6))
+    assert pad_to_multiple(x, 4)[0].flatten().tolist() == [0, 1, 2, 3, 4, 5, 4, 5]
+    assert pad_to_multiple(x, 3)[0].flatten().tolist() == list(range(6))
 
 
 def test_images_of_other_sizes_are_cropped_and_resized_like_the_training_data():
@@ -85,11 +85,12 @@ def test_normalisation_follows_the_task():
 
 
 def test_errors_name_the_problem_and_the_fix():
-    with pytest.raises(ConfigError, match="not a multiple of the checkpoint's fold 4; pass 8 or 12"):
-        check_batch_size(10, 4)
-    assert check_batch_size(None, 3) % 3 == 0
+    with pytest.raises(ConfigError, match="not a multiple of the fold 4; pass 8 or 12"):
+        Predictor(checkpoint(fold=4), batch_size=10)
+    assert round_batch(10, 4, "exact" if 10 % 4 == 0 else "up") == 12
+    assert Predictor(checkpoint(fold=3)).batch_size % 3 == 0
     predictor = Predictor(checkpoint(fold=1))
-    with pytest.raises(DataError, match="does not fit in a 52x22 frame"):
+    with pytest.raises(ConfigError, match="does not fit in the 52x22 frames of image 0"):
         predictor.predict(frames(1), crop="40,0,20,10")
     with pytest.raises(ConfigError, match="--crop must be x,y,w,h"):
         Crop.parse("1,2,3")

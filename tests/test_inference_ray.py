@@ -10,7 +10,7 @@ from PIL import Image
 from foldedcnns.data.video import write_video
 from foldedcnns.inference.pipeline import run_predict
 from foldedcnns.models import build_model
-from foldedcnns.training.checkpoint import make_checkpoint, save_checkpoint
+from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
 
 ray = pytest.importorskip("ray")
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import build_model, get_task
-from foldedcnns.training.checkpoint import make_checkpoint, save_checkpoint
+from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
 from foldedcnns.training.curriculum import CurriculumSchedule, curriculum_schedule
 from foldedcnns.training.distill import cached_teacher_logits, distill_loss
 from foldedcnns.training.recipes import apply_overrides, fold_batch_size, recipe_for

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from foldedcnns.cli.main import main
-from foldedcnns.training.checkpoint import load_checkpoint
+from foldedcnns.runtime.checkpoint import load_checkpoint
 from foldedcnns.training.trainer import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))

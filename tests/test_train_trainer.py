@@ -13,7 +13,7 @@ from PIL import Image
 
 from foldedcnns.cli.main import main
 from foldedcnns.errors import ConfigError, DataError
-from foldedcnns.training.checkpoint import load_checkpoint, model_from_checkpoint
+from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint
 from foldedcnns.training.trainer import TrainConfig, evaluate, plan_run, train
 
 TINY_H, TINY_W = 15, 35  # the smallest game input used by the original (lol/timer-minutes)

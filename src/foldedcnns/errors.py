@@ -20,3 +20,12 @@ class DataError(FoldedCNNsError):
 
 class ShapeError(FoldedCNNsError, ValueError):
     """A tensor whose shape does not fit the fold or the model."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when empty), at most ``limit`` characters.
+
+    The one helper that turns a library's multi-line error into the tail of a one-line message.
+    """
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from foldedcnns.benchmark.backends import precision_dtype, resolve_device
+from foldedcnns.runtime.backends import precision_dtype
+from foldedcnns.runtime.device import resolve_device
 
 CPU_SIZES: tuple[int, ...] = (1024, 2048)  # within a few % of 4096 on the 2-core test machine, 4x cheaper
 CUDA_SIZES: tuple[int, ...] = (4096, 8192)

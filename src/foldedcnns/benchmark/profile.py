@@ -28,16 +28,16 @@ import torch
 from torch import nn
 
 from foldedcnns.analysis import count_flops
-from foldedcnns.benchmark.backends import (
+from foldedcnns.benchmark.runner import median
+from foldedcnns.benchmark.timing import folded_inputs
+from foldedcnns.errors import ConfigError
+from foldedcnns.runtime.backends import (
     CompileBackend,
     OnnxRuntimeBackend,
     export_onnx_bytes,
     precision_dtype,
-    resolve_device,
 )
-from foldedcnns.benchmark.runner import median
-from foldedcnns.benchmark.timing import folded_inputs
-from foldedcnns.errors import ConfigError
+from foldedcnns.runtime.device import resolve_device
 
 TORCH_BACKENDS = ("eager", "channels-last")
 PROFILE_BACKENDS = (*TORCH_BACKENDS, "compile", "onnxruntime")
@@ -280,7 +280,7 @@ class _CompileProfiler:
         return _in_order(names, kinds, durations, self.convs, self.linears)
 
     def close(self) -> None:
-        self.prepared.keep.clear()
+        self.prepared.close()
 
 
 class _OrtProfiler:

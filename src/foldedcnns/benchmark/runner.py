@@ -15,9 +15,8 @@ Every timed block has its own warm-up. Summaries report medians over trials.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,6 @@ from torch import nn
 from tqdm import tqdm
 
 from foldedcnns.analysis import flops_per_image
-from foldedcnns.benchmark.backends import (
-    BACKENDS,
-    Backend,
-    BackendUnavailable,
-    Prepared,
-    get_backend,
-    precision_dtype,
-    resolve_device,
-)
 from foldedcnns.benchmark.machine import machine_info
 from foldedcnns.benchmark.peak import DEFAULT_SECONDS as PEAK_SECONDS
 from foldedcnns.benchmark.peak import Peak, measure_peak
@@ -45,6 +35,17 @@ from foldedcnns.errors import ConfigError
 from foldedcnns.models import build_model
 from foldedcnns.models.registry import COMPOUND_PREFIX, ModelConfig
 from foldedcnns.models.spec import TaskSpec
+from foldedcnns.runtime.backends import (
+    BACKENDS,
+    Backend,
+    BackendUnavailable,
+    Prepared,
+    get_backend,
+    precision_dtype,
+)
+from foldedcnns.runtime.checkpoint import model_from_checkpoint
+from foldedcnns.runtime.device import resolve_device
+from foldedcnns.runtime.threads import torch_threads
 
 DEFAULT_FOLDS: tuple[int, ...] = (1, 2, 3, 4)
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1024,)
@@ -172,8 +173,6 @@ def is_checkpoint(task: str) -> bool:
 
 def checkpoint_entry(path: str | Path) -> ModelEntry:
     """A checkpoint's model (its own fold and multiplier) as a benchmark entry."""
-    from foldedcnns.training.checkpoint import model_from_checkpoint
-
     model, config = model_from_checkpoint(path)
     return ModelEntry(config, lambda: model, label=f"{Path(path).name} f={config.fold}")
 
@@ -284,18 +283,6 @@ def folded_view(images: torch.Tensor, c: Candidate) -> torch.Tensor:
     """The first ``c.images`` images folded into ``(ceil(B/f), f*C, H, W)`` (a view, no copy)."""
     n, (ch, h, w) = c.images, c.entry.config.image_size
     return images[:n].reshape(c.folded_inputs, c.entry.config.fold * ch, h, w)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Use ``threads`` intra-op threads inside the block (unchanged when ``None``)."""
-    saved = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 def measure_peaks(precisions: Sequence[str], device: torch.device, seconds: float) -> dict[str, Peak]:

@@ -14,19 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from foldedcnns.core.folding import round_batch
 from foldedcnns.errors import ConfigError
-
-
-def folded_inputs(batch_size: int, fold: int) -> int:
-    """Folded inputs per call for ``batch_size`` images at fold ``fold``: ``ceil(B / f)``."""
-    if batch_size < 1 or fold < 1:
-        raise ConfigError(f"batch size and fold must be >= 1, got {batch_size} and {fold}")
-    return -(-batch_size // fold)
 
 
 def images_per_call(batch_size: int, fold: int) -> int:
     """Images one call really classifies: ``ceil(B / f) * f`` (B rounded up to a multiple of f)."""
-    return folded_inputs(batch_size, fold) * fold
+    return round_batch(batch_size, fold, "up")
+
+
+def folded_inputs(batch_size: int, fold: int) -> int:
+    """Folded inputs per call for ``batch_size`` images at fold ``fold``: ``ceil(B / f)``."""
+    return images_per_call(batch_size, fold) // fold
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from foldedcnns.benchmark.backends import Backend, Prepared, resolve_device
 from foldedcnns.benchmark.machine import machine_info
 from foldedcnns.benchmark.peak import DEFAULT_SECONDS as PEAK_SECONDS
 from foldedcnns.benchmark.peak import Peak
@@ -40,16 +39,17 @@ from foldedcnns.benchmark.runner import (
     measure,
     measure_peaks,
     model_entries,
-    torch_threads,
 )
 from foldedcnns.benchmark.summary import BestRow, best_configs
-from foldedcnns.core.folding import pad_to_multiple
+from foldedcnns.data.folder import ImageFolder
 from foldedcnns.errors import ConfigError
+from foldedcnns.runtime.backends import DEFAULT_BACKENDS, Backend, Prepared
+from foldedcnns.runtime.device import resolve_device
+from foldedcnns.runtime.inputs import to_model_input
+from foldedcnns.runtime.threads import torch_threads
 
 TUNE_BATCH_SIZES: tuple[int, ...] = (256, 1024, 4096)
 TUNE_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-CPU_TUNE_BACKENDS: tuple[str, ...] = ("eager", "channels-last", "compile", "onnxruntime")
-CUDA_TUNE_BACKENDS: tuple[str, ...] = ("eager", "channels-last", "onnxruntime", "cuda-graphs")
 DEFAULT_TOP_K = 2
 SCREEN_SECONDS = 0.5
 SCREEN_WARMUP = 1
@@ -89,7 +89,7 @@ class TuneConfig:
     def resolved_backends(self) -> tuple[str, ...]:
         if self.backends is not None:
             return self.backends
-        return CUDA_TUNE_BACKENDS if torch.device(self.device).type == "cuda" else CPU_TUNE_BACKENDS
+        return DEFAULT_BACKENDS["cuda" if torch.device(self.device).type == "cuda" else "cpu"]
 
     def resolved_screen_batch(self) -> int:
         if self.screen_batch is not None:
@@ -242,49 +242,30 @@ def tune(config: TuneConfig, *, registry: Mapping[str, Backend] | None = None, p
 
 def load_test_images(root: Path, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``root/test`` (or ``root`` itself when it holds class folders) as (uint8 images, labels)."""
-    from foldedcnns.data.folder import ImageFolder
-
     split = root / TEST_SPLIT if (root / TEST_SPLIT).is_dir() else root
     return ImageFolder(split, classes=list(class_names)).tensors()
 
 
-def model_inputs(images: torch.Tensor, entry: ModelEntry) -> torch.Tensor:
-    """uint8 images -> float model inputs in [0, 1], normalised when the task has mean/std."""
-    from foldedcnns.data.transforms import normalize, to_float
+def predict(prepared: Prepared, x: torch.Tensor, images_per_call: int) -> torch.Tensor:
+    """Predicted classes of float images ``x`` (N, C, H, W) in calls of ``images_per_call`` images.
 
-    task = entry.config.task
-    x = to_float(images)
-    return normalize(x, task.mean, task.std) if task.mean is not None else x
-
-
-def predict(prepared: Prepared, x: torch.Tensor, fold: int, images_per_call: int) -> torch.Tensor:
-    """Predicted classes of ``x`` (N, C, H, W) in calls of exactly ``images_per_call`` images.
-
-    The last call is padded by repeating images (static-shape backends need the full shape); the
-    padded rows are dropped. Returns int64 (N,).
+    The runner pads the last group and, for a static-shape backend, the last call. Returns int64 (N,).
     """
-    n = x.shape[0]
-    padded, _ = pad_to_multiple(x, images_per_call)
-    preds = []
-    for start in range(0, padded.shape[0], images_per_call):
-        chunk = padded[start:start + images_per_call]
-        g, c, h, w = chunk.shape
-        logits = prepared(chunk.reshape(g // fold, fold * c, h, w)).cpu()
-        preds.append(logits.reshape(g, -1).argmax(dim=1))
-    return torch.cat(preds)[:n]
+    preds = [prepared.classify(x[start:start + images_per_call]).argmax(dim=1).cpu()
+             for start in range(0, x.shape[0], images_per_call)]
+    return torch.cat(preds)
 
 
 def precision_costs(entry: ModelEntry, pairs: Sequence[tuple[str, str]], batch_size: int, cache: PreparedCache,
                     data: Path) -> list[PrecisionCost]:
     """Accuracy of the checkpoint's model at each (backend, reduced precision) vs fp32 eager on the test split."""
     images, labels = load_test_images(data, entry.config.task.class_names)
-    x = model_inputs(images, entry)
-    fold = entry.config.fold
+    x = to_model_input(images, entry.config.task, layout="nchw")
     reference = Candidate(entry, "eager", "fp32", batch_size)
     ref_prepared = cache.get(reference)
     if ref_prepared is None:
         raise ConfigError("fp32 eager cannot run the checkpoint here, so accuracy has no reference")
-    ref_pred = predict(ref_prepared, x, fold, reference.images)
+    ref_pred = predict(ref_prepared, x, reference.images)
     ref_acc = float((ref_pred == labels).float().mean())
     costs = []
     for backend, precision in pairs:
@@ -292,7 +273,7 @@ def precision_costs(entry: ModelEntry, pairs: Sequence[tuple[str, str]], batch_s
         prepared = cache.get(candidate)
         if prepared is None:
             continue
-        pred = predict(prepared, x, fold, candidate.images)
+        pred = predict(prepared, x, candidate.images)
         costs.append(PrecisionCost(backend, precision, len(labels), float((pred == labels).float().mean()),
                                    ref_acc, float((pred == ref_pred).float().mean())))
     return costs

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from foldedcnns.benchmark.backends import BACKENDS, PRECISIONS
 from foldedcnns.benchmark.peak import measure_peak
 from foldedcnns.benchmark.plots import plot_results
 from foldedcnns.benchmark.records import write_csv
@@ -18,7 +17,6 @@ from foldedcnns.benchmark.runner import (
     DEFAULT_WARMUP,
     BenchConfig,
     run_benchmark,
-    torch_threads,
 )
 from foldedcnns.benchmark.summary import (
     BEST_HEADERS,
@@ -32,8 +30,9 @@ from foldedcnns.benchmark.tune import TUNE_BATCH_SIZES, TuneConfig, tune
 from foldedcnns.cli.common import add_json_option, format_table, parse_int_list, print_json
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import get_task, list_models
+from foldedcnns.runtime.backends import BACKENDS, DEFAULT_BACKENDS, PRECISIONS
+from foldedcnns.runtime.threads import torch_threads
 
-DEFAULT_BACKENDS = {"cpu": "eager,channels-last,onnxruntime", "cuda": "eager,channels-last,cuda-graphs,onnxruntime"}
 BENCH_FAMILIES = ("game", "noscope")
 
 
@@ -79,7 +78,7 @@ def run_bench(args: argparse.Namespace) -> int:
         tasks=tuple(args.tasks or default_tasks()),
         folds=tuple(parse_int_list(args.folds, "--folds")),
         batch_sizes=tuple(parse_int_list(args.batch_sizes, "--batch-sizes")),
-        backends=parse_names(args.backends or DEFAULT_BACKENDS[_device_type(args.device)], list(BACKENDS),
+        backends=parse_names(args.backends or ",".join(DEFAULT_BACKENDS[_device_type(args.device)]), list(BACKENDS),
                              "backend"),
         precisions=parse_names(args.precisions, list(PRECISIONS), "precision"),
         device=args.device, warmup=args.warmup, iterations=args.iterations,
@@ -172,7 +171,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--folds", default="1,2,3,4", help="folds to time (default: 1,2,3,4)")
     bench.add_argument("--batch-sizes", default="1024", help="images per call (default: 1024)")
     bench.add_argument("--backends", help=f"comma-separated, from {', '.join(BACKENDS)} "
-                                          f"(default: {DEFAULT_BACKENDS['cpu']}; on CUDA {DEFAULT_BACKENDS['cuda']})")
+                                          f"(default: {','.join(DEFAULT_BACKENDS['cpu'])}; "
+                                          f"on CUDA {','.join(DEFAULT_BACKENDS['cuda'])})")
     bench.add_argument("--precisions", default="fp32", help=f"comma-separated, from {', '.join(PRECISIONS)}")
     _common(bench)
     bench.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed calls before each timing")

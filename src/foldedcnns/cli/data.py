@@ -6,26 +6,15 @@ import argparse
 from pathlib import Path
 
 from foldedcnns.cli.common import add_json_option, format_table, print_json
+from foldedcnns.data.crop import Crop
+from foldedcnns.data.noscope import extract_frames, split_frames, split_params
+from foldedcnns.data.synth import contact_sheet, folder_contact_sheet, generate_synthetic
 from foldedcnns.errors import ConfigError
 
 
-def _crop(text: str | None) -> tuple[int, int, int, int] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise ConfigError(f"--crop must be X,Y,W,H in pixels, got {text!r}")
-    return values  # type: ignore[return-value]
-
-
 def run_frames(args: argparse.Namespace) -> int:
-    from foldedcnns.data.noscope import extract_frames
-
     count = extract_frames(args.video, args.out_dir, size=args.size, start=args.start, end=args.end,
-                           crop=_crop(args.crop), overwrite=args.overwrite, progress=not args.no_progress)
+                           crop=Crop.parse(args.crop), overwrite=args.overwrite, progress=not args.no_progress)
     result = {"video": args.video, "out_dir": args.out_dir, "frames": count,
               "first_frame": args.start, "last_frame": args.start + count - 1, "size": args.size}
     if args.json:
@@ -37,8 +26,6 @@ def run_frames(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from foldedcnns.data.noscope import split_frames, split_params
-
     params = split_params(args.config, object_name=args.object, fraction=args.fraction,
                           start_split=args.start_split)
     stats = split_frames(args.labels, args.frames, args.out_dir, params, overwrite=args.overwrite,
@@ -57,8 +44,6 @@ def run_split(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from foldedcnns.data.synth import contact_sheet, generate_synthetic
-
     counts = generate_synthetic(args.task, args.out_dir, per_class=args.per_class, seed=args.seed,
                                 overwrite=args.overwrite, workers=args.workers, progress=not args.no_progress)
     sheet = contact_sheet(args.task, args.sheet, seed=args.seed) if args.sheet else None
@@ -74,8 +59,6 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_sheet(args: argparse.Namespace) -> int:
-    from foldedcnns.data.synth import contact_sheet, folder_contact_sheet
-
     if args.folder:
         result = folder_contact_sheet(args.folder, args.out, per_class=args.per_class or 8)
     else:

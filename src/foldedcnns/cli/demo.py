@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from foldedcnns.cli.common import add_json_option, format_table, print_json
-from foldedcnns.inference.demo import DEFAULT_FOLD, DEFAULT_TASK, TABLE_HEADERS, run_demo, table_rows
-from foldedcnns.inference.predictor import DEVICE_CHOICES, resolve_device
+from foldedcnns.runtime.device import DEVICE_CHOICES, resolve_device
+from foldedcnns.workflows.demo import DEFAULT_FOLD, DEFAULT_TASK, TABLE_HEADERS, run_demo, table_rows
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from foldedcnns.benchmark.backends import ONNX_OPSET
 from foldedcnns.cli.common import add_json_option, print_json
 from foldedcnns.inference.export import CHECK_TOLERANCE, FORMATS, export_onnx
+from foldedcnns.runtime.backends import ONNX_OPSET
 
 
 def _shape(dims: tuple[int, ...]) -> str:

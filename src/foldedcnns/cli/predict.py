@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from foldedcnns.benchmark.backends import PRECISIONS
 from foldedcnns.cli.common import add_json_option, format_table, print_json
+from foldedcnns.inference.distributed import run_ray_predict
 from foldedcnns.inference.pipeline import PROFILE_FRAMES, PredictReport, run_predict
-from foldedcnns.inference.predictor import BACKEND_CHOICES, DEVICE_CHOICES
+from foldedcnns.runtime import BACKENDS, DEVICE_CHOICES
+from foldedcnns.runtime.backends import PRECISIONS
 
 
 def format_report(report: PredictReport) -> str:
@@ -30,8 +31,6 @@ def format_report(report: PredictReport) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.ray:
-        from foldedcnns.inference.distributed import run_ray_predict
-
         report = run_ray_predict(args.checkpoint, args.inputs, args.out, batch_size=args.batch_size,
                                  backend=args.backend, precision=args.precision, device=args.device, crop=args.crop,
                                  address=args.ray_address, workers=args.workers, task_check=not args.no_task_check,
@@ -63,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="CSV file for one input; a folder (one <name>.csv per input) for several")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per model call, a multiple of the checkpoint's fold (default about 256)")
-    parser.add_argument("--backend", default="eager", choices=BACKEND_CHOICES,
+    parser.add_argument("--backend", default="eager", choices=list(BACKENDS),
                         help="how the model runs, as in 'foldedcnns bench' (default: eager)")
     parser.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS), help="default: fp32")
     parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="default: cpu")

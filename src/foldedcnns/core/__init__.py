@@ -1,12 +1,13 @@
-"""The folding core: pure shape maps and the wrapper that folds any batch."""
+"""The folding core: pure shape maps, the one padding and batch-rounding rule, and fold/run/unfold."""
 
 from foldedcnns.core.folding import (
     FoldedClassifier,
     fold,
-    group_count,
     pad_to_multiple,
+    round_batch,
+    run_folded,
     unfold,
     unfold_logits,
 )
 
-__all__ = ["FoldedClassifier", "fold", "group_count", "pad_to_multiple", "unfold", "unfold_logits"]
+__all__ = ["FoldedClassifier", "fold", "pad_to_multiple", "round_batch", "run_folded", "unfold", "unfold_logits"]

@@ -7,6 +7,8 @@ input, and block ``j`` of the ``f*K`` output logits belongs to image ``j`` of th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -16,12 +18,6 @@ from foldedcnns.errors import ConfigError, ShapeError
 def _check_fold(f: int) -> None:
     if isinstance(f, bool) or not isinstance(f, int) or f < 1:
         raise ConfigError(f"fold must be an integer >= 1, got {f!r}; pass --fold 1 for the original CNN")
-
-
-def group_count(n: int, f: int) -> int:
-    """Number of folded inputs needed for ``n`` images at fold ``f`` (the last one may be padded)."""
-    _check_fold(f)
-    return -(-n // f)
 
 
 def fold(x: torch.Tensor, f: int) -> torch.Tensor:
@@ -65,11 +61,13 @@ def unfold_logits(y: torch.Tensor, f: int) -> torch.Tensor:
 
 
 def pad_to_multiple(x: torch.Tensor, f: int) -> tuple[torch.Tensor, int]:
-    """Pad a batch to a multiple of ``f`` by repeating its own images (never zeros).
+    """Pad a batch to a multiple of ``f`` by repeating the images of its last, partial group.
 
-    Shapes: ``(N, ...) -> (ceil(N/f)*f, ...)``. Returns the padded batch and the number of
-    padded rows, which the caller drops from the outputs. Repeating real images keeps the
-    padded rows in the input distribution, so they do not disturb the real ones.
+    Shapes: ``(N, ...) -> (ceil(N/f)*f, ...)``. Returns the padded batch and the number of padded
+    rows, which the caller drops from the outputs. This is the project's one padding rule: the
+    padding of a group comes from that group alone (never zeros, never other groups), so a folded
+    model's output for image ``i`` depends only on the images of group ``i // f``, whatever the
+    batch around it.
     """
     _check_fold(f)
     n = x.shape[0]
@@ -78,8 +76,44 @@ def pad_to_multiple(x: torch.Tensor, f: int) -> tuple[torch.Tensor, int]:
     pad = (-n) % f
     if pad == 0:
         return x, 0
-    index = torch.arange(pad, device=x.device) % n
+    tail = n % f
+    index = (n - tail) + torch.arange(pad, device=x.device) % tail
     return torch.cat([x, x.index_select(0, index)], dim=0), pad
+
+
+def round_batch(batch_size: int, f: int, rounding: str = "down") -> int:
+    """A batch size in images that is a multiple of ``f``: the project's one batch-rounding rule.
+
+    ``rounding`` is ``"down"`` (never below ``f``: training and evaluation batches), ``"up"`` (the
+    benchmark's ``ceil(B/f)*f`` images per call) or ``"exact"`` (a batch that is not a multiple is
+    a :class:`ConfigError` naming the two nearest valid sizes).
+    """
+    _check_fold(f)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    lower, upper = max(f, batch_size // f * f), -(-batch_size // f) * f
+    if rounding == "down":
+        return lower
+    if rounding == "up":
+        return upper
+    if rounding == "exact":
+        if batch_size % f:
+            raise ConfigError(f"--batch-size {batch_size} is not a multiple of the fold {f}; "
+                              f"pass {lower} or {upper}")
+        return batch_size
+    raise ValueError(f"rounding must be down, up or exact, got {rounding!r}")
+
+
+def run_folded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, f: int) -> torch.Tensor:
+    """Pad, fold, run, unfold: per-image logits of a folded model. The one fold/run/unfold.
+
+    ``fn`` maps folded inputs ``(G, f*C, H, W)`` to folded logits ``(G, f*K)``. Shapes:
+    ``(N, C, H, W) -> (N, K)``; the last partial group is padded by :func:`pad_to_multiple` and
+    the padded rows are dropped, so every image gets exactly one row.
+    """
+    n = x.shape[0]
+    padded, _ = pad_to_multiple(x, f)
+    return unfold_logits(fn(fold(padded, f)), f)[:n]
 
 
 class FoldedClassifier(nn.Module):
@@ -87,7 +121,7 @@ class FoldedClassifier(nn.Module):
 
     ``model`` takes ``(G, f*C, H, W)`` and returns ``(G, f*K)``. This wrapper takes any batch
     ``(N, C, H, W)`` with N >= 1 and returns ``(N, K)``: it pads the last partial group by
-    repeating images of the batch, folds, runs the model, unfolds the logits and drops the
+    repeating the images of that group, folds, runs the model, unfolds the logits and drops the
     padded rows. A batch is never silently cropped.
     """
 
@@ -106,7 +140,4 @@ class FoldedClassifier(nn.Module):
                 f"expected {self.in_channels} channels per image, got {x.shape[1]}; "
                 "pass unfolded images, the wrapper folds them"
             )
-        n = x.shape[0]
-        padded, _ = pad_to_multiple(x, self.fold)
-        logits = unfold_logits(self.model(fold(padded, self.fold)), self.fold)
-        return logits[:n]
+        return run_folded(self.model, x, self.fold)

@@ -33,9 +33,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from foldedcnns.data.crop import Crop
 from foldedcnns.data.imageio import check_size, write_png
-from foldedcnns.data.video import Crop, iter_frames
+from foldedcnns.data.video import iter_frames
 from foldedcnns.errors import ConfigError, DataError
+from foldedcnns.models import get_task
 from foldedcnns.models.spec import TaskSpec
 from foldedcnns.utils.atomic import atomic_directory, atomic_path, atomic_write_text
 
@@ -128,8 +130,6 @@ def _from_mapping(data: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _from_task(config: str | os.PathLike[str] | TaskSpec) -> dict[str, Any]:
-    from foldedcnns.models import get_task
-
     name = config if isinstance(config, TaskSpec) else str(config)
     if isinstance(name, str) and "/" not in name and not name.endswith(".json") and not Path(name).is_file():
         name = NOSCOPE_PREFIX + name

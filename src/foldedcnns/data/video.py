@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from foldedcnns.data.crop import Crop
 from foldedcnns.data.imageio import check_size, nearest_indices
 from foldedcnns.errors import ConfigError, DataError, ShapeError
 from foldedcnns.utils.atomic import atomic_path
 
-Crop = tuple[int, int, int, int]  # (x, y, width, height) in source pixels
 BACKENDS = ("auto", "pyav", "opencv")
 DEFAULT_FPS = 30
 CONTAINER_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
@@ -55,12 +55,8 @@ def _yuv_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, matrix: str, full_r
 
 
 def _check_crop(crop: Crop | None, width: int, height: int, path: Path) -> None:
-    if crop is None:
-        return
-    x, y, w, h = crop
-    if x < 0 or y < 0 or w < 1 or h < 1 or x + w > width or y + h > height:
-        raise ConfigError(f"crop (x={x}, y={y}, w={w}, h={h}) does not fit in the {width}x{height} frames "
-                          f"of {path}; choose a box inside the frame")
+    if crop is not None:
+        Crop.parse(crop).check_fits(width, height, path)
 
 
 class _Sampler:

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from foldedcnns.benchmark.backends import get_backend
+from foldedcnns.data.crop import Crop
 from foldedcnns.errors import ConfigError
 from foldedcnns.inference.pipeline import PredictionCSV, PredictReport, SourceResult, decode_batches, plan_inputs
 from foldedcnns.inference.predictor import Predictor
-from foldedcnns.inference.preprocess import Crop
 from foldedcnns.inference.sources import VIDEO, Source
-from foldedcnns.training.checkpoint import load_checkpoint
+from foldedcnns.runtime.backends import get_backend
+from foldedcnns.runtime.checkpoint import load_checkpoint
 
 # CPUs reserved per model actor: fractional, so that decode tasks always find a free CPU
 # (with whole CPUs the actors can take every CPU and starve the read tasks: ray#44687).

@@ -6,7 +6,7 @@ scaled to [0, 1] and normalised as the task says) and output ``y`` of shape ``(b
 ``j`` of a row holds the K logits of image ``j``). The task description, fold and class names are
 stored in the model's metadata (``metadata_props``: ``foldedcnns.model_config`` as JSON), so the file
 describes itself. The graph is made by the benchmark's exporter
-(:func:`foldedcnns.benchmark.backends.export_onnx_bytes`), so ``foldedcnns export`` writes the very
+(:func:`foldedcnns.runtime.backends.export_onnx_bytes`), so ``foldedcnns export`` writes the very
 graph that ``foldedcnns bench --backends onnxruntime`` times. Weights are embedded in the one
 ``.onnx`` file (these models are far below protobuf's 2 GB limit).
 """
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from foldedcnns.benchmark.backends import ONNX_OPSET, OnnxRuntimeBackend, export_onnx_bytes
-from foldedcnns.errors import ConfigError, FoldedCNNsError
+from foldedcnns.errors import ConfigError, FoldedCNNsError, first_line
 from foldedcnns.models.registry import ModelConfig
-from foldedcnns.training.checkpoint import model_from_checkpoint
+from foldedcnns.runtime.backends import ONNX_OPSET, OnnxRuntimeBackend, export_onnx_bytes
+from foldedcnns.runtime.checkpoint import model_from_checkpoint
 from foldedcnns.utils.atomic import atomic_save
 
 METADATA_KEY = "foldedcnns.model_config"
@@ -75,8 +75,7 @@ def export_model_onnx(model: nn.Module, config: ModelConfig, path: str | Path, *
     try:
         proto = onnx.load_from_string(export_onnx_bytes(model.eval().cpu(), example, opset))
     except (RuntimeError, torch.onnx.OnnxExporterError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"ONNX export of {config.name} failed: {first[:200]}; try another --opset") from exc
+        raise ExportError(f"ONNX export of {config.name} failed: {first_line(exc)}; try another --opset") from exc
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(config.to_dict())
     atomic_save(path, lambda tmp: onnx.save(proto, str(tmp)))

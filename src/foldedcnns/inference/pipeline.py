@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from foldedcnns.benchmark.runner import torch_threads
+from foldedcnns.data.crop import Crop
 from foldedcnns.errors import ConfigError, DataError, FoldedCNNsError
 from foldedcnns.inference.predictor import Predictor
-from foldedcnns.inference.preprocess import RGB_CHANNELS, Crop
 from foldedcnns.inference.sources import VIDEO, Source, check_task_match, iter_source, resolve_inputs
+from foldedcnns.runtime.inputs import RGB_CHANNELS
+from foldedcnns.runtime.threads import torch_threads
 from foldedcnns.utils.atomic import atomic_open
 
 # Cores left to the decoding worker (and the decoder's own threads) when the model runs on the CPU.

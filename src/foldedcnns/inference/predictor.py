@@ -10,9 +10,9 @@ Example::
         print(name, f"{score:.3f}")
 
 Grouping rule: image ``i`` is folded with the images of its group ``i // f`` (counted from the
-first image passed to the call); the last, partial group is padded by repeating its own images and
-the padded rows are dropped. A prediction therefore depends only on its own group, never on the
-batch size, and every image passed in gets exactly one prediction.
+first image passed to the call); the last, partial group is padded by repeating its own images
+(:func:`foldedcnns.core.pad_to_multiple`) and the padded rows are dropped. A prediction therefore
+depends only on its own group, never on the batch size, and every image passed in gets exactly one prediction.
 """
 
 from __future__ import annotations
@@ -25,17 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from foldedcnns.benchmark.backends import BACKENDS, get_backend
-from foldedcnns.core.folding import FoldedClassifier, pad_to_multiple
-from foldedcnns.errors import ConfigError, ShapeError
-from foldedcnns.inference.preprocess import Crop, stack_frames, to_model_input
+from foldedcnns.core.folding import round_batch
+from foldedcnns.data.crop import Crop
+from foldedcnns.errors import ShapeError
+from foldedcnns.inference.preprocess import stack_frames
 from foldedcnns.models.registry import ModelConfig
-from foldedcnns.training.checkpoint import model_from_checkpoint
+from foldedcnns.runtime import model_from_checkpoint, prepare_model, resolve_device, to_model_input
 
 # Images per model call when the caller does not choose (rounded up to a multiple of the fold).
 DEFAULT_BATCH_IMAGES = 256
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-BACKEND_CHOICES = tuple(BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -68,50 +66,11 @@ class Predictions:
                    np.concatenate([p.probabilities for p in parts]), class_names)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` picks CUDA when available; an unavailable CUDA is a ConfigError."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; pass --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {name!r}; pass one of {', '.join(DEVICE_CHOICES)}") from exc
-
-
-def check_batch_size(batch_size: int | None, fold: int) -> int:
-    """The images per model call: a multiple of ``fold`` (default about :data:`DEFAULT_BATCH_IMAGES`)."""
-    if batch_size is None:
-        return -(-DEFAULT_BATCH_IMAGES // fold) * fold
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    if batch_size % fold:
-        lower, upper = max(fold, batch_size // fold * fold), -(-batch_size // fold) * fold
-        raise ConfigError(f"--batch-size {batch_size} is not a multiple of the checkpoint's fold {fold}; "
-                          f"pass {lower} or {upper}")
-    return batch_size
-
-
-def pad_tail_group(x: torch.Tensor, fold: int) -> torch.Tensor:
-    """Pad the last partial group of ``fold`` images by repeating that group's own images.
-
-    Shapes: ``(N, ...) -> (ceil(N/f)*f, ...)``; rows ``N..`` are padding for the caller to drop.
-    """
-    n = x.shape[0]
-    tail = n % fold
-    if tail == 0:
-        return x
-    padded_tail, _ = pad_to_multiple(x[n - tail:], fold)
-    return torch.cat([x[:n - tail], padded_tail], dim=0)
-
-
 class Predictor:
     """Classify images with the model of a checkpoint (original or folded).
 
     ``checkpoint`` is a path or a loaded checkpoint dict. ``backend`` and ``precision`` pick how the
-    folded model runs: the benchmark's backends (:mod:`foldedcnns.benchmark.backends`: eager,
+    folded model runs: the runtime's backends (:mod:`foldedcnns.runtime.backends`: eager,
     channels-last, compile, onnxruntime, cuda-graphs), so prediction runs a model exactly as it was
     measured. ``batch_size`` is the number of images per model call, a multiple of the fold.
     """
@@ -122,17 +81,12 @@ class Predictor:
         model, config = model_from_checkpoint(checkpoint)
         self.config: ModelConfig = config
         self.fold = config.fold
-        self.batch_size = check_batch_size(batch_size, self.fold)
-        channels, self.height, self.width = config.image_size
+        self.batch_size = (round_batch(DEFAULT_BATCH_IMAGES, self.fold, "up") if batch_size is None
+                           else round_batch(batch_size, self.fold, "exact"))
+        _, self.height, self.width = config.image_size
         self.backend, self.precision = backend, precision
-        runner = get_backend(backend)
-        self._static_shapes = runner.static_shapes
-        ok, reason = runner.is_available(self.device, precision)
-        if not ok:
-            raise ConfigError(f"backend {backend} cannot run {precision} on {self.device.type} here: {reason}")
-        example = torch.rand(self.batch_size // self.fold, *config.input_shape)
-        self._classifier = FoldedClassifier(runner.prepare(model, example, precision=precision, device=self.device),
-                                            self.fold, channels)
+        self._runner = prepare_model(model, backend=backend, precision=precision, device=self.device,
+                                     batch_images=self.batch_size)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -146,18 +100,14 @@ class Predictor:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image float32 logits of a model-ready batch. Shapes: ``(N, C, H, W) -> (N, K)``.
 
-        Backends compiled for one shape (``compile``, ``cuda-graphs``) get every call padded to
-        ``batch_size`` images with copies of the last group, so they never compile again.
+        The runner pads the last partial group with its own images and, for backends compiled for
+        one shape (``compile``, ``cuda-graphs``), every call to ``batch_size`` images, so they never
+        compile again.
         """
         if x.dim() != 4 or tuple(x.shape[2:]) != self.input_hw:
             raise ShapeError(f"expected a batch (N, C, {self.height}, {self.width}), got {tuple(x.shape)}; "
                              "use predict() to resize images to the model's input")
-        n = x.shape[0]
-        x = pad_tail_group(x.to(self.device), self.fold)
-        if self._static_shapes and x.shape[0] < self.batch_size:
-            x = torch.cat([x, x[-self.fold:].repeat((self.batch_size - x.shape[0]) // self.fold, 1, 1, 1)])
-        with torch.inference_mode():
-            return self._classifier(x)[:n]
+        return self._runner.classify(x.to(self.device))
 
     def predict_batch(self, images: np.ndarray) -> Predictions:
         """Classify a uint8 batch ``(N, H, W, 3)`` already at the model's size, in one model call."""

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from foldedcnns.data.crop import Crop
 from foldedcnns.data.imageio import IMG_EXTENSIONS, is_image_file, read_image
+from foldedcnns.data.video import iter_frames
 from foldedcnns.errors import ConfigError, DataError
-from foldedcnns.inference.preprocess import Crop, prepare_frame
+from foldedcnns.inference.preprocess import prepare_frame
 from foldedcnns.models.spec import TaskSpec
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
@@ -148,8 +150,6 @@ def iter_source(source: Source, size: tuple[int, int], crop: Crop | None = None,
     """
     height, width = size
     if source.kind == VIDEO:
-        from foldedcnns.data.video import iter_frames
-
         yield from iter_frames(source.paths[0], size=(height, width), start=start,
                                crop=None if crop is None else crop.as_tuple(),
                                small_frame_threads=decode_threads)

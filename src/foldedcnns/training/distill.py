@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from foldedcnns.core.folding import FoldedClassifier
 from foldedcnns.errors import ConfigError, DataError
 from foldedcnns.models.registry import ModelConfig
-from foldedcnns.training.checkpoint import load_checkpoint, model_from_checkpoint
+from foldedcnns.models.spec import TaskSpec
+from foldedcnns.runtime.backends import Prepared
+from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint
+from foldedcnns.runtime.inputs import to_model_input
+from foldedcnns.runtime.prepare import prepare_model
 from foldedcnns.utils.atomic import atomic_save
 
 DISTILL_LOSSES = ("mse", "kl")
@@ -67,8 +69,12 @@ def tensor_fingerprint(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def load_teacher(path: str | Path, student: ModelConfig, device: torch.device | str = "cpu") -> nn.Module:
-    """Load a teacher checkpoint and check that it classifies the student's classes at its input size."""
+def load_teacher(path: str | Path, student: ModelConfig, device: torch.device | str = "cpu", *,
+                 backend: str = "eager", batch_images: int = 256) -> tuple[Prepared, ModelConfig]:
+    """A teacher checkpoint made ready to classify (fp32 on ``backend``), and its model config.
+
+    The teacher must classify the student's classes at the student's input size.
+    """
     model, config = model_from_checkpoint(load_checkpoint(path, map_location="cpu"))
     if config.task.class_names != student.task.class_names:
         raise ConfigError(f"teacher {path} was trained on classes {list(config.task.class_names)[:5]}..., "
@@ -76,28 +82,30 @@ def load_teacher(path: str | Path, student: ModelConfig, device: torch.device | 
     if config.image_size != student.image_size:
         raise ConfigError(f"teacher {path} reads {config.image_size} images but the student reads "
                           f"{student.image_size}; pass a teacher with the student's input size")
-    wrapped = FoldedClassifier(model, config.fold, config.task.in_channels)
-    return wrapped.to(device).eval()
+    runner = prepare_model(model, backend=backend, precision="fp32", device=device, batch_images=batch_images)
+    return runner, config
 
 
-@torch.inference_mode()
-def compute_logits(model: nn.Module, images: torch.Tensor, preprocess: Any, batch_size: int = 256,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """Logits (N, K) of ``model`` (taking unfolded (B, C, H, W) batches) over uint8 ``images`` (N, C, H, W)."""
+def compute_logits(teacher: Prepared, images: torch.Tensor, task: TaskSpec, batch_size: int = 256) -> torch.Tensor:
+    """Float32 logits of ``teacher`` over uint8 ``images``, normalised as ``task`` says, on the CPU.
+
+    Shapes: ``(N, C, H, W)`` uint8 -> ``(N, K)``; batches of ``batch_size`` images.
+    """
     outs = []
     for start in range(0, images.shape[0], batch_size):
-        batch = preprocess(images[start:start + batch_size].to(device))
-        outs.append(model(batch).float().cpu())
-    return torch.cat(outs) if outs else torch.zeros(0, 0)
+        x = to_model_input(images[start:start + batch_size], task, teacher.device, layout="nchw")
+        outs.append(teacher.classify(x).cpu())
+    return torch.cat(outs) if outs else torch.zeros(0, task.num_classes)
 
 
 def cached_teacher_logits(cache_dir: str | Path, teacher_path: str | Path, student: ModelConfig,
-                          images: torch.Tensor, preprocess: Any, device: torch.device | str = "cpu",
-                          batch_size: int = 256) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Teacher logits for ``images``, computed once and cached in ``cache_dir/teacher_logits.pt``.
+                          images: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 256, *,
+                          backend: str = "eager") -> tuple[torch.Tensor, dict[str, Any]]:
+    """Teacher logits for uint8 ``images``, computed once and cached in ``cache_dir/teacher_logits.pt``.
 
     The cache is keyed by the teacher file's SHA-256 and a fingerprint of the images; a stale cache is
-    recomputed. Returns the (N, K) logits and info (teacher path, hash, whether the cache was used).
+    recomputed. The teacher reads the images normalised as its own task says. Returns the (N, K)
+    logits and info (teacher path, hash, whether the cache was used).
     """
     cache = Path(cache_dir) / CACHE_NAME
     teacher_hash = file_sha256(teacher_path)
@@ -106,8 +114,8 @@ def cached_teacher_logits(cache_dir: str | Path, teacher_path: str | Path, stude
         data = torch.load(cache, map_location="cpu", weights_only=True)
         if data.get("teacher_sha256") == teacher_hash and data.get("data_sha256") == data_hash:
             return data["logits"], {"teacher": str(teacher_path), "teacher_sha256": teacher_hash, "cached": True}
-    teacher = load_teacher(teacher_path, student, device)
-    logits = compute_logits(teacher, images, preprocess, batch_size, device)
+    teacher, config = load_teacher(teacher_path, student, device, backend=backend, batch_images=batch_size)
+    logits = compute_logits(teacher, images, config.task, batch_size)
     if logits.shape != (images.shape[0], student.task.num_classes):
         raise DataError(f"teacher {teacher_path} produced logits of shape {tuple(logits.shape)}; "
                         f"expected ({images.shape[0]}, {student.task.num_classes})")

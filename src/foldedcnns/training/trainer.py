@@ -37,7 +37,8 @@ from foldedcnns.core.folding import fold, pad_to_multiple, unfold_logits
 from foldedcnns.errors import ConfigError
 from foldedcnns.models.registry import ModelConfig, build_model, get_task
 from foldedcnns.models.spec import TaskSpec
-from foldedcnns.training.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from foldedcnns.runtime.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from foldedcnns.runtime.device import resolve_device
 from foldedcnns.training.curriculum import CurriculumSchedule, curriculum_schedule
 from foldedcnns.training.distill import DEFAULT_TEMPERATURE, DISTILL_LOSSES, cached_teacher_logits, distill_loss
 from foldedcnns.training.metrics import MetricAccumulator, format_progress, topk_correct
@@ -168,16 +169,6 @@ class TrainResult:
         for key in ("run_dir", "best_checkpoint", "last_checkpoint"):
             data[key] = str(data[key])
         return json_safe(data)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("CUDA is not available on this machine; pass --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ConfigError(f"unknown device {device!r}; pass --device cpu, cuda or auto")
-    return torch.device(device)
 
 
 def plan_run(config: TrainConfig) -> RunPlan:

@@ -26,12 +26,13 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from foldedcnns.benchmark.backends import available_backends
 from foldedcnns.benchmark.records import write_csv
 from foldedcnns.benchmark.runner import BenchConfig, BenchRun, run_benchmark
 from foldedcnns.benchmark.summary import BestRow, best_configs, markdown_table, summarize
+from foldedcnns.data.synth import generate_synthetic
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import TaskSpec, get_task
+from foldedcnns.runtime.backends import DEFAULT_BACKENDS, available_backends
 from foldedcnns.training.trainer import TrainConfig, TrainResult, evaluate, train
 from foldedcnns.utils.atomic import atomic_save, atomic_write_text
 
@@ -152,8 +153,6 @@ def table_rows(report: DemoReport) -> list[list[Any]]:
 def _synthetic_data(spec: TaskSpec, root: Path, settings: DemoSettings, seed: int, progress: bool,
                     ) -> dict[str, int]:
     """Draw the data set, or keep the one a previous run drew with the same task, size and seed."""
-    from foldedcnns.data.synth import generate_synthetic
-
     manifest = root / SYNTH_MANIFEST
     if manifest.is_file():
         saved = json.loads(manifest.read_text(encoding="utf-8"))
@@ -185,7 +184,7 @@ def _benchmark(checkpoints: list[Path], device: str, settings: DemoSettings, pro
                ) -> tuple[BenchRun, list[str]]:
     backends = available_backends(device)
     precisions = CUDA_PRECISIONS if device.startswith("cuda") else CPU_PRECISIONS
-    candidates = [b for b in ("eager", "channels-last", "onnxruntime", "cuda-graphs") if b in backends]
+    candidates = [b for b in DEFAULT_BACKENDS["cuda" if device.startswith("cuda") else "cpu"] if b in backends]
     config = BenchConfig(tasks=tuple(str(c) for c in checkpoints), folds=(1,), batch_sizes=(settings.bench_batch,),
                          backends=tuple(candidates), precisions=precisions, device=device,
                          seconds=settings.bench_seconds, trials=settings.bench_trials,

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from foldedcnns.cli.main import main
-from foldedcnns.inference import demo
+from foldedcnns.workflows import demo
 
 TINY = demo.DemoSettings(per_class=8, original_epochs=2, epochs=2, slot_warmup=1, bench_batch=16,
                          bench_seconds=0.05, bench_trials=1, peak_seconds=0.05)

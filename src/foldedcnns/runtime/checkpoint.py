@@ -11,11 +11,13 @@ A checkpoint is a dict of plain Python values and tensors::
     }
 
 The task description inside holds class names, input size and normalisation, so evaluate, bench,
-predict and export need nothing but the file.
+predict, export and serve need nothing but the file. Older checkpoints may also hold a
+``preprocessing`` entry; it is ignored (the task description is the one source of normalisation).
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,15 @@ import torch
 from torch import nn
 
 from foldedcnns import __version__
-from foldedcnns.errors import DataError
+from foldedcnns.errors import DataError, first_line
 from foldedcnns.models.registry import ModelConfig, build_from_config
 from foldedcnns.utils.atomic import atomic_save
 
 FORMAT = "foldedcnns-checkpoint"
 FORMAT_VERSION = 1
+# How torch.load(weights_only=True) words a refusal; its advice to turn the check off is never shown.
+WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
+FORBIDDEN_GLOBAL = "Unsupported global"
 
 
 def make_checkpoint(model: nn.Module, config: ModelConfig | None = None, **fields: Any) -> dict[str, Any]:
@@ -56,13 +61,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read checkpoint {path}: {first[:200]}") from exc
+        raise DataError(_refusal(path, exc)) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DataError(f"{path} is not a foldedcnns checkpoint; pass a file written by 'foldedcnns train'")
     if int(data.get("format_version", 0)) > FORMAT_VERSION:
         raise DataError(f"{path} was written by a newer foldedcnns ({data.get('library_version')}); upgrade")
     return data
+
+
+def _refusal(path: Path, exc: Exception) -> str:
+    """The one-line message for a file that ``torch.load(weights_only=True)`` could not read."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and WEIGHTS_ONLY_REFUSAL in text:
+        if FORBIDDEN_GLOBAL in text:
+            return (f"checkpoint {path} contains objects that are not plain tensors and data; it was not loaded "
+                    "(it may run code); pass a checkpoint written by 'foldedcnns train'")
+        detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line), "unknown content")
+        return (f"cannot read checkpoint {path}: it is not a plain torch.save file ({detail}); pass a checkpoint "
+                "written by 'foldedcnns train'")
+    return f"cannot read checkpoint {path}: {first_line(exc)}"
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any] | str | Path,

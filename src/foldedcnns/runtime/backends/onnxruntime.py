@@ -1,0 +1,148 @@
+"""``onnxruntime``: the module exported to ONNX in memory and run by ONNX Runtime.
+
+The CPU provider takes NumPy inputs; the CUDA provider runs with I/O binding on torch CUDA tensors,
+so the timed call makes no host copies.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+import time
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from foldedcnns.errors import first_line
+from foldedcnns.runtime.backends.base import (
+    Backend,
+    BackendUnavailable,
+    Prepared,
+    device_precision_check,
+    precision_dtype,
+)
+
+ONNX_OPSET = 17
+
+
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """The exception types ONNX Runtime raises for a graph or kernel it cannot run."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state  # optional dependency
+
+    names = ("Fail", "InvalidArgument", "InvalidGraph", "NotImplemented", "RuntimeException",
+             "NoSuchFile", "InvalidProtobuf", "EPFail")
+    return tuple(getattr(state, n) for n in names if hasattr(state, n))
+
+
+def export_onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = ONNX_OPSET) -> bytes:
+    """Export ``model`` to ONNX in memory with a dynamic batch axis (the TorchScript-based exporter).
+
+    The TorchScript exporter is fast for these CNNs and needs no onnxscript; its deprecation warning
+    is silenced here. Shapes: input ``x`` ``(N, f*C, H, W)``, output ``y``.
+    """
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), buffer, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=opset,
+                          dynamo=False)
+    return buffer.getvalue()
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    description = "ONNX Runtime (CPU provider, or CUDA provider with I/O binding)"
+    SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("fp32", "fp16"), "cuda": ("fp32", "fp16")}
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads
+
+    def is_available(self, device: str | torch.device = "cpu", precision: str = "fp32") -> tuple[bool, str]:
+        dev = torch.device(device)
+        for module in ("onnxruntime", "onnx"):
+            if importlib.util.find_spec(module) is None:
+                return False, f"{module} is not installed (pip install 'foldedcnns[onnx]')"
+        import onnxruntime as ort  # optional dependency, present (checked above)
+
+        if dev.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            return False, "this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
+        if precision not in self.SUPPORTED.get(dev.type, ()):
+            return False, f"ONNX Runtime has no {precision} convolution on {dev.type}"
+        return device_precision_check(dev, precision)
+
+    def session_options(self) -> Any:
+        """Intra-op threads = torch's; no spin-waiting, so PyTorch runs at full speed after an ORT call."""
+        import onnxruntime as ort  # optional dependency
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return options
+
+    def prepare(self, model: nn.Module, example: torch.Tensor, *, precision: str = "fp32",
+                device: str | torch.device = "cpu", fold: int | None = None,
+                session_options: Any = None) -> Prepared:
+        device = torch.device(device)
+        self._require(device, precision)
+        import onnxruntime as ort  # optional dependency
+
+        start = time.perf_counter()
+        dtype = precision_dtype(precision)
+        cpu_model = copy.deepcopy(model).to(device="cpu", dtype=dtype).eval()
+        cpu_example = example.to(device="cpu", dtype=dtype)
+        try:
+            onnx_bytes = export_onnx_bytes(cpu_model, cpu_example)
+        except (RuntimeError, torch.onnx.OnnxExporterError) as exc:
+            raise BackendUnavailable(f"ONNX export failed: {first_line(exc)}") from exc
+        options = session_options or self.session_options()
+        providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+        try:
+            session = ort.InferenceSession(onnx_bytes, options, providers=providers)
+        except ort_errors() as exc:
+            raise BackendUnavailable(f"ONNX Runtime rejected the model: {first_line(exc)}") from exc
+        prepared = (self._cuda_runner(session, device, dtype) if device.type == "cuda"
+                    else self._cpu_runner(session, dtype))
+        prepared.precision = precision
+        prepared.keep(session)
+        try:
+            return self._finish(prepared, model, example, fold, start)
+        except ort_errors() as exc:
+            raise BackendUnavailable(f"ONNX Runtime failed: {first_line(exc)}") from exc
+
+    def _cpu_runner(self, session: Any, dtype: torch.dtype) -> Prepared:
+        def prepare_input(x: torch.Tensor) -> Any:
+            return x.detach().to(device="cpu", dtype=dtype).contiguous().numpy()
+
+        def run(x: Any) -> Any:
+            return session.run(None, {"x": x})[0]
+
+        return Prepared(self.name, "", torch.device("cpu"), run, prepare_input, torch.from_numpy)
+
+    def _cuda_runner(self, session: Any, device: torch.device, dtype: torch.dtype) -> Prepared:
+        """I/O binding on torch CUDA tensors: no host copies inside the timed call."""
+        np_type = np.float16 if dtype == torch.float16 else np.float32
+        out_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        num_outputs = session.get_outputs()[0].shape[1]
+
+        def prepare_input(x: torch.Tensor) -> torch.Tensor:
+            return x.to(device=device, dtype=dtype).contiguous()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            shape = (x.shape[0], num_outputs)
+            out = out_cache.get(shape)
+            if out is None:
+                out = out_cache[shape] = torch.empty(shape, dtype=dtype, device=device)
+            binding = session.io_binding()
+            binding.bind_input("x", "cuda", device.index or 0, np_type, tuple(x.shape), x.data_ptr())
+            binding.bind_output("y", "cuda", device.index or 0, np_type, shape, out.data_ptr())
+            session.run_with_iobinding(binding)
+            return out
+
+        return Prepared(self.name, "", device, run, prepare_input, lambda y: y.clone())

@@ -1,0 +1,187 @@
+"""What a training run is: :class:`TrainConfig` (as asked), :class:`RunPlan` (resolved and checked).
+
+:func:`plan_run` resolves a config against its task and recipe and checks every setting before any
+data is read, so a sweep can check all its runs before the first starts. :func:`check_resume`
+compares a run directory's saved settings with the current ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from foldedcnns.core.folding import round_batch
+from foldedcnns.errors import ConfigError
+from foldedcnns.models.registry import ModelConfig, build_model, get_task
+from foldedcnns.models.spec import TaskSpec
+from foldedcnns.runtime.device import resolve_device
+from foldedcnns.training.curriculum import CurriculumSchedule, curriculum_schedule
+from foldedcnns.training.distill import DEFAULT_TEMPERATURE, DISTILL_LOSSES
+from foldedcnns.training.evaluation import DEFAULT_EVAL_BATCH
+from foldedcnns.training.recipes import Recipe, apply_overrides, recipe_for
+from foldedcnns.training.slots import SlotWarmup
+
+log = logging.getLogger(__name__)
+
+# Settings that may differ between a run and its resumption.
+RESUMABLE_CHANGES = ("epochs",)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``None`` fields take the recipe's value (see :mod:`foldedcnns.training.recipes`).
+
+    ``task`` is a task name (``foldedcnns models``) or a description JSON path; ``data`` an image
+    folder with train/val/test (or a CIFAR archive); ``out`` the run directory. ``batch_size`` is in
+    images and is rounded down to a multiple of ``fold``. ``device`` is ``auto``, ``cpu`` or ``cuda``;
+    ``amp`` (mixed precision) defaults to on for CUDA. ``curriculum_gap`` (epochs between class steps)
+    lets short runs use the curriculum.
+    """
+
+    task: str
+    data: str | Path
+    out: str | Path
+    fold: int = 1
+    multiplier: float | None = None
+    recipe: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    optimizer: str | None = None
+    lr_schedule: str | None = None
+    curriculum: bool | None = None
+    curriculum_gap: int | None = None
+    slot_warmup: int | None = None
+    distill_from: str | Path | None = None
+    distill_loss: str = "mse"
+    distill_temperature: float = DEFAULT_TEMPERATURE
+    distill_weight: float = 1.0
+    device: str = "auto"
+    amp: bool | None = None
+    resume: bool = False
+    seed: int = 0
+    eval_batch_size: int = DEFAULT_EVAL_BATCH
+    progress: bool = True
+    channels_last: bool = True
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A :class:`TrainConfig` resolved against the task and its recipe; everything checked."""
+
+    config: TrainConfig
+    model_name: str
+    model_config: ModelConfig
+    recipe: Recipe
+    batch_size: int
+    curriculum: CurriculumSchedule | None
+    device: torch.device
+    amp: bool
+
+    @property
+    def spec(self) -> TaskSpec:
+        return self.model_config.task
+
+    @property
+    def fold(self) -> int:
+        return self.model_config.fold
+
+    def settings(self) -> dict[str, Any]:
+        """What defines the run (stored in checkpoints and config.json; compared on resume)."""
+        cfg = self.config
+        distill = bool(cfg.distill_from)
+        return {"task": self.model_name, "model_config": self.model_config.to_dict(),
+                "recipe": self.recipe.to_dict(), "batch_size": self.batch_size,
+                "curriculum": None if self.curriculum is None else self.curriculum.to_dict(),
+                "distill_from": None if cfg.distill_from is None else str(cfg.distill_from),
+                "distill_loss": cfg.distill_loss if distill else None,
+                "distill_temperature": cfg.distill_temperature if distill and cfg.distill_loss == "kl" else None,
+                "distill_weight": cfg.distill_weight if distill else None,
+                "seed": cfg.seed, "data": str(cfg.data)}
+
+
+def plan_run(config: TrainConfig) -> RunPlan:
+    """Resolve and check a run's settings before any data is read or any training starts."""
+    spec = get_task(config.task)
+    model_name = str(config.task) if not str(config.task).endswith(".json") else spec.name
+    probe = build_model(config.task, fold=config.fold, multiplier=config.multiplier, init=False)
+    model_config: ModelConfig = probe.config
+    fold = model_config.fold
+    recipe = recipe_for(spec, fold, config.recipe)
+    recipe = apply_overrides(recipe, {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
+                                      "weight_decay": config.weight_decay, "optimizer": config.optimizer,
+                                      "lr_schedule": config.lr_schedule, "curriculum": config.curriculum,
+                                      "curriculum_gap": config.curriculum_gap, "slot_warmup": config.slot_warmup})
+    if recipe.batch_size < fold:
+        raise ConfigError(f"batch size {recipe.batch_size} is smaller than fold {fold}; pass --batch-size of at "
+                          f"least {fold} (a multiple of the fold)")
+    batch_size = round_batch(recipe.batch_size, fold, "down")
+    try:
+        SlotWarmup(probe, fold, recipe.slot_warmup)  # checks that every layer can be split
+    except ConfigError:
+        if config.slot_warmup is not None:
+            raise
+        log.info("slot warm-up is off: a layer of this model has fewer than %d channels", fold)
+        recipe = apply_overrides(recipe, {"slot_warmup": 0})
+    if config.eval_batch_size < 1:
+        raise ConfigError(f"eval batch size must be >= 1, got {config.eval_batch_size}")
+    schedule = _curriculum(config, spec, fold, recipe)
+    if config.distill_from is not None:
+        _check_distillation(config)
+    device = resolve_device(config.device)
+    amp = device.type == "cuda" if config.amp is None else bool(config.amp)
+    if amp and device.type != "cuda":
+        raise ConfigError("mixed precision (--amp) needs a CUDA device; pass --device cuda or drop --amp")
+    return RunPlan(config, model_name, model_config, recipe, batch_size, schedule, device, amp)
+
+
+def _curriculum(config: TrainConfig, spec: TaskSpec, fold: int, recipe: Recipe) -> CurriculumSchedule | None:
+    """The curriculum of the run (None when off); one that cannot reach every class in time is an error."""
+    if not ((recipe.curriculum and fold > 1) or config.curriculum):
+        return None
+    schedule = curriculum_schedule(spec.num_classes, fold, divisor=recipe.curriculum_divisor,
+                                   gap=recipe.curriculum_gap)
+    if schedule.complete_epoch >= recipe.epochs:
+        raise ConfigError(
+            f"the curriculum adds the last of {spec.num_classes} classes only in epoch "
+            f"{schedule.complete_epoch + 1} but the run has {recipe.epochs} epochs; pass a smaller "
+            f"--curriculum-gap (at most {max(1, _largest_gap(schedule, recipe.epochs))}), more --epochs, "
+            "or --no-curriculum")
+    return schedule
+
+
+def _largest_gap(schedule: CurriculumSchedule, epochs: int) -> int:
+    steps = -(-max(0, schedule.num_classes - schedule.initial) // schedule.step)
+    return (epochs - 1) // steps if steps else epochs
+
+
+def _check_distillation(config: TrainConfig) -> None:
+    if config.distill_loss not in DISTILL_LOSSES:
+        raise ConfigError(f"unknown distillation loss {config.distill_loss!r}; choose one of "
+                          f"{', '.join(DISTILL_LOSSES)}")
+    if not 0.0 <= config.distill_weight <= 1.0:
+        raise ConfigError(f"distillation weight must be in [0, 1], got {config.distill_weight}; "
+                          "1 trains on the teacher's logits only (the original), 0 on the labels only")
+    if not Path(config.distill_from).is_file():
+        raise ConfigError(f"teacher checkpoint {config.distill_from} does not exist; pass --distill-from with "
+                          "a checkpoint written by 'foldedcnns train'")
+
+
+def check_resume(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
+    """A run may resume only with the settings it was started with (``--epochs`` and ``--data`` may change)."""
+    for key, value in current.items():
+        old = saved.get(key)
+        if key == "recipe":
+            old = {k: v for k, v in (old or {}).items() if k not in RESUMABLE_CHANGES}
+            value = {k: v for k, v in value.items() if k not in RESUMABLE_CHANGES}
+        if key == "data":
+            continue
+        if json.dumps(old, sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
+            raise ConfigError(f"{run_dir} was trained with a different {key}; resume with the same options "
+                              "(only --epochs may change) or choose another --out")

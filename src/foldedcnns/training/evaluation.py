@@ -1,0 +1,132 @@
+"""Evaluation: every image of a split exactly once, through the runtime's :class:`Prepared` runner.
+
+Validation during training and ``foldedcnns evaluate`` share :func:`evaluate_split`: uint8 images
+become model inputs through :func:`foldedcnns.runtime.to_model_input` and logits come from
+``Prepared.classify`` (pad the last partial group, fold, run, unfold), in fp32 on the ``eager``
+backend, or ``channels-last`` for a run trained in that memory format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from foldedcnns.core.folding import round_batch
+from foldedcnns.errors import ConfigError
+from foldedcnns.models.spec import TaskSpec
+from foldedcnns.runtime.backends import Prepared
+from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint
+from foldedcnns.runtime.device import resolve_device
+from foldedcnns.runtime.inputs import to_model_input
+from foldedcnns.runtime.prepare import prepare_model
+from foldedcnns.training.metrics import MetricAccumulator, ProgressLine, empty_summary, json_safe, topk_correct
+from foldedcnns.training.splits import SplitData, load_split
+
+DEFAULT_EVAL_BATCH = 512
+EVAL_ORDER_SEED = 19  # the original's seed for shuffling validation and test images before folding
+
+
+@dataclass
+class EvalOutputs:
+    """Per-image results of one pass over a split: loss, Top-1 and Top-5 hits, labels (all (N,))."""
+
+    loss: torch.Tensor
+    hit1: torch.Tensor
+    hit5: torch.Tensor
+    labels: torch.Tensor
+
+    def summary(self, mask: torch.Tensor | None = None) -> dict[str, float | int]:
+        """``{"top1": %, "top5": %, "loss": mean, "images": n}`` over all images or those in ``mask``."""
+        loss, hit1, hit5 = (self.loss, self.hit1, self.hit5) if mask is None else \
+            (self.loss[mask], self.hit1[mask], self.hit5[mask])
+        n = int(loss.numel())
+        if n == 0:
+            return empty_summary()
+        return {"top1": 100.0 * hit1.double().mean().item(), "top5": 100.0 * hit5.double().mean().item(),
+                "loss": loss.double().mean().item(), "images": n}
+
+
+def eval_backend(channels_last: bool) -> str:
+    """The backend evaluation runs on: ``channels-last`` for a model trained in that memory format, else ``eager``."""
+    return "channels-last" if channels_last else "eager"
+
+
+def prepare_for_eval(model: nn.Module, device: torch.device | str, batch_size: int = DEFAULT_EVAL_BATCH, *,
+                     channels_last: bool = False, precision: str = "fp32") -> Prepared:
+    """A runner of (a copy of) ``model`` for evaluation batches of ``batch_size`` images."""
+    return prepare_model(model, backend=eval_backend(channels_last), precision=precision, device=device,
+                         batch_images=batch_size)
+
+
+def eval_order(n: int, fold: int) -> torch.Tensor:
+    """The order images are folded in: a fixed shuffle (seed 19) for a folded model, else as listed.
+
+    Image folders list images class by class; folding them in that order would put f images of one
+    class into one input, unlike training and deployment.
+    """
+    return torch.randperm(n, generator=torch.Generator().manual_seed(EVAL_ORDER_SEED)) if fold > 1 \
+        else torch.arange(n)
+
+
+def evaluate_split(runner: Prepared, split: SplitData, task: TaskSpec, *, batch_size: int = DEFAULT_EVAL_BATCH,
+                   epoch: int = 0, name: str = "eval", progress: bool = False) -> EvalOutputs:
+    """Run ``runner`` over every image of ``split`` exactly once; per-image results in the split's order.
+
+    Batches of ``batch_size`` images rounded down to a multiple of the fold (:func:`round_batch`) are
+    taken in :func:`eval_order`; the progress line reads ``Epoch {epoch}. {name}. Top-1=...``.
+    """
+    device, fold = runner.device, runner.fold
+    batch_size = round_batch(batch_size, fold, "down")
+    n = len(split)
+    order = eval_order(n, fold)
+    images, labels = split.images[order].to(device), split.labels[order].to(device)
+    acc = MetricAccumulator(device)
+    line = ProgressLine(-(-n // batch_size), epoch, name, enabled=progress and n > 0)
+    losses, hits1, hits5 = [], [], []
+    for step, start in enumerate(range(0, n, batch_size)):
+        y = labels[start:start + batch_size]
+        logits = runner.classify(to_model_input(images[start:start + batch_size], task, device, layout="nchw"))
+        loss = F.cross_entropy(logits, y, reduction="none")
+        losses.append(loss)
+        hits1.append(topk_correct(logits, y, 1))
+        hits5.append(topk_correct(logits, y, 5))
+        if progress:
+            acc.add(loss, logits, y)
+            line.step(step, start + batch_size >= n, acc)
+    line.close()
+    if not losses:
+        empty = torch.zeros(0, device="cpu")
+        return EvalOutputs(empty, empty.bool(), empty.bool(), split.labels.cpu())
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n)
+    return EvalOutputs(torch.cat(losses).cpu()[inverse], torch.cat(hits1).cpu()[inverse],
+                       torch.cat(hits5).cpu()[inverse], split.labels.cpu())
+
+
+def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", *, device: str = "auto",
+             batch_size: int = DEFAULT_EVAL_BATCH, amp: bool | None = None, progress: bool = False) -> dict[str, Any]:
+    """Top-1, Top-5 (percent), mean cross-entropy and image count of a checkpoint on one split.
+
+    Everything needed (task, classes, fold, input size, normalisation, validation split) comes from
+    the checkpoint. The model runs in fp32 (as validation during training does); ``amp=True`` runs
+    it in fp16 instead (CUDA only).
+    """
+    ckpt = load_checkpoint(checkpoint)
+    model, config = model_from_checkpoint(ckpt)
+    dev = resolve_device(device)
+    if amp and dev.type != "cuda":
+        raise ConfigError("mixed precision (--amp) needs a CUDA device; pass --device cuda")
+    recipe = (ckpt.get("train_config") or {}).get("recipe") or {}
+    val_split = recipe.get("val_split", 0.1)
+    split_data = load_split(data, config.task, split, config.image_size, val_split)
+    runner = prepare_for_eval(model, dev, batch_size, precision="fp16" if amp else "fp32")
+    outputs = evaluate_split(runner, split_data, config.task, batch_size=batch_size, epoch=ckpt.get("epoch") or 0,
+                             name=split, progress=progress)
+    return {"checkpoint": str(checkpoint), "task": ckpt.get("task", config.name), "fold": config.fold,
+            "multiplier": config.multiplier, "epoch": ckpt.get("epoch"), "split": split,
+            **json_safe(outputs.summary())}
