@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/foldedcnns demo --out demo_out
 
+# Everything this machine can run (tests marked gpu skip without a GPU); CI calls this.
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The fast set for everyday work: no slow end-to-end tests, no GPU tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not gpu"
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -24,13 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-
-from foldedcnns.benchmark.machine import machine_info
-from foldedcnns.benchmark.peak import Peak
-from foldedcnns.benchmark.plots import plot_results
-from foldedcnns.benchmark.profile import PROFILE_BACKENDS, LayerProfile, profile_interleaved
-from foldedcnns.benchmark.records import BenchRecord, write_csv
-from foldedcnns.benchmark.report import (
+from docs_report import (
     best_vs_best_markdown,
     detail_markdown,
     fold_profile_markdown,
@@ -39,27 +33,33 @@ from foldedcnns.benchmark.report import (
     profile_summary_markdown,
     replace_section,
 )
+
+from foldedcnns.benchmark.machine import machine_info
+from foldedcnns.benchmark.peak import Peak
+from foldedcnns.benchmark.plots import plot_results
+from foldedcnns.benchmark.profile import PROFILE_BACKENDS, LayerProfile, profile_interleaved
+from foldedcnns.benchmark.records import BenchRecord, write_csv
 from foldedcnns.benchmark.runner import (
     PreparedCache,
     add_utilization,
     best_peaks,
+    default_tasks,
     measure_peaks,
     model_entries,
-    torch_threads,
 )
 from foldedcnns.benchmark.summary import BestRow, best_configs
 from foldedcnns.benchmark.tune import TuneConfig, search
-from foldedcnns.cli.bench import default_tasks, parse_pairs
+from foldedcnns.cli.bench import parse_pairs
 from foldedcnns.models import build_model, get_task
+from foldedcnns.runtime.backends import DEFAULT_BACKENDS
 from foldedcnns.runtime.device import resolve_device
+from foldedcnns.runtime.threads import torch_threads
 from foldedcnns.utils.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU_BACKENDS = ("eager", "channels-last", "compile", "onnxruntime")
 # compile fp32 was slower than onnxruntime fp32 at f = 1 and f = 4 in benchmarks/results/cpu_compile_check.txt,
 # and each compilation costs ~10 s, so the CPU search leaves it out (--exclude "" puts it back)
 CPU_EXCLUDE = "compile:fp32"
-CUDA_BACKENDS = ("eager", "channels-last", "cuda-graphs", "onnxruntime")
 CPU_PRECISIONS = ("fp32", "bf16")
 CUDA_PRECISIONS = ("fp32", "fp16", "bf16")
 BATCH_SIZES = (256, 1024, 4096)
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dev = resolve_device(args.device)
     cuda = dev.type == "cuda"
-    backends = _names(args.backends, CUDA_BACKENDS if cuda else CPU_BACKENDS)
+    backends = _names(args.backends, DEFAULT_BACKENDS["cuda" if cuda else "cpu"])
     precisions = _names(args.precisions, CUDA_PRECISIONS if cuda else CPU_PRECISIONS)
     exclude = parse_pairs(args.exclude if args.exclude is not None else ("" if cuda else CPU_EXCLUDE))
     tasks = args.tasks or default_tasks()

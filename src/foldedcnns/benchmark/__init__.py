@@ -7,7 +7,8 @@
 * :mod:`~foldedcnns.benchmark.peak`: measured dense-matmul peak, the ceiling for Utilization.
 * :mod:`~foldedcnns.benchmark.tune`: search fold, backend, precision and batch size.
 * :mod:`~foldedcnns.benchmark.profile`: per-layer times and FLOPs/sec.
-* :mod:`~foldedcnns.benchmark.plots` and :mod:`~foldedcnns.benchmark.report`: figures and Markdown.
+* :mod:`~foldedcnns.benchmark.plots`: figures. The Markdown that writes this repository's docs/benchmarks.md
+  against the project's targets lives with the script that uses it (benchmarks/docs_report.py).
 """
 
 from foldedcnns.benchmark.peak import Peak, measure_peak

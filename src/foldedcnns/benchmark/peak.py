@@ -18,7 +18,7 @@ import torch
 from foldedcnns.runtime.backends import precision_dtype
 from foldedcnns.runtime.device import resolve_device
 
-CPU_SIZES: tuple[int, ...] = (1024, 2048)  # within a few % of 4096 on the 2-core test machine, 4x cheaper
+CPU_SIZES: tuple[int, ...] = (1024, 2048)  # close to 4096's rate at a quarter of the cost (docs/benchmarks.md)
 CUDA_SIZES: tuple[int, ...] = (4096, 8192)
 DEFAULT_SECONDS = 0.5  # timed budget per matrix size (at least one call each)
 

@@ -32,7 +32,7 @@ from foldedcnns.benchmark.peak import Peak, measure_peak
 from foldedcnns.benchmark.records import BenchRecord, add_ratios, flops_per_sec, utilization
 from foldedcnns.benchmark.timing import check_budget, folded_inputs, images_per_call, time_calls
 from foldedcnns.errors import ConfigError
-from foldedcnns.models import build_model
+from foldedcnns.models import build_model, get_task, list_models
 from foldedcnns.models.registry import COMPOUND_PREFIX, ModelConfig
 from foldedcnns.models.spec import TaskSpec
 from foldedcnns.runtime.backends import (
@@ -55,6 +55,12 @@ DEFAULT_TRIALS = 3
 CHECK_INPUTS = 2  # folded inputs in the one check call of a shape-independent backend
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 MODE_ORDER = {"Original": 0, "Folded": 1, "Compound": 2}
+BENCH_FAMILIES = ("game", "noscope")  # the paper's benchmark set
+
+
+def default_tasks() -> list[str]:
+    """Every game and NoScope task: the one default task list of bench, the headline and the GPU check."""
+    return [n for n in list_models(compound=False) if get_task(n).family in BENCH_FAMILIES]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from foldedcnns.benchmark.runner import (
     DEFAULT_TRIALS,
     DEFAULT_WARMUP,
     BenchConfig,
+    default_tasks,
     run_benchmark,
 )
 from foldedcnns.benchmark.summary import (
@@ -29,16 +30,8 @@ from foldedcnns.benchmark.summary import (
 from foldedcnns.benchmark.tune import TUNE_BATCH_SIZES, TuneConfig, tune
 from foldedcnns.cli.common import add_json_option, format_table, parse_int_list, print_json
 from foldedcnns.errors import ConfigError
-from foldedcnns.models import get_task, list_models
 from foldedcnns.runtime.backends import BACKENDS, DEFAULT_BACKENDS, PRECISIONS
 from foldedcnns.runtime.threads import torch_threads
-
-BENCH_FAMILIES = ("game", "noscope")
-
-
-def default_tasks() -> list[str]:
-    """Every game and NoScope task (the paper's benchmark set)."""
-    return [n for n in list_models(compound=False) if get_task(n).family in BENCH_FAMILIES]
 
 
 def parse_names(text: str, known: list[str] | tuple[str, ...], what: str) -> tuple[str, ...]:

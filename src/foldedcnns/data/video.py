@@ -126,7 +126,7 @@ def iter_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | int | N
         small_frame_threads: decoder threads for PyAV on videos of at most :data:`SMALL_FRAME_PIXELS` pixels per
             frame (default: FFmpeg's choice, about one per core); one leaves the other cores to a model
             running next to the decoder. Larger videos keep FFmpeg's threads: their decoding is the
-            bottleneck (measured on 2 cores, 1280x720: 436 frames/s with FFmpeg's threads, 341 with one).
+            bottleneck (docs/inference.md has the measured figures).
 
     A missing or unreadable file raises :class:`DataError` at the call, before any frame. A decode
     fault in the middle of the stream (truncated or corrupt file) raises :class:`DataError` naming

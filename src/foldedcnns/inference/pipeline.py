@@ -333,8 +333,8 @@ def model_threads(device: torch.device, threads: int | None = None) -> int:
 
 def decoder_threads(device: torch.device) -> int | None:
     """Video decoder threads next to a model on ``device``: :data:`DECODE_CORES` when the model runs on
-    the CPU (more threads would fight the model for its cores; measured on 2 cores at 320x240:
-    990 vs 856 frames/s end to end), else FFmpeg's default."""
+    the CPU (more threads would fight the model for its cores; docs/inference.md has the measured
+    figures), else FFmpeg's default."""
     return DECODE_CORES if device.type == "cpu" else None
 
 

@@ -1,17 +1,17 @@
 """Markdown for docs/benchmarks.md: the best-vs-best table, targets, and the generated-section markers."""
 
 import pytest
-
-from foldedcnns.benchmark.peak import Peak
-from foldedcnns.benchmark.plots import plot_results
-from foldedcnns.benchmark.profile import LayerProfile, LayerTime
-from foldedcnns.benchmark.records import BenchRecord, add_ratios
-from foldedcnns.benchmark.report import (
+from docs_report import (
     best_vs_best_markdown,
     machine_markdown,
     profile_summary_markdown,
     replace_section,
 )
+
+from foldedcnns.benchmark.peak import Peak
+from foldedcnns.benchmark.plots import plot_results
+from foldedcnns.benchmark.profile import LayerProfile, LayerTime
+from foldedcnns.benchmark.records import BenchRecord, add_ratios
 from foldedcnns.benchmark.summary import BestRow
 from foldedcnns.errors import DataError
 
