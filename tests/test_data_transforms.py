@@ -88,9 +88,13 @@ def test_resize_bilinear_keeps_dtype_and_range() -> None:
         T.resize(x[0], 5)
 
 
-def test_cifar_recipes() -> None:
-    x = torch.randint(0, 256, (8, 3, 32, 32), generator=gen(0), dtype=torch.uint8)
-    train = T.cifar_train_transform(x, gen(1))
-    assert train.shape == (8, 3, 32, 32) and train.dtype == torch.float32
-    assert torch.equal(train, T.cifar_train_transform(x, gen(1)))
-    assert torch.allclose(T.cifar_eval_transform(x), T.normalize(x.float() / 255, T.CIFAR_MEAN, T.CIFAR_STD))
+def test_cifar_augmentation_is_seeded_and_pads_uint8_with_black() -> None:
+    x = torch.randint(1, 256, (8, 3, 32, 32), generator=gen(0), dtype=torch.uint8)
+
+    def augment(generator: torch.Generator) -> torch.Tensor:
+        return T.random_hflip(T.random_crop(x, T.CIFAR_CROP, T.CIFAR_PADDING, generator), generator)
+
+    train = augment(gen(1))
+    assert train.shape == (8, 3, 32, 32) and train.dtype == torch.uint8
+    assert torch.equal(train, augment(gen(1)))
+    assert (train == 0).any()  # some crops reach into the zero (black) padding; no input pixel is 0

@@ -11,9 +11,12 @@ from torch import nn
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import build_model, get_task
 from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
+from foldedcnns.runtime.inputs import to_model_input
+from foldedcnns.training import distill
+from foldedcnns.training.config import TrainConfig, plan_run
 from foldedcnns.training.curriculum import CurriculumSchedule, curriculum_schedule
 from foldedcnns.training.distill import cached_teacher_logits, distill_loss
-from foldedcnns.training.recipes import apply_overrides, fold_batch_size, recipe_for
+from foldedcnns.training.recipes import apply_overrides, recipe_for
 from foldedcnns.training.rng import get_rng_state, set_rng_state
 
 
@@ -59,12 +62,13 @@ def test_overrides_replace_fields_and_reject_unknown_ones() -> None:
 @pytest.mark.parametrize(("batch", "fold", "expected"), [(32, 1, 32), (32, 2, 32), (32, 3, 30), (32, 4, 32),
                                                          (7, 4, 4), (4, 4, 4)])
 def test_batch_size_rounds_down_to_the_fold(batch: int, fold: int, expected: int) -> None:
-    assert fold_batch_size(batch, fold) == expected
+    config = TrainConfig(task="lol/goldnumber-fraction", data=".", out=".", fold=fold, batch_size=batch, device="cpu")
+    assert plan_run(config).batch_size == expected
 
 
 def test_batch_smaller_than_fold() -> None:
     with pytest.raises(ConfigError, match="smaller than fold 4"):
-        fold_batch_size(3, 4)
+        plan_run(TrainConfig(task="lol/goldnumber-fraction", data=".", out=".", fold=4, batch_size=3, device="cpu"))
 
 
 # -- curriculum (reference section 4.5 table) ------------------------------------------------------
@@ -133,24 +137,27 @@ def test_distillation_errors() -> None:
         distill_loss(torch.zeros(2, 3), torch.zeros(2, 3), "kl", 0.0)
 
 
-def test_teacher_logits_are_computed_once(tmp_path: Path) -> None:
+def test_teacher_logits_are_computed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     teacher = build_model("lol/goldnumber-fraction", fold=1)
     path = save_checkpoint(tmp_path / "teacher.pt", make_checkpoint(teacher))
     student = build_model("lol/goldnumber-fraction", fold=4).config
     images = torch.randint(0, 256, (5, 3, 22, 52), dtype=torch.uint8)
     calls = []
+    compute = distill.compute_logits
 
-    def preprocess(x: torch.Tensor) -> torch.Tensor:
+    def counted(runner, x, task, batch_size):
         calls.append(x.shape[0])
-        return x.float() / 255
+        return compute(runner, x, task, batch_size)
 
-    first, info = cached_teacher_logits(tmp_path, path, student, images, preprocess)
+    monkeypatch.setattr(distill, "compute_logits", counted)
+    first, info = cached_teacher_logits(tmp_path, path, student, images, batch_size=2)
     assert first.shape == (5, 11) and info["cached"] is False and calls == [5]
     with torch.no_grad():
-        assert torch.allclose(first, teacher.eval()(images.float() / 255), atol=1e-5)
-    second, info = cached_teacher_logits(tmp_path, path, student, images, preprocess)
+        expected = teacher.eval()(to_model_input(images, student.task, layout="nchw"))
+    assert torch.allclose(first, expected, atol=1e-5)
+    second, info = cached_teacher_logits(tmp_path, path, student, images)
     assert info["cached"] is True and calls == [5] and torch.equal(first, second)
-    _, info = cached_teacher_logits(tmp_path, path, student, images.flip(0), preprocess)
+    _, info = cached_teacher_logits(tmp_path, path, student, images.flip(0), backend="channels-last")
     assert info["cached"] is False and calls == [5, 5]  # other images: the stale cache is replaced
 
 

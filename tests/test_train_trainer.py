@@ -13,7 +13,8 @@ from PIL import Image
 
 from foldedcnns.cli.main import main
 from foldedcnns.errors import ConfigError, DataError
-from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint
+from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from foldedcnns.training.metrics import METRIC_COLUMNS, EpochMetrics
 from foldedcnns.training.trainer import TrainConfig, evaluate, plan_run, train
 
 TINY_H, TINY_W = 15, 35  # the smallest game input used by the original (lol/timer-minutes)
@@ -84,13 +85,29 @@ def test_checkpoint_is_self_describing(tiny: tuple[Path, Path], tmp_path: Path) 
     ckpt = load_checkpoint(result.best_checkpoint)  # weights_only=True inside
     config = ckpt["model_config"]
     assert config["fold"] == 2 and config["task"]["ClassNames"] == list(TINY_CLASSES)
-    assert ckpt["preprocessing"]["image_size"] == [3, TINY_H, TINY_W]
+    assert "preprocessing" not in ckpt  # the task description is the one source of input size and normalisation
     assert ckpt["epoch"] == result.best_epoch and "train_state" not in ckpt
     last = load_checkpoint(result.last_checkpoint)
     assert {"optimizer", "rng", "data_rng", "history", "best", "curriculum"} <= set(last["train_state"])
     model, cfg = model_from_checkpoint(result.best_checkpoint)
-    assert cfg.fold == 2 and cfg.multiplier == pytest.approx(2**0.5)
+    assert cfg.fold == 2 and cfg.multiplier == pytest.approx(2**0.5) and cfg.image_size == (3, TINY_H, TINY_W)
     assert model(torch.zeros(1, 6, TINY_H, TINY_W)).shape == (1, 6)
+    # A checkpoint of an older version, with its "preprocessing" entry, still loads and evaluates.
+    old = save_checkpoint(tmp_path / "old.pt", {**ckpt, "preprocessing": {"image_size": [3, TINY_H, TINY_W],
+                                                                          "scale": 1 / 255, "mean": None, "std": None}})
+    assert evaluate(old, tiny[1], "test", device="cpu")["top1"] == pytest.approx(result.best["test_top1"])
+
+
+def test_metrics_files_keep_their_columns_and_keys(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    result = train(tiny_config(tiny, tmp_path / "run", fold=2, epochs=1))
+    keys = ["epoch", "classes", "lr", "train_top1", "train_top5", "train_loss", "train_images", "val_top1",
+            "val_top5", "val_loss", "val_images", "val_top1_seen", "test_top1", "test_top5", "test_loss",
+            "test_images", "seconds"]
+    assert list(json.loads((tmp_path / "run" / "metrics.json").read_text())[0]) == keys
+    assert list(result.history[0]) == keys and list(result.best) == keys
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header == list(METRIC_COLUMNS) == [*keys[:3], "seconds", *keys[3:-1]]
+    assert EpochMetrics.from_row(result.history[0]).to_row() == result.history[0]
 
 
 def test_evaluate_matches_the_best_epoch(tiny: tuple[Path, Path], tmp_path: Path) -> None:

@@ -31,6 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_EVAL_BATCH, help="images per batch")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="mixed precision (default: on with CUDA)")
+                        help="run the model in fp16 (CUDA only; default: fp32, as validation in training)")
     add_json_option(parser)
     parser.set_defaults(func=run)

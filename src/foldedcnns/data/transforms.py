@@ -3,8 +3,9 @@
 Every function takes a batch ``(N, C, H, W)`` on any device and returns a batch on the same device.
 Random transforms draw all their numbers from the ``torch.Generator`` they are given (on the
 generator's device, then moved), so a seeded generator gives the same result on every run and
-every device. The CIFAR recipe of the original is :func:`cifar_train_transform`: random crop 32
-with padding 4, horizontal flip, then normalisation with :data:`CIFAR_MEAN` and :data:`CIFAR_STD`.
+every device. The CIFAR recipe of the original is random crop 32 with padding 4 and a horizontal
+flip (on uint8, so the padding is black), then normalisation with :data:`CIFAR_MEAN` and
+:data:`CIFAR_STD` (:func:`foldedcnns.runtime.inputs.to_model_input`).
 """
 
 from __future__ import annotations
@@ -119,15 +120,3 @@ def resize(x: torch.Tensor, size: int | Sequence[int], mode: str = "nearest") ->
             return out.round_().clamp_(0, UINT8_MAX).to(torch.uint8)
         return out.to(x.dtype)
     raise ShapeError(f"unknown resize mode {mode!r}; use 'nearest' or 'bilinear'")
-
-
-def cifar_train_transform(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The original's CIFAR training augmentation: crop 32 (padding 4), flip, to float, normalise."""
-    x = random_crop(x, CIFAR_CROP, CIFAR_PADDING, generator)
-    x = random_hflip(x, generator)
-    return normalize(to_float(x), CIFAR_MEAN, CIFAR_STD)
-
-
-def cifar_eval_transform(x: torch.Tensor) -> torch.Tensor:
-    """The original's CIFAR test transform: to float, normalise."""
-    return normalize(to_float(x), CIFAR_MEAN, CIFAR_STD)

@@ -16,8 +16,8 @@ Every file is written atomically: a run killed at any point loses at most the ep
 
 from __future__ import annotations
 
-import io
 import csv
+import io
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path

@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-
 from foldedcnns.errors import ConfigError
 from foldedcnns.training.recipes import CURRICULUM_DIVISOR, CURRICULUM_GAP
 
@@ -57,7 +55,3 @@ def curriculum_schedule(num_classes: int, fold: int, *, divisor: int = CURRICULU
     return CurriculumSchedule(num_classes=num_classes, initial=min(num_classes, max(size, fold)),
                               step=max(size, 1), gap=gap)
 
-
-def class_mask(labels: torch.Tensor, active_classes: int) -> torch.Tensor:
-    """Boolean mask of the images whose label is among the first ``active_classes`` classes."""
-    return labels < active_classes

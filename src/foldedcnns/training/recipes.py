@@ -187,10 +187,3 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
     values = {k: v for k, v in overrides.items() if v is not None}
     return validate_recipe(dataclasses.replace(recipe, **values)) if values else recipe
 
-
-def fold_batch_size(batch_size: int, fold: int) -> int:
-    """Round a batch size (in images) down to a multiple of ``fold``; smaller than ``fold`` is an error."""
-    if batch_size < fold:
-        raise ConfigError(f"batch size {batch_size} is smaller than fold {fold}; pass --batch-size of at least "
-                          f"{fold} (a multiple of the fold)")
-    return batch_size - batch_size % fold

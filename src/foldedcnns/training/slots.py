@@ -4,8 +4,8 @@ Not in the original. A freshly initialised FoldedCNN mixes the f images of an in
 so at the start each image's logits depend as much on the other f - 1 images as on their own. On
 hard tasks (the synthetic game crops) training then sits at chance level for a long time: the
 features carry too little of each image's label to be worth keeping, Adam's sign-like updates of the
-cross-image weights add more mixing noise, and the ReLUs die one by one (measured: f = 4 stays at
-loss ln(K) for 1000+ steps at lr 1e-3 and 3e-4, with batch 32 to 256, with and without curriculum).
+cross-image weights add more mixing noise, and the ReLUs die one by one (docs/training.md, "Slot
+warm-up", has the runs).
 
 ``SlotWarmup(model, f, epochs)`` fixes that without changing the architecture or its FLOPs:
 
@@ -15,8 +15,7 @@ loss ln(K) for 1000+ steps at lr 1e-3 and 3e-4, with batch 32 to 256, with and w
 2. for ``epochs`` epochs the cross-slot gradients are masked to zero and the f diagonal blocks are
    *tied*: they start equal and each gets the mean of their gradients, so the model trains as one
    narrow CNN (1/sqrt(f) of the original's width) that sees every image of the batch, whichever slot
-   it sits in. Untied, each slot's copy would see only 1/f of the data and learn f times slower
-   (measured: 89 % vs 94 % test Top-1 after 8 epochs on lol/goldnumber-fraction at f = 4);
+   it sits in. Untied, each slot's copy would see only 1/f of the data and learn f times slower;
 3. for ``epochs`` more epochs the blocks are untied and the cross-slot weights (starting at zero)
    take a growing share, ``alpha`` from 0 to 1, of each optimiser update (Adam would otherwise move
    all of them by about the learning rate at once, which throws the model back to chance level);

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+from foldedcnns.data.cifar import load_cifar
+from foldedcnns.data.folder import ImageFolder
+from foldedcnns.data.transforms import resize
 from foldedcnns.errors import DataError
 from foldedcnns.models.spec import TaskSpec
 
@@ -49,8 +52,6 @@ def _is_cifar_source(data: Path, spec: TaskSpec) -> bool:
 
 
 def _folder_split(root: Path, spec: TaskSpec, split: str, progress: bool | None = None) -> SplitData:
-    from foldedcnns.data.folder import ImageFolder
-
     # A rare class may be missing from a small val/test split; the training split needs every class.
     folder = ImageFolder(root / split, classes=list(spec.class_names), cache=True, allow_empty=split != "train")
     images, labels = folder.tensors(progress=progress)
@@ -58,8 +59,6 @@ def _folder_split(root: Path, spec: TaskSpec, split: str, progress: bool | None 
 
 
 def _cifar_split(path: Path, spec: TaskSpec, train: bool) -> SplitData:
-    from foldedcnns.data.cifar import load_cifar
-
     images, labels, names = load_cifar(path, spec.name, train)
     if tuple(names) != tuple(spec.class_names):
         raise DataError(f"{path}: CIFAR class names {list(names)[:3]}... do not match task {spec.name}; "
@@ -94,8 +93,6 @@ def _subset(split: SplitData, index: torch.Tensor, source: str) -> SplitData:
 
 def resize_split(split: SplitData, size: tuple[int, int]) -> SplitData:
     """Resize uint8 images to (H, W) with antialiased bilinear interpolation (compound-scaled models)."""
-    from foldedcnns.data.transforms import resize
-
     if tuple(split.images.shape[-2:]) == tuple(size) or len(split) == 0:
         return split
     return SplitData(resize(split.images, size, mode="bilinear"), split.labels, split.source)

@@ -17,9 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
+from foldedcnns.analysis import flops_per_image
 from foldedcnns.errors import ConfigError, DataError
-from foldedcnns.models.registry import get_task
-from foldedcnns.training.trainer import TrainConfig, TrainResult, json_safe, plan_run, train
+from foldedcnns.models.registry import ModelConfig, build_from_config, get_task
+from foldedcnns.training.metrics import json_safe
+from foldedcnns.training.trainer import TrainConfig, TrainResult, plan_run, train
 from foldedcnns.utils.atomic import atomic_open, atomic_path, atomic_write_text
 
 SUMMARY_CSV = "summary.csv"
@@ -75,9 +79,6 @@ def run_dir_for(out: str | Path, task: str, fold: int) -> Path:
 
 
 def _model_cost(result: TrainResult) -> tuple[int | None, float | None]:
-    from foldedcnns.analysis import flops_per_image
-    from foldedcnns.models.registry import ModelConfig, build_from_config
-
     config = ModelConfig.from_dict(result.settings["model_config"])
     model = build_from_config(config)
     return sum(p.numel() for p in model.parameters()), float(flops_per_image(config))
@@ -120,15 +121,11 @@ def write_summary(rows: Sequence[dict[str, Any]], out: str | Path) -> tuple[Path
 
 def plot_accuracy_vs_fold(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Test Top-1 (at the best validation epoch) against fold, one line per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_task[row["task"]].append(row)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))  # no pyplot: no global backend or figure state
+    ax = fig.subplots()
     for task, task_rows in sorted(by_task.items()):
         task_rows = sorted(task_rows, key=lambda r: r["fold"])
         ax.plot([r["fold"] for r in task_rows], [r["test_top1"] for r in task_rows], marker="o", label=task)
@@ -143,7 +140,6 @@ def plot_accuracy_vs_fold(rows: Sequence[dict[str, Any]], path: str | Path) -> P
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
     return path
 
 
