@@ -1,7 +1,7 @@
 """One command for a bare GPU machine: check, test and benchmark foldedcnns there, inside a time budget.
 
     python3 benchmarks/gpu_check.py --out $OUT/gpu                       # the GPU run (default --budget-s 480)
-    .venv/bin/python benchmarks/gpu_check.py --device cpu --quick --out /tmp/gc   # CPU dry run, ~1-2 minutes
+    .venv/bin/python benchmarks/gpu_check.py --device cpu --quick --out /tmp/gc   # CPU dry run, ~1 minute
 
 It needs no network and no install: every foldedcnns call is ``python -m foldedcnns.cli.main`` with
 ``src/`` on ``PYTHONPATH``, and this script itself uses only the standard library (plus OpenCV or
@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -53,14 +54,24 @@ CUDA_ONLY_BACKENDS = ("cuda-graphs",)
 TRAIN_TASK = "lol/goldnumber-fraction"
 TRAIN_FOLD = 2
 VIDEO_FRAMES, VIDEO_HW = 150, (72, 128)
+DEFAULT_BUDGET_S = 480.0
+QUICK_BUDGET_S = 110.0  # a dry run stays under 2 minutes even on a busy 2-core machine (work is cut, not failed)
+PYTEST_SHARE = 0.4  # the GPU tests may take at most this share of the budget
 RESERVE_S = 8.0  # kept back at the end for the summary
+CORE_SHARE = 0.7  # of the budget left after the fp32 originals' share
 GROWTH = 1.05  # a larger batch is tried while throughput grew by at least this factor
 BENCH_COLUMNS = ("Model", "Trial", "Batch Size", "Mode", "Fold", "Throughput", "FLOPs/sec", "TputNorm", "FLOPNorm",
                  "Backend", "Precision", "Device", "Utilization", "Images")
 BEST_COLUMNS = ("Task", "Original Throughput", "Original Backend", "Original Precision", "Original Batch",
                 "Folded Throughput", "Folded Fold", "Folded Backend", "Folded Precision", "Folded Batch", "Speedup",
                 "Folded FLOPs/sec", "Folded Utilization", "Original Utilization")
+OPTIONAL_STEPS = ("peak", "pytest", "train", "predict", "headline")
 LOG_CHARS = 20_000  # per captured stream in log.txt
+
+
+def _now() -> float:
+    """The budget's clock (a function, so tests can replace it)."""
+    return time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -164,6 +175,17 @@ def best_of(configs: Iterable[Config], *, model: str, folded: bool) -> Config | 
     return max(kept, key=lambda c: c.throughput, default=None)
 
 
+def _columns(prefix: str, c: Config | None, peaks: Mapping[str, float]) -> dict[str, str]:
+    peak = peaks.get(c.precision) if c else None
+    cols = {f"{prefix} Throughput": f"{c.throughput:.1f}" if c else "", f"{prefix} Backend": c.backend if c else "",
+            f"{prefix} Precision": c.precision if c else "", f"{prefix} Batch": str(c.batch_size) if c else "",
+            f"{prefix} Utilization": f"{c.flops_per_sec / peak:.4f}" if c and peak else ""}
+    if prefix == "Folded":
+        cols["Folded Fold"] = str(c.fold) if c else ""
+        cols["Folded FLOPs/sec"] = f"{c.flops_per_sec:.4g}" if c else ""
+    return cols
+
+
 def best_table(rows: Iterable[Mapping[str, str]], peaks: Mapping[str, float]) -> list[dict[str, str]]:
     """Per task (first-seen order): best original and best folded configuration over any backend,
     precision and batch size, their speedup, and Utilization (FLOPs/sec over ``peaks[precision]``)."""
@@ -171,23 +193,9 @@ def best_table(rows: Iterable[Mapping[str, str]], peaks: Mapping[str, float]) ->
     out = []
     for model in dict.fromkeys(c.model for c in configs):
         orig, fold = best_of(configs, model=model, folded=False), best_of(configs, model=model, folded=True)
-
-        def util(c: Config | None) -> str:
-            peak = peaks.get(c.precision) if c else None
-            return f"{c.flops_per_sec / peak:.4f}" if c and peak else ""
-
-        out.append({
-            "Task": model,
-            "Original Throughput": f"{orig.throughput:.1f}" if orig else "",
-            "Original Backend": orig.backend if orig else "", "Original Precision": orig.precision if orig else "",
-            "Original Batch": str(orig.batch_size) if orig else "",
-            "Folded Throughput": f"{fold.throughput:.1f}" if fold else "", "Folded Fold": str(fold.fold) if fold else "",
-            "Folded Backend": fold.backend if fold else "", "Folded Precision": fold.precision if fold else "",
-            "Folded Batch": str(fold.batch_size) if fold else "",
-            "Speedup": f"{fold.throughput / orig.throughput:.3f}" if orig and fold and orig.throughput > 0 else "",
-            "Folded FLOPs/sec": f"{fold.flops_per_sec:.4g}" if fold else "",
-            "Folded Utilization": util(fold), "Original Utilization": util(orig),
-        })
+        speedup = f"{fold.throughput / orig.throughput:.3f}" if orig and fold and orig.throughput > 0 else ""
+        out.append({"Task": model, **_columns("Original", orig, peaks), **_columns("Folded", fold, peaks),
+                    "Speedup": speedup})
     return out
 
 
@@ -214,17 +222,6 @@ def bench_cost(n_configs: int, trials: int, seconds: float, plan: Plan, compiles
     return plan.start_s + n_configs * plan.prepare_s + compiles * plan.compile_s + n_configs * trials * (seconds + warm)
 
 
-def choose_seconds(available_s: float, n_processes: int, n_configs: int, plan: Plan) -> float:
-    """Timed seconds per configuration and trial so ``n_processes`` bench calls of ``n_configs`` fit in
-    ``available_s``, within ``plan.seconds``."""
-    low, high = plan.seconds
-    if n_processes <= 0 or n_configs <= 0:
-        return high
-    fixed = n_processes * (plan.start_s + n_configs * plan.prepare_s)
-    per_second = n_processes * n_configs * plan.trials
-    return min(high, max(low, (available_s - fixed) / per_second - 0.02))
-
-
 def refit_seconds(available_s: float, n_processes: int, fixed_s: float, n_configs: int, plan: Plan) -> float:
     """Like :func:`choose_seconds`, with the measured set-up seconds ``fixed_s`` of one bench call."""
     low, high = plan.seconds
@@ -247,6 +244,20 @@ def pytest_counts(text: str) -> dict[str, int]:
     return counts
 
 
+def junit_counts(path: Path) -> dict[str, int]:
+    """passed/failed/errors/skipped from a pytest ``--junitxml`` file ({} when it is missing or unreadable)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return {}
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    passed = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
+    return {"passed": passed, "failed": total["failures"], "errors": total["errors"], "skipped": total["skipped"]}
+
+
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     def cell(value: Any) -> str:
         return str(value).replace("|", "\\|").replace("\n", " ")
@@ -261,6 +272,12 @@ def fmt_rate(value: str | float, unit: str = "") -> str:
     if value in ("", None):
         return ""
     return f"{float(value):,.0f}{unit}"
+
+
+def _config_text(best: Mapping[str, str], prefix: str) -> str:
+    if not best.get(f"{prefix} Batch"):
+        return ""
+    return f"{best[prefix + ' Backend']} {best[prefix + ' Precision']} B={best[prefix + ' Batch']}"
 
 
 def summary_markdown(state: Mapping[str, Any], best: Sequence[Mapping[str, str]]) -> str:
@@ -288,10 +305,8 @@ def summary_markdown(state: Mapping[str, Any], best: Sequence[Mapping[str, str]]
         lines.append(markdown_table(
             ["task", "best original img/s", "config", "best folded img/s", "f", "config", "speedup",
              "folded util.", "original util."],
-            [(b["Task"], fmt_rate(b["Original Throughput"]),
-              f"{b['Original Backend']} {b['Original Precision']} B={b['Original Batch']}" if b["Original Batch"] else "",
-              fmt_rate(b["Folded Throughput"]), b["Folded Fold"],
-              f"{b['Folded Backend']} {b['Folded Precision']} B={b['Folded Batch']}" if b["Folded Batch"] else "",
+            [(b["Task"], fmt_rate(b["Original Throughput"]), _config_text(b, "Original"),
+              fmt_rate(b["Folded Throughput"]), b["Folded Fold"], _config_text(b, "Folded"),
               f"{float(b['Speedup']):.2f}x" if b["Speedup"] else "",
               f"{100 * float(b['Folded Utilization']):.2f}%" if b["Folded Utilization"] else "",
               f"{100 * float(b['Original Utilization']):.2f}%" if b["Original Utilization"] else "")
@@ -404,7 +419,7 @@ class GpuCheck:
         self.out.mkdir(parents=True, exist_ok=True)
         self.work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpu_check-"))
         self.work.mkdir(parents=True, exist_ok=True)
-        self.t0 = time.monotonic()
+        self.t0 = _now()
         self.budget_s = float(args.budget_s)
         self.steps: list[Step] = []
         self.notices: list[str] = []
@@ -413,7 +428,9 @@ class GpuCheck:
         self.peaks: dict[str, float] = {}
         self.headline: dict[str, Any] = {"stages": [], "not_measured": []}
         self.checkpoint: Path | None = None
+        self.core_seconds = self.plan.seconds[1]
         self.bench_csvs: list[Path] = []
+        self.bench_calls = 0
         self.gpu_state: list[dict[str, Any]] = []
         self.started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         self.log = self.out / "log.txt"
@@ -422,7 +439,7 @@ class GpuCheck:
     # ---- time and processes
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.t0
+        return _now() - self.t0
 
     def remaining(self) -> float:
         return self.budget_s - self.elapsed() - RESERVE_S
@@ -440,18 +457,25 @@ class GpuCheck:
     def run(self, argv: Sequence[str], *, limit_s: float, cwd: Path | None = None) -> Result:
         """Run a command with a timeout of ``limit_s`` cut to the budget left; log it."""
         timeout = min(limit_s, max(1.0, self.remaining()))
-        start = time.monotonic()
+        start = _now()
         with open(self.log, "a", encoding="utf-8") as log:
             log.write(f"\n$ {' '.join(argv)}  # timeout {timeout:.0f} s\n")
+        # its own process group, so a timeout also ends what it started (e.g. inductor's compile workers)
+        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env(),
+                                cwd=cwd or ROOT, start_new_session=True)
         try:
-            done = subprocess.run(list(argv), capture_output=True, text=True, env=self.env(), cwd=cwd or ROOT,
-                                  timeout=timeout, check=False)
-            result = Result(done.returncode, done.stdout, done.stderr, time.monotonic() - start)
-        except subprocess.TimeoutExpired as exc:
-            def text(b: bytes | str | None) -> str:
-                return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
-            result = Result(None, text(exc.stdout), text(exc.stderr), time.monotonic() - start,
-                            budget_cut=timeout < limit_s)
+            stdout, stderr = proc.communicate(timeout=timeout)
+            result = Result(proc.returncode, stdout, stderr, _now() - start)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            try:
+                stdout, stderr = proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:  # a grandchild outside the group still holds the pipes
+                stdout, stderr = "", ""
+            result = Result(None, stdout or "", stderr or "", _now() - start, budget_cut=timeout < limit_s)
+        except BaseException:  # Ctrl-C or a kill of this script: do not leave the child running
+            kill_group(proc)
+            raise
         with open(self.log, "a", encoding="utf-8") as log:
             log.write(f"# rc={result.rc} in {result.seconds:.1f} s\n")
             for name, stream in (("stdout", result.stdout), ("stderr", result.stderr)):
@@ -476,8 +500,8 @@ class GpuCheck:
         """Run one step; a missing requirement or too little budget skips it, an exception fails it."""
         step = Step(name)
         self.steps.append(step)
-        start = time.monotonic()
-        missing = requires() if requires else None
+        start = _now()
+        missing = "left out by --skip" if name in self.args.skip else (requires() if requires else None)
         if missing:
             step.status, step.detail = "skipped", missing
         elif self.remaining() < min_s:
@@ -490,7 +514,7 @@ class GpuCheck:
                     step.status = "ok"
             except Exception as exc:  # a bug in this script or an unexpected output: fail the step, go on
                 step.status, step.detail = "failed", f"{type(exc).__name__}: {exc}"
-        step.seconds = time.monotonic() - start
+        step.seconds = _now() - start
         print(f"[{self.elapsed():6.1f} s] {name}: {step.status} {step.detail}", file=sys.stderr, flush=True)
         self.write_summary()
         return step
@@ -557,13 +581,15 @@ class GpuCheck:
             step.status = "failed"
 
     def do_pytest(self, step: Step) -> None:
+        junit = self.work / "pytest.xml"
         result = self.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py", "-rs",
-                           "-p", "no:cacheprovider"], limit_s=self.plan.pytest_timeout_s)
-        (self.out / "pytest.txt").write_text(result.stdout + ("\n--- stderr\n" + result.stderr if result.stderr else ""),
-                                             encoding="utf-8")
-        counts = pytest_counts(result.stdout)
+                           "-p", "no:cacheprovider", f"--junitxml={junit}"],
+                          limit_s=min(self.plan.pytest_timeout_s, PYTEST_SHARE * self.budget_s))
+        text = result.stdout + ("\n--- stderr\n" + result.stderr if result.stderr else "")
+        (self.out / "pytest.txt").write_text(text, encoding="utf-8")
+        counts = junit_counts(junit) or pytest_counts(result.stdout)
         step.data = {"counts": counts, "rc": result.rc}
-        step.detail = ", ".join(f"{n} {k}" for k, n in counts.items()) or result.why()
+        step.detail = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or result.why()
         if result.rc != 0:
             step.status = "budget" if result.budget_cut else "failed"
             step.detail += f" ({result.why()})"
@@ -577,9 +603,9 @@ class GpuCheck:
         if not made.ok:
             step.status, step.detail = "failed", f"data synth: {made.why()}"
             return
-        amp = ["--amp"] if self.cuda else []
+        device = ["--device", "cuda", "--amp"] if self.cuda else ["--device", "cpu"]
         trained = self.cli("train", TRAIN_TASK, "--data", str(data), "--fold", str(TRAIN_FOLD), "--out", str(run),
-                           "--epochs", "1", "--batch-size", "32", "--no-curriculum", "--device", self.device, *amp,
+                           "--epochs", "1", "--batch-size", "32", "--no-curriculum", *device,
                            "--no-progress", "--json", limit_s=600)
         report = self.json_of(trained) if trained.ok else None
         best = run / "best.pt"
@@ -591,8 +617,8 @@ class GpuCheck:
         top1 = (report.get("best") or {}).get("test_top1")
         step.data = {"epochs": report.get("epochs"), "fold": report.get("fold"), "test_top1": top1,
                      "train_seconds": trained.seconds}
-        step.detail = (f"{TRAIN_TASK} f={TRAIN_FOLD}, 1 epoch{' with AMP' if amp else ''} in {trained.seconds:.1f} s"
-                       f", wrote best.pt")
+        amp = " with AMP" if self.cuda else ""
+        step.detail = f"{TRAIN_TASK} f={TRAIN_FOLD}, 1 epoch{amp} in {trained.seconds:.1f} s, wrote best.pt"
 
     def write_video(self, path: Path) -> int:
         """A small video of random noise blocks; OpenCV (on the GPU machine) or PyAV via foldedcnns."""
@@ -649,25 +675,34 @@ class GpuCheck:
 
     # ---- headline
 
-    def bench(self, name: str, tasks: Sequence[str], *, folds: Sequence[int], batch_sizes: Sequence[int],
-              backends: Sequence[str], precisions: Sequence[str], seconds: float, limit_s: float) -> tuple[bool, str]:
-        """One ``foldedcnns bench`` call; its CSV joins bench.csv. Returns (ok, one-line detail)."""
-        csv_path = self.work / "bench" / f"{slug(name)}.csv"
+    def bench(self, stage: str, tasks: Sequence[str], *, folds: Sequence[int], batch_sizes: Sequence[int],
+              backends: Sequence[str], precisions: Sequence[str], seconds: float, limit_s: float,
+              failures: list[str]) -> float | None:
+        """One ``foldedcnns bench`` call; its CSV joins bench.csv. Returns its wall seconds, or None when it
+        failed (added to ``failures``) or was cut by the budget (a notice)."""
+        self.bench_calls += 1
+        name = f"{stage} {tasks[0]}" if len(tasks) == 1 else stage
+        csv_path = self.work / "bench" / f"{self.bench_calls:03d}-{slug(name)}.csv"
         csv_path.parent.mkdir(parents=True, exist_ok=True)
-        result = self.cli("bench", "--tasks", *tasks, "--folds", ",".join(map(str, folds)),
-                          "--batch-sizes", ",".join(map(str, batch_sizes)), "--backends", ",".join(backends),
-                          "--precisions", ",".join(precisions), "--device", self.device,
-                          "--trials", str(self.plan.trials), "--seconds", f"{seconds:.3f}", "--peak-seconds", "0",
-                          "--out", str(csv_path), "--json", limit_s=limit_s)
+        result = self.cli("bench", "--tasks", *tasks, "--folds", _join(folds), "--batch-sizes", _join(batch_sizes),
+                          "--backends", ",".join(backends), "--precisions", ",".join(precisions),
+                          "--device", self.device, "--trials", str(self.plan.trials), "--seconds", f"{seconds:.3f}",
+                          "--peak-seconds", "0", "--out", str(csv_path), "--json", limit_s=limit_s)
         report = self.json_of(result) if result.ok else None
         if isinstance(report, dict):
             for text in report.get("notices", []):
                 self.notice(text)
+        self.stage(stage, tasks, f"f={_join(folds)} {'/'.join(backends)} {'/'.join(precisions)} "
+                   f"B={_join(batch_sizes)} trials={self.plan.trials} s={seconds:.3f}", result.seconds)
         if result.ok and csv_path.is_file():
             self.bench_csvs.append(csv_path)
             self.merge_bench()
-            return True, f"{len(read_bench_csv(csv_path))} records in {result.seconds:.1f} s"
-        return False, result.why()
+            return result.seconds
+        if result.budget_cut:
+            self.notice(f"headline: {name} cut by the budget after {result.seconds:.0f} s")
+        else:
+            failures.append(f"{name}: {result.why()}")
+        return None
 
     def bench_rows(self) -> list[dict[str, str]]:
         rows: list[dict[str, str]] = []
@@ -691,48 +726,8 @@ class GpuCheck:
             if dropped:
                 self.notice(f"skipped {', '.join(dropped)} on {self.device}: CUDA only")
         failures: list[str] = []
-        n_core = len(plan.folds) * len(backends) * len(plan.precisions) * len(plan.batch_sizes)
-        n_fp32 = len(backends) * len(plan.batch_sizes)
-        # core: about 60 % of what is left, the rest for fp32 originals, compile and larger batches
-        measured: list[str] = []
-        seconds = choose_seconds(0.6 * self.remaining(), len(self.tasks), n_core, plan)
-        for i, task in enumerate(self.tasks):
-            cost = bench_cost(n_core, plan.trials, seconds, plan)
-            if self.remaining() < cost:
-                self.headline["not_measured"] += self.tasks[i:]
-                self.notice(f"headline: budget left for {i} of {len(self.tasks)} tasks; not measured: "
-                            f"{', '.join(self.tasks[i:])}")
-                break
-            start = time.monotonic()
-            ok, detail = self.bench(f"core-{task}", [task], folds=plan.folds, batch_sizes=plan.batch_sizes,
-                                    backends=backends, precisions=plan.precisions, seconds=seconds,
-                                    limit_s=max(3 * cost, 120))
-            spent = time.monotonic() - start
-            self.stage("core", [task], f"f={_join(plan.folds)} {'/'.join(backends)} {'/'.join(plan.precisions)} "
-                       f"B={_join(plan.batch_sizes)} trials={plan.trials} s={seconds:.3f}", spent)
-            if ok:
-                measured.append(task)
-            else:
-                failures.append(f"core {task}: {detail}")
-            left = self.tasks[i + 1:]
-            if left and ok:  # re-fit the timed seconds to what this task's set-up really cost
-                fixed = max(0.0, spent - n_core * plan.trials * (seconds + 0.02))
-                seconds = refit_seconds(0.6 * self.remaining(), len(left), fixed, n_core, plan)
-        # fp32 originals, all measured tasks in one process
-        if measured:
-            seconds_fp32 = plan.seconds[1] if self.args.quick else max(plan.seconds[0], min(plan.seconds[1], seconds))
-            cost = bench_cost(n_fp32 * len(measured), plan.trials, seconds_fp32, plan)
-            if self.remaining() > cost:
-                start = time.monotonic()
-                ok, detail = self.bench("fp32-originals", measured, folds=[1], batch_sizes=plan.batch_sizes,
-                                        backends=backends, precisions=["fp32"], seconds=seconds_fp32,
-                                        limit_s=max(3 * cost, 120))
-                self.stage("fp32 originals", measured, f"f=1 {'/'.join(backends)} fp32 B={_join(plan.batch_sizes)} "
-                           f"s={seconds_fp32:.3f}", time.monotonic() - start)
-                if not ok:
-                    failures.append(f"fp32 originals: {detail}")
-            else:
-                self.notice("headline: no budget left for the fp32 originals")
+        measured = self.core_stage(backends, failures)
+        self.fp32_stage(measured, backends, failures)
         self.compile_stage(measured, failures)
         self.grow_stage(measured, failures)
         rows = self.bench_rows()
@@ -741,59 +736,101 @@ class GpuCheck:
         if failures:
             step.status = "failed"
             step.detail += "; " + "; ".join(failures)
+        elif not measured:
+            step.status = "budget"
+
+    def core_stage(self, backends: Sequence[str], failures: list[str]) -> list[str]:
+        """Every task, one bench call each; the timed seconds are fitted to the budget as it goes."""
+        plan = self.plan
+        n_core = len(plan.folds) * len(backends) * len(plan.precisions) * len(plan.batch_sizes)
+        n_fp32 = len(backends) * len(plan.batch_sizes)
+        fixed = plan.start_s + n_core * plan.prepare_s  # set-up of one call; measured after the first
+        measured: list[str] = []
+        # the core gets CORE_SHARE of what the fp32 originals leave; compile and larger batches the rest.
+        # Every task still runs (at the least timed seconds) while the whole budget allows.
+        fp32_reserve = bench_cost(n_fp32 * len(self.tasks), plan.trials, plan.seconds[0], plan)
+        core_budget, core_start = CORE_SHARE * max(0.0, self.remaining() - fp32_reserve), self.elapsed()
+        for i, task in enumerate(self.tasks):
+            left = len(self.tasks) - i
+            share = core_budget - (self.elapsed() - core_start)
+            seconds = refit_seconds(share, left, fixed, n_core, plan)
+            cost = fixed + n_core * plan.trials * (seconds + 0.02)
+            available = self.remaining() - bench_cost(n_fp32 * left, plan.trials, plan.seconds[0], plan)
+            if available < cost:
+                self.headline["not_measured"] += self.tasks[i:]
+                self.notice(f"headline: budget left for {i} of {len(self.tasks)} tasks; not measured: "
+                            f"{', '.join(self.tasks[i:])}")
+                break
+            spent = self.bench("core", [task], folds=plan.folds, batch_sizes=plan.batch_sizes,
+                               backends=backends, precisions=plan.precisions, seconds=seconds,
+                               limit_s=max(3 * cost, 120), failures=failures)
+            if spent is not None:
+                measured.append(task)
+                self.core_seconds = seconds
+                fixed = max(1.0, spent - n_core * plan.trials * (seconds + 0.02))
+        return measured
+
+    def fp32_stage(self, measured: Sequence[str], backends: Sequence[str], failures: list[str]) -> None:
+        """The originals in fp32, every measured task in one bench call."""
+        plan = self.plan
+        if not measured:
+            return
+        n = len(backends) * len(plan.batch_sizes) * len(measured)
+        seconds = self.core_seconds  # as the fp16/bf16 originals were timed, if the budget allows
+        while seconds > plan.seconds[0] and self.remaining() < bench_cost(n, plan.trials, seconds, plan):
+            seconds = max(plan.seconds[0], seconds / 2)
+        cost = bench_cost(n, plan.trials, seconds, plan)
+        if self.remaining() < cost:
+            self.notice("headline: no budget left for the fp32 originals")
+            return
+        self.bench("fp32 originals", measured, folds=[1], batch_sizes=plan.batch_sizes, backends=backends,
+                   precisions=["fp32"], seconds=seconds, limit_s=max(3 * cost, 120), failures=failures)
 
     def compile_stage(self, measured: Sequence[str], failures: list[str]) -> None:
         """compile at each task's best folded precision and batch size, for fold 1 and the best fold."""
         plan = self.plan
         tasks = list(measured)[:plan.compile_tasks] if plan.compile_tasks is not None else list(measured)
         configs = medians(self.bench_rows())
+        per_compile = plan.compile_s  # measured after the first call
         for i, task in enumerate(tasks):
             best = best_of(configs, model=task, folded=True)
             if best is None:
                 continue
-            cost = bench_cost(2, plan.trials, plan.seconds[1], plan, compiles=2)
+            cost = plan.start_s + 2 * per_compile + 2 * plan.trials * (plan.seconds[1] + 0.02)
             if self.remaining() < cost:
-                self.notice(f"headline: budget left for compile on {i} of {len(tasks)} tasks; skipped "
+                self.notice(f"headline: budget left for compile on {i} of {len(tasks)} tasks; not compiled: "
                             f"{', '.join(tasks[i:])}")
                 return
-            start = time.monotonic()
-            ok, detail = self.bench(f"compile-{task}", [task], folds=[1, best.fold], batch_sizes=[best.batch_size],
-                                    backends=["compile"], precisions=[best.precision], seconds=plan.seconds[1],
-                                    limit_s=max(4 * cost, 180))
-            self.stage("compile", [task], f"f=1,{best.fold} compile {best.precision} B={best.batch_size}",
-                       time.monotonic() - start)
-            if not ok:
-                failures.append(f"compile {task}: {detail}")
+            spent = self.bench("compile", [task], folds=[1, best.fold], batch_sizes=[best.batch_size],
+                               backends=["compile"], precisions=[best.precision], seconds=plan.seconds[1],
+                               limit_s=max(4 * cost, 180), failures=failures)
+            if spent is not None:
+                per_compile = max(1.0, (spent - plan.start_s) / 2)
 
     def grow_stage(self, measured: Sequence[str], failures: list[str]) -> None:
-        """Double the batch size of each task's best folded backend and precision while throughput grows."""
+        """Double the batch size of each task's best folded configuration among the core backends (those
+        timed at several batch sizes) while throughput still grows; one doubling per task per round."""
         plan = self.plan
-        for task in measured:
-            for _ in range(plan.max_grow_steps):
-                configs = medians(self.bench_rows())
+        active = list(measured)
+        for _ in range(plan.max_grow_steps):
+            for task in list(active):
+                configs = [c for c in medians(self.bench_rows()) if c.backend in plan.backends]
                 best = best_of(configs, model=task, folded=True)
-                if best is None:
-                    break
-                by_batch = throughput_by_batch(configs, model=task, backend=best.backend, precision=best.precision,
-                                               fold=best.fold)
+                by_batch = {} if best is None else throughput_by_batch(
+                    configs, model=task, backend=best.backend, precision=best.precision, fold=best.fold)
                 batch = next_batch(by_batch, max_batch=plan.max_batch)
-                if batch is None:
-                    break
+                if best is None or batch is None:
+                    active.remove(task)
+                    continue
                 folds = [1, best.fold]
-                cost = bench_cost(len(folds), plan.trials, plan.seconds[1], plan,
-                                  compiles=len(folds) if best.backend == "compile" else 0)
+                cost = bench_cost(len(folds), plan.trials, self.core_seconds, plan)
                 if self.remaining() < cost:
-                    self.notice(f"headline: no budget left to try batch {batch} for {task}")
+                    self.notice(f"headline: no budget left to try batch {batch} for {task} and later tasks")
                     return
-                start = time.monotonic()
-                ok, detail = self.bench(f"grow-{task}-{batch}", [task], folds=folds, batch_sizes=[batch],
-                                        backends=[best.backend], precisions=[best.precision],
-                                        seconds=plan.seconds[1], limit_s=max(4 * cost, 120))
-                self.stage("larger batch", [task], f"f=1,{best.fold} {best.backend} {best.precision} B={batch}",
-                           time.monotonic() - start)
-                if not ok:
-                    failures.append(f"batch {batch} {task}: {detail}")
-                    break
+                if self.bench("larger batch", [task], folds=folds, batch_sizes=[batch], backends=[best.backend],
+                              precisions=[best.precision], seconds=self.core_seconds, limit_s=max(4 * cost, 120),
+                              failures=failures) is None:
+                    active.remove(task)
 
     # ---- summary
 
@@ -846,8 +883,17 @@ class GpuCheck:
         if not self.args.keep_work and not self.args.work:
             shutil.rmtree(self.work, ignore_errors=True)
         status = self.status()
+        sys.stdout.write((self.out / "summary.md").read_text(encoding="utf-8"))
         print(f"gpu_check: {status} in {self.elapsed():.1f} s; wrote {self.out}/summary.md", file=sys.stderr)
         return 0 if status == "ok" else 1
+
+
+def kill_group(proc: subprocess.Popen[str]) -> None:
+    """End the process group that ``proc`` leads (it was started with ``start_new_session=True``)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
 
 
 def _join(values: Iterable[int]) -> str:
@@ -859,20 +905,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="folder for summary.md, best.csv, bench.csv, steps.json, ...")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (dry run)")
     parser.add_argument("--quick", action="store_true", help="tiny grid: 2 tasks, folds 1-2, tiny batches, 1 trial")
-    parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget in seconds (default 480)")
+    parser.add_argument("--budget-s", type=float, help=f"wall-clock budget in seconds (default {DEFAULT_BUDGET_S:.0f}, "
+                                                       f"with --quick {QUICK_BUDGET_S:.0f})")
     parser.add_argument("--tasks", nargs="+", help="benchmark these tasks instead of every game and NoScope task")
     parser.add_argument("--work", help="scratch folder (default: a temporary one, removed at the end)")
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary scratch folder")
+    parser.add_argument("--skip", nargs="+", default=[], choices=OPTIONAL_STEPS, metavar="STEP",
+                        help=f"leave out steps, from {', '.join(OPTIONAL_STEPS)} (e.g. on a second run)")
     args = parser.parse_args(argv)
     if args.device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", args.device):
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.budget_s is None:
+        args.budget_s = QUICK_BUDGET_S if args.quick else DEFAULT_BUDGET_S
     if args.budget_s <= RESERVE_S:
         parser.error(f"--budget-s must be more than {RESERVE_S:.0f}")
     return args
 
 
+def _terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through GpuCheck.run, which ends the running child's group
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return GpuCheck(parse_args(argv)).main()
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    return GpuCheck(args).main()
 
 
 if __name__ == "__main__":

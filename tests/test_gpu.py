@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GAME_TASK = "lol/goldnumber-fraction"  # 22 x 52 RGB, 11 classes
 NOSCOPE_TASK = "noscope/coral"
 # Largest |cuda-graphs - eager| allowed, relative to max(1, largest |logit|): fp32 allows TF32 convolutions
-# (on by default in cuDNN) and a different (channels-last) kernel choice; fp16 rounds every layer.
-GRAPH_TOLERANCE = {"fp32": 2e-3, "fp16": 2e-2}
+# (on by default in cuDNN) and a different (channels-last) kernel choice; fp16 rounds every layer. A wrong
+# input, a stale graph or bad padding shows as errors of the size of the logits themselves (0.1 and more).
+GRAPH_TOLERANCE = {"fp32": 5e-3, "fp16": 2e-2}
 MIN_AGREEMENT = 0.95  # share of random inputs whose reduced-precision argmax is fp32's
 CLI_TIMEOUT_S = 600
 
@@ -102,7 +103,7 @@ def test_cuda_graphs_replay_matches_eager(task: str, fold: int, precision: str) 
     images = random_images(model, groups * fold, seed=7)
     first = graphs.classify(images)
     graphs.classify(random_images(model, 3, seed=8))
-    assert torch.equal(first, graphs.classify(images))
+    assert max_error(graphs.classify(images), first) <= 1e-6
 
 
 def test_cuda_graphs_matches_fp32_reference_on_cpu(no_tf32: None) -> None:
