@@ -1,7 +1,5 @@
 """Backends give the eager model's logits, refuse what they cannot run with a reason, and leave the model alone."""
 
-import json
-
 import pytest
 import torch
 
@@ -18,16 +16,14 @@ from foldedcnns.runtime.backends import (
     get_backend,
 )
 
-TINY = {"name": "tiny/noscope", "family": "noscope", "out-h": 12, "out-w": 12, "chan-in": 3, "ClassNames": ["0", "1"],
-        "model-architecture": {"nb_filters": 4, "nb_dense": 8, "nb_layers": 2}}
+# torch.compile cases are slow: inductor's first compilation alone takes seconds on 2 CPU cores.
+COMPILE = pytest.param("compile", marks=pytest.mark.slow)
 
 
 @pytest.fixture()
-def model(tmp_path):
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(TINY))
+def model(tiny_noscope_task):
     torch.manual_seed(0)
-    return build_model(str(path), fold=2).eval()
+    return build_model(tiny_noscope_task, fold=2).eval()
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +84,7 @@ def test_cuda_without_a_gpu_is_refused_with_the_fix(model):
         get_backend("eager").prepare(model, torch.zeros(1, *model.config.input_shape), device="cuda")
 
 
-@pytest.mark.parametrize("backend", ["channels-last", "onnxruntime", "compile"])
+@pytest.mark.parametrize("backend", ["channels-last", "onnxruntime", COMPILE])
 def test_per_layer_profile_times_every_layer_and_attributes_flops(model, backend):
     profile = profile_layers(model, backend=backend, batch_size=8, iterations=2)
     kinds = [layer.kind for layer in profile.layers]
@@ -102,10 +98,8 @@ def test_per_layer_profile_times_every_layer_and_attributes_flops(model, backend
 
 
 @pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
-def test_interleaved_profiles_keep_each_models_layers_apart(tmp_path, backend):
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(TINY))
-    models = [build_model(str(path), fold=f).eval() for f in (1, 2)]
+def test_interleaved_profiles_keep_each_models_layers_apart(tiny_noscope_task, backend):
+    models = [build_model(tiny_noscope_task, fold=f).eval() for f in (1, 2)]
     one, two = profile_interleaved(models, backend=backend, batch_size=4, iterations=3, warmup=1)
     assert (one.fold, two.fold) == (1, 2) and (one.images, two.images) == (4, 4)
     for profile, model in ((one, models[0]), (two, models[1])):
@@ -116,6 +110,7 @@ def test_interleaved_profiles_keep_each_models_layers_apart(tmp_path, backend):
         assert all(la.seconds > 0 for la in profile.layers if la.kind == "conv")
 
 
+@pytest.mark.slow  # torch.compile: inductor's first compilation alone takes seconds
 @pytest.mark.parametrize("freeze", [True, False])
 def test_compile_matches_eager_and_freezing_makes_weights_constants(model, freeze):
     x = torch.rand(3, *model.config.input_shape)
@@ -132,7 +127,7 @@ def test_compile_matches_eager_and_freezing_makes_weights_constants(model, freez
     assert changed is not freeze
 
 
-@pytest.mark.parametrize("name", ["eager", "compile"])
+@pytest.mark.parametrize("name", ["eager", COMPILE])
 def test_the_runner_classifies_any_number_of_images_with_own_group_padding(model, name):
     """classify(): pad the last group with its own images, fold, run, unfold; a static-shape backend
     pads every call to its prepared shape and cuts larger ones, so any N works without recompiling."""

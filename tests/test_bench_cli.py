@@ -5,25 +5,12 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 
 from foldedcnns.benchmark.records import CSV_COLUMNS
 from foldedcnns.cli.main import main
-from foldedcnns.models import build_model, get_task
-from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
 
-TINY = {"name": "tiny/game", "family": "game", "out-h": 16, "out-w": 20, "chan-in": 3, "ClassNames": ["a", "b", "c"],
-        "model-architecture": {"template": "1_1_convnet", "conv1_n_feature_maps": 4, "convi_n_feature_maps": 4,
-                               "convn_n_feature_maps": 2}}
 # One thread: on a busy 2-core machine every two-thread op of a tiny model waits for a time slice.
 FAST = ["--warmup", "1", "--iterations", "2", "--peak-seconds", "0", "--threads", "1"]
-
-
-@pytest.fixture()
-def tiny(tmp_path):
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(TINY))
-    return str(path)
 
 
 def run(capsys, *argv):
@@ -32,9 +19,9 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_bench_end_to_end_writes_csv_plot_and_summary(capsys, tmp_path, tiny):
+def test_bench_end_to_end_writes_csv_plot_and_summary(capsys, tmp_path, tiny_task_file):
     out_csv, png = tmp_path / "r.csv", tmp_path / "r.png"
-    code, out, err = run(capsys, "bench", "--tasks", tiny, "--folds", "1,2,3", "--batch-sizes", "8",
+    code, out, err = run(capsys, "bench", "--tasks", tiny_task_file, "--folds", "1,2,3", "--batch-sizes", "8",
                          "--backends", "eager,channels-last,onnxruntime", "--precisions", "fp32,bf16",
                          "--trials", "2", *FAST, "--out", out_csv, "--plot", png)
     assert code == 0, err
@@ -53,8 +40,8 @@ def test_bench_end_to_end_writes_csv_plot_and_summary(capsys, tmp_path, tiny):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_json_and_utilization(capsys, tmp_path, tiny):
-    code, out, _ = run(capsys, "bench", "--tasks", tiny, "--folds", "1,2", "--batch-sizes", "4",
+def test_bench_json_and_utilization(capsys, tmp_path, tiny_task_file):
+    code, out, _ = run(capsys, "bench", "--tasks", tiny_task_file, "--folds", "1,2", "--batch-sizes", "4",
                        "--backends", "eager", "--trials", "1", "--warmup", "0", "--seconds", "0.01", "--threads", "1",
                        "--peak-seconds", "0.01", "--out", tmp_path / "r.csv", "--json")
     data = json.loads(out)
@@ -66,10 +53,10 @@ def test_bench_json_and_utilization(capsys, tmp_path, tiny):
     assert data["machine"]["torch"] == torch.__version__
 
 
-def test_bench_errors_are_one_line(capsys, tmp_path, tiny):
-    code, _, err = run(capsys, "bench", "--tasks", tiny, "--backends", "turbo", "--out", tmp_path / "r.csv")
+def test_bench_errors_are_one_line(capsys, tmp_path, tiny_task_file):
+    code, _, err = run(capsys, "bench", "--tasks", tiny_task_file, "--backends", "turbo", "--out", tmp_path / "r.csv")
     assert code == 1 and "unknown backend turbo" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run(capsys, "bench", "--tasks", tiny, "--backends", "cuda-graphs", *FAST,
+    code, _, err = run(capsys, "bench", "--tasks", tiny_task_file, "--backends", "cuda-graphs", *FAST,
                        "--out", tmp_path / "r.csv")
     assert code == 1 and "every configuration was skipped" in err
     assert "notice: skipped cuda-graphs fp32 on cpu: CUDA graphs need --device cuda" in err
@@ -82,19 +69,10 @@ def test_peak_command(capsys):
     assert code == 0 and peak["precision"] == "fp32" and peak["flops_per_sec"] > 0
 
 
-def _image_folder(root, spec, per_class=3):
-    for k, name in enumerate(spec.class_names):
-        folder = root / "test" / name
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            pixels = torch.full((spec.height, spec.width, 3), 40 * k + i, dtype=torch.uint8).numpy()
-            Image.fromarray(pixels).save(folder / f"{i}.png")
-
-
-def test_tune_checkpoint_with_data_reports_accuracy_cost_and_a_recommendation(capsys, tmp_path, tiny):
-    spec = get_task(tiny)
-    ckpt = save_checkpoint(tmp_path / "m.pt", make_checkpoint(build_model(spec, fold=2)))
-    _image_folder(tmp_path / "data", spec)
+def test_tune_checkpoint_with_data_reports_accuracy_cost_and_a_recommendation(capsys, tmp_path, tiny_task,
+                                                                             tiny_checkpoint, image_folder):
+    ckpt = tiny_checkpoint(2)
+    image_folder(tiny_task, {"test": 3})
     out_csv = tmp_path / "final.csv"
     code, out, err = run(capsys, "tune", ckpt, "--backends", "eager,onnxruntime", "--precisions", "fp32,bf16",
                          "--batch-sizes", "4,8", "--trials", "2", "--screen-seconds", "0.01", "--seconds", "0.01",
@@ -111,8 +89,8 @@ def test_tune_checkpoint_with_data_reports_accuracy_cost_and_a_recommendation(ca
         assert {r["Trial"] for r in csv.DictReader(handle)} == {"1", "2"}
 
 
-def test_tune_task_with_data_is_refused(capsys, tmp_path, tiny):
-    code, _, err = run(capsys, "tune", tiny, "--data", tmp_path)
+def test_tune_task_with_data_is_refused(capsys, tmp_path, tiny_task_file):
+    code, _, err = run(capsys, "tune", tiny_task_file, "--data", tmp_path)
     assert code == 1 and "needs trained weights" in err
 
 

@@ -1,7 +1,5 @@
 """The benchmark runner with stub backends: interleaving, skipping, batch rounding, FLOPs/sec, peaks."""
 
-import json
-
 import pytest
 import torch
 
@@ -9,19 +7,13 @@ from foldedcnns.analysis import flops_per_image
 from foldedcnns.benchmark.peak import Peak
 from foldedcnns.benchmark.runner import BenchConfig, model_entries, run_benchmark
 from foldedcnns.errors import ConfigError
-from foldedcnns.models import get_task
 from foldedcnns.runtime.backends import Backend, BackendUnavailable, Prepared
-
-TINY = {"name": "tiny/game", "family": "game", "out-h": 16, "out-w": 20, "chan-in": 3, "ClassNames": ["a", "b", "c"],
-        "model-architecture": {"template": "1_1_convnet", "conv1_n_feature_maps": 4, "convi_n_feature_maps": 4,
-                               "convn_n_feature_maps": 2}}
 
 
 @pytest.fixture()
-def tiny(tmp_path):
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(TINY))
-    return str(path)
+def tiny(tiny_task_file):
+    """The tiny task as the benchmark takes it: the path of its description, a string."""
+    return str(tiny_task_file)
 
 
 class StubBackend(Backend):
@@ -100,15 +92,11 @@ def test_flops_per_sec_is_per_image_flops_times_throughput_and_utilization_uses_
     assert run.peaks == {"fp32": peak}
 
 
-def test_compound_tasks_bring_their_original_and_checkpoints_keep_their_fold(tmp_path):
+def test_compound_tasks_bring_their_original_and_checkpoints_keep_their_fold(tiny_checkpoint):
     entries = model_entries(["compound/lol/goldnumber-fraction"], (1, 2, 3, 4))
     assert [(e.model, e.config.mode, e.config.fold) for e in entries] == [
         ("lol/goldnumber-fraction", "Original", 1), ("lol/goldnumber-fraction", "Compound", 1)]
-    from foldedcnns.models import build_model
-    from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
-
-    ckpt = save_checkpoint(tmp_path / "m.pt", make_checkpoint(build_model(get_task("noscope/coral"), fold=3)))
-    entries = model_entries([str(ckpt)], (1, 2, 4))
+    entries = model_entries([str(tiny_checkpoint(3))], (1, 2, 4))
     assert [(e.config.mode, e.config.fold) for e in entries] == [("Original", 1), ("Folded", 3)]
 
 

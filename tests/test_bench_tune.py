@@ -1,6 +1,5 @@
 """tune's three-stage search, with a stub backend whose speed is known in advance (a fake clock)."""
 
-import json
 import types
 
 import pytest
@@ -11,9 +10,6 @@ from foldedcnns.benchmark.tune import TuneConfig, tune
 from foldedcnns.errors import ConfigError
 from foldedcnns.runtime.backends import Backend, Prepared
 
-TINY = {"name": "tiny/game", "family": "game", "out-h": 16, "out-w": 20, "chan-in": 3, "ClassNames": ["a", "b", "c"],
-        "model-architecture": {"template": "1_1_convnet", "conv1_n_feature_maps": 4, "convi_n_feature_maps": 4,
-                               "convn_n_feature_maps": 2}}
 CALL_OVERHEAD = 0.002  # seconds per call: bigger batches are faster per image
 
 
@@ -49,10 +45,9 @@ class SleepBackend(Backend):
 
 
 @pytest.fixture()
-def tiny(tmp_path):
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(TINY))
-    return str(path)
+def tiny(tiny_task_file):
+    """The tiny task as tune takes it: the path of its description, a string."""
+    return str(tiny_task_file)
 
 
 def tune_config(tiny, **kw):

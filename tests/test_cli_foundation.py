@@ -36,9 +36,8 @@ def test_flops_json(capsys):
     assert {"task", "fold", "params"} <= set(data)
 
 
-def test_flops_per_layer_and_description(capsys, tmp_path):
-    desc = tmp_path / "d.json"
-    desc.write_text(json.dumps({"name": "u/t", "out-h": 20, "out-w": 30, "ClassNames": ["a", "b", "c"]}))
+def test_flops_per_layer_and_description(capsys, game_task, task_file):
+    desc = task_file(game_task("u/t", 20, 30))
     code, out, _ = run(capsys, "flops", "--description", str(desc), "--fold", "2", "--per-layer", "--json")
     data = json.loads(out)
     assert code == 0 and data["task"] == "u/t" and data["input_shape"] == [6, 20, 30]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,22 +15,12 @@ from foldedcnns.data.imageio import read_image, resize_nearest, write_png
 from foldedcnns.errors import DataError
 from foldedcnns.utils.atomic import atomic_directory
 
-
-def make_folder(root: Path, counts: dict[str, int], size: tuple[int, int] = (6, 8)) -> dict[str, list[np.ndarray]]:
-    """Write ``counts[class]`` PNGs per class; pixel values encode (class, image) so labels can be checked."""
-    written: dict[str, list[np.ndarray]] = {}
-    for k, (name, n) in enumerate(counts.items()):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            image = np.full((*size, 3), 10 * k + i, dtype=np.uint8)
-            image[0, 0] = (255, 0, 0)
-            write_png(root / name / f"{i}.png", image)
-            written.setdefault(name, []).append(image)
-    return written
+# The conftest's class_folders(root, counts, size=(6, 8)) writes root/<class>/<i>.png and returns the images.
+ClassFolders = Callable[..., dict[str, list[np.ndarray]]]
 
 
-def test_find_classes_sorted(tmp_path: Path) -> None:
-    make_folder(tmp_path, {"b": 1, "a": 1, "10": 1, "2": 1})
+def test_find_classes_sorted(tmp_path: Path, class_folders: ClassFolders) -> None:
+    class_folders(tmp_path, {"b": 1, "a": 1, "10": 1, "2": 1})
     (tmp_path / ".hidden").mkdir()
     classes, index = find_classes(tmp_path)
     assert classes == ["10", "2", "a", "b"]
@@ -43,8 +34,8 @@ def test_find_classes_errors(tmp_path: Path) -> None:
         find_classes(tmp_path)
 
 
-def test_items_labels_and_tensors(tmp_path: Path) -> None:
-    written = make_folder(tmp_path, {"cat": 2, "dog": 3})
+def test_items_labels_and_tensors(tmp_path: Path, class_folders: ClassFolders) -> None:
+    written = class_folders(tmp_path, {"cat": 2, "dog": 3})
     (tmp_path / "cat" / "notes.txt").write_text("not an image")
     (tmp_path / "cat" / ".DS_Store").write_bytes(b"\0")
     data = ImageFolder(tmp_path)
@@ -59,8 +50,8 @@ def test_items_labels_and_tensors(tmp_path: Path) -> None:
     assert torch.equal(x[3], image)
 
 
-def test_cache_keeps_decoded_images(tmp_path: Path) -> None:
-    make_folder(tmp_path, {"a": 2, "b": 2})
+def test_cache_keeps_decoded_images(tmp_path: Path, class_folders: ClassFolders) -> None:
+    class_folders(tmp_path, {"a": 2, "b": 2})
     cached = ImageFolder(tmp_path, cache=True)
     uncached = ImageFolder(tmp_path, cache=False)
     first = cached[0][0]
@@ -72,16 +63,16 @@ def test_cache_keeps_decoded_images(tmp_path: Path) -> None:
         uncached[0]
 
 
-def test_given_classes_set_label_order(tmp_path: Path) -> None:
-    make_folder(tmp_path, {"other": 1, "0": 1, "9": 1})
+def test_given_classes_set_label_order(tmp_path: Path, class_folders: ClassFolders) -> None:
+    class_folders(tmp_path, {"other": 1, "0": 1, "9": 1})
     data = ImageFolder(tmp_path, classes=["9", "0", "other"])
     assert data.classes == ["9", "0", "other"]
     labels = {Path(p).parent.name: t for p, t in data.samples}
     assert labels == {"9": 0, "0": 1, "other": 2}
 
 
-def test_unknown_and_missing_class_folders(tmp_path: Path) -> None:
-    make_folder(tmp_path, {"0": 1, "1": 1, "cow": 1})
+def test_unknown_and_missing_class_folders(tmp_path: Path, class_folders: ClassFolders) -> None:
+    class_folders(tmp_path, {"0": 1, "1": 1, "cow": 1})
     with pytest.raises(DataError, match="not classes of the task: 'cow'"):
         ImageFolder(tmp_path, classes=["0", "1"])
     with pytest.raises(DataError, match="no folder for classes '2'"):
@@ -90,22 +81,22 @@ def test_unknown_and_missing_class_folders(tmp_path: Path) -> None:
     assert sorted(set(data.targets)) == [0, 1, 3]
 
 
-def test_index_folders_map_to_class_names(tmp_path: Path) -> None:
-    make_folder(tmp_path, {"0": 2, "1": 1})  # the original NoScope layout
+def test_index_folders_map_to_class_names(tmp_path: Path, class_folders: ClassFolders) -> None:
+    class_folders(tmp_path, {"0": 2, "1": 1})  # the original NoScope layout
     data = ImageFolder(tmp_path, classes=["no_person", "person"])
     assert data.targets == [0, 0, 1]
 
 
-def test_empty_class_folder(tmp_path: Path) -> None:
-    make_folder(tmp_path, {"a": 1})
+def test_empty_class_folder(tmp_path: Path, class_folders: ClassFolders) -> None:
+    class_folders(tmp_path, {"a": 1})
     (tmp_path / "b").mkdir()
     with pytest.raises(DataError, match=r"without images.*'b'"):
         ImageFolder(tmp_path)
     assert len(ImageFolder(tmp_path, allow_empty=True)) == 1
 
 
-def test_corrupt_image_names_the_file(tmp_path: Path) -> None:
-    make_folder(tmp_path, {"a": 2})
+def test_corrupt_image_names_the_file(tmp_path: Path, class_folders: ClassFolders) -> None:
+    class_folders(tmp_path, {"a": 2})
     good = (tmp_path / "a" / "0.png").read_bytes()
     (tmp_path / "a" / "1.png").write_bytes(good[: len(good) // 2])
     data = ImageFolder(tmp_path)
@@ -118,8 +109,8 @@ def test_corrupt_image_names_the_file(tmp_path: Path) -> None:
         ImageFolder(tmp_path).tensors()
 
 
-def test_wrong_size_is_an_error_unless_size_given(tmp_path: Path) -> None:
-    make_folder(tmp_path, {"a": 2}, size=(6, 8))
+def test_wrong_size_is_an_error_unless_size_given(tmp_path: Path, class_folders: ClassFolders) -> None:
+    class_folders(tmp_path, {"a": 2}, size=(6, 8))
     big = np.arange(12 * 16 * 3, dtype=np.uint8).reshape(12, 16, 3)
     write_png(tmp_path / "a" / "9.png", big)
     with pytest.raises(DataError, match=r"9\.png is 12x16 but the others are 6x8"):

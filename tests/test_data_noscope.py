@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,9 @@ from foldedcnns.data.noscope import (
     split_frames,
     split_params,
 )
-from foldedcnns.data.video import write_video
 from foldedcnns.errors import ConfigError, DataError
 
-FRAMES, HEIGHT, WIDTH, STEP = 30, 48, 64, 8
+FRAMES, STEP = 30, 8  # the conftest's tiny_video: 30 frames of 48 x 64, frame i is grey 8 * i
 PERSON_FRAMES = {1, 2, 7, 9, 10, 13, 20}
 CSV_LAST_FRAME = 23  # labels cover frames 0..23: chunks of 1/8 are 3 frames
 
@@ -44,11 +44,9 @@ def write_csv(path: Path, last_frame: int = CSV_LAST_FRAME) -> Path:
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("noscope") / "clip.mp4"
-    frames = [np.full((HEIGHT, WIDTH, 3), STEP * i, dtype=np.uint8) for i in range(FRAMES)]
-    write_video(path, frames, options={"preset": "ultrafast"})
-    return path
+def video(tiny_video: Callable[..., Path]) -> Path:
+    """The tiny video without its red block, so a frame's mean grey gives its index."""
+    return tiny_video(count=FRAMES, marker=False)
 
 
 def grey_index(image: np.ndarray) -> int:

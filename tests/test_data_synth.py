@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from foldedcnns.data.synth import (
     split_counts,
 )
 from foldedcnns.errors import ConfigError, DataError
-from foldedcnns.models import get_task, list_models, spec_from_dict
+from foldedcnns.models import TaskSpec, get_task, list_models
 
 GAME_TASKS = [t for t in list_models() if not t.startswith("compound/") and get_task(t).family == "game"]
 
@@ -42,18 +43,18 @@ def test_render_batch_shapes_and_determinism(task: str) -> None:
     assert all(img.std() > 5 for img in a)  # no blank crops: text, icons or clutter on a textured panel
 
 
-def test_generic_fallback_for_user_tasks() -> None:
-    spec = spec_from_dict({"name": "mygame/ammo", "out-h": 20, "out-w": 40, "ClassNames": ["A", "BB", "other"]})
+def test_generic_fallback_for_user_tasks(game_task: Callable[..., TaskSpec]) -> None:
+    spec = game_task("mygame/ammo", 20, 40, ("A", "BB", "other"))
     images = render_batch(spec, [0, 1, 2, 2], 0)
     assert images.shape == (4, 20, 40, 3)
 
 
-def test_render_batch_rejects_bad_input() -> None:
+def test_render_batch_rejects_bad_input(game_task: Callable[..., TaskSpec]) -> None:
     with pytest.raises(ConfigError, match=r"game tasks only.*noscope"):
         render_batch("noscope/coral", [0], 0)
     with pytest.raises(ConfigError, match=r"label 11 is not a class .*0\.\.10"):
         render_batch("lol/goldnumber-fraction", [11], 0)
-    bad = spec_from_dict({"name": "g/x", "out-h": 10, "out-w": 10, "ClassNames": ["a/b", "c"]})
+    bad = game_task("g/x", classes=("a/b", "c"))
     with pytest.raises(ConfigError, match="cannot be folder names"):
         render_batch(bad, [0], 0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +13,10 @@ pytest.importorskip("av")
 from foldedcnns.data.video import iter_frames, write_video
 from foldedcnns.errors import ConfigError, DataError, ShapeError
 
+# The conftest's tiny_video: frame i is (mostly) grey 8*i, so indices can be read back, with a red 16x16
+# block at the top left.
 FRAMES, HEIGHT, WIDTH = 30, 48, 64
-STEP = 8  # grey level per frame index: frame i is (mostly) grey 8*i, so indices can be read back
-
-
-def level_frames(n: int = FRAMES) -> list[np.ndarray]:
-    frames = []
-    for i in range(n):
-        frame = np.full((HEIGHT, WIDTH, 3), STEP * i, dtype=np.uint8)
-        frame[:16, :16] = (250, 20, 20)  # a red block at the top left
-        frames.append(frame)
-    return frames
+STEP = 8  # grey level per frame index
 
 
 def grey(frame: np.ndarray) -> int:
@@ -31,10 +25,8 @@ def grey(frame: np.ndarray) -> int:
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    assert write_video(path, level_frames(), options={"preset": "ultrafast"}) == FRAMES
-    return path
+def video(tiny_video: Callable[..., Path]) -> Path:
+    return tiny_video(count=FRAMES)
 
 
 @pytest.mark.parametrize("backend", ["pyav", "opencv"])
@@ -90,18 +82,8 @@ def test_missing_and_unreadable_files_fail_before_any_frame(tmp_path: Path) -> N
         iter_frames(junk, start=5, end=5)
 
 
-def test_truncated_video_yields_good_frames_then_fails(tmp_path: Path) -> None:
-    path = tmp_path / "fast.mp4"
-    write_video(path, level_frames(), options={"preset": "ultrafast"})  # index first (faststart below)
-    streamable = tmp_path / "streamable.mp4"
-    import av
-
-    with av.open(str(path)) as src, av.open(str(streamable), "w", options={"movflags": "faststart"}) as dst:
-        stream = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(src.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                dst.mux(packet)
+def test_truncated_video_yields_good_frames_then_fails(tmp_path: Path, tiny_video: Callable[..., Path]) -> None:
+    streamable = tiny_video(count=FRAMES, faststart=True)  # index first, so the cut file still opens
     data = streamable.read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) * 2 // 3])

@@ -3,24 +3,24 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from foldedcnns.cli.main import main
 from foldedcnns.inference.export import ort_session, read_onnx_config
-from foldedcnns.models import build_model
-from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
+from foldedcnns.runtime.checkpoint import model_from_checkpoint
 
 
-def test_export_onnx_matches_pytorch_and_describes_itself(tmp_path, capsys):
-    torch.manual_seed(0)
-    model = build_model("sot/timer3", fold=3)
-    ckpt = save_checkpoint(tmp_path / "f3.pt", make_checkpoint(model))
+@pytest.mark.slow  # ONNX export, check and an ONNX Runtime session: 1.5-3 s on 2 cores
+def test_export_onnx_matches_pytorch_and_describes_itself(tmp_path, capsys, tiny_checkpoint):
+    ckpt = tiny_checkpoint(3, task="sot/timer3")
+    model, _ = model_from_checkpoint(ckpt)
     out = tmp_path / "model.onnx"
     assert main(["export", str(ckpt), "--format", "onnx", "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["max_abs_diff"] < 1e-4 and report["input_shape"] == [-1, 9, 22, 30]
     assert report["output_shape"] == [-1, 81]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f3.pt", "model.onnx"]  # no side .data file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no side .data file
     config = read_onnx_config(out)
     assert config.fold == 3 and config.task.name == "sot/timer3"
     session = ort_session(out)

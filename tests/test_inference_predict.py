@@ -5,38 +5,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from foldedcnns.cli.main import main
+from foldedcnns.data.video import iter_frames
 from foldedcnns.inference import Predictor
 from foldedcnns.inference.pipeline import run_predict
-from foldedcnns.models import build_model, get_task, spec_from_dict
-from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
-
-# A tiny game CNN on 22 x 52 RGB images with the classes of lol/goldnumber-fraction (0-9, other).
-TINY = {"name": "tiny/digits", "family": "game", "out-h": 22, "out-w": 52,
-        "ClassNames": [*map(str, range(10)), "other"],
-        "model-architecture": {"template": "1_1_convnet", "n-conv-units": 0, "conv1_n_feature_maps": 4,
-                               "convn_n_feature_maps": 4}}
+from foldedcnns.models import get_task
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "f4.pt"
-    return save_checkpoint(path, make_checkpoint(build_model(spec_from_dict(TINY), fold=4)))
-
-
-def write_images(folder: Path, names: list[str], size=(22, 52), seed=0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = []
-    for name in names:
-        image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / name)
-        images.append(image)
-    return images
+def ckpt(tiny_checkpoint, tiny_digits_task) -> Path:
+    """The tiny CNN on 22 x 52 RGB images with the classes of lol/goldnumber-fraction (0-9, other), f = 4."""
+    return tiny_checkpoint(4, task=tiny_digits_task)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -44,9 +25,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_image_folder_gives_one_row_per_image_in_sorted_order(ckpt, tmp_path, capsys):
+def test_image_folder_gives_one_row_per_image_in_sorted_order(ckpt, image_files, tmp_path, capsys):
     names = ["b.png", "a.png", "sub/c.png", "sub/a.jpg", "z.bmp", "y.png", "x.png"]
-    write_images(tmp_path / "imgs", names)
+    image_files(tmp_path / "imgs", names)
     out = tmp_path / "preds.csv"
     assert main(["predict", str(ckpt), str(tmp_path / "imgs"), "--out", str(out), "--batch-size", "4",
                  "--no-progress"]) == 0
@@ -63,9 +44,9 @@ def test_image_folder_gives_one_row_per_image_in_sorted_order(ckpt, tmp_path, ca
     assert "end-to-end" in report and "decode only" in report and "model only" in report
 
 
-def test_glob_and_several_inputs_write_one_csv_each(ckpt, tmp_path):
-    write_images(tmp_path / "a", [f"{i}.png" for i in range(5)])
-    write_images(tmp_path / "b", [f"{i}.png" for i in range(3)], seed=1)
+def test_glob_and_several_inputs_write_one_csv_each(ckpt, image_files, tmp_path):
+    image_files(tmp_path / "a", [f"{i}.png" for i in range(5)])
+    image_files(tmp_path / "b", [f"{i}.png" for i in range(3)], seed=1)
     (tmp_path / "b" / "notes.txt").write_text("not an image")
     report = run_predict(ckpt, [str(tmp_path / "a"), str(tmp_path / "b" / "*.png")], tmp_path / "out",
                          profile_frames=0)
@@ -76,9 +57,9 @@ def test_glob_and_several_inputs_write_one_csv_each(ckpt, tmp_path):
                  str(tmp_path / "x.csv")]) == 1
 
 
-def test_unreadable_image_keeps_the_rows_before_it(ckpt, tmp_path, capsys):
+def test_unreadable_image_keeps_the_rows_before_it(ckpt, image_files, tmp_path, capsys):
     names = [f"{i:03d}.png" for i in range(10)]
-    write_images(tmp_path / "imgs", names)
+    image_files(tmp_path / "imgs", names)
     (tmp_path / "imgs" / "005.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     out = tmp_path / "preds.csv"
     assert main(["predict", str(ckpt), str(tmp_path / "imgs"), "--out", str(out), "--batch-size", "4",
@@ -89,13 +70,13 @@ def test_unreadable_image_keeps_the_rows_before_it(ckpt, tmp_path, capsys):
     assert [Path(r["path"]).name for r in read_csv(out)] == names[:5]
 
 
-def test_labelled_folder_of_another_task_is_refused(ckpt, tmp_path, capsys):
+def test_labelled_folder_of_another_task_is_refused(ckpt, image_files, tmp_path, capsys):
     coral = get_task("noscope/coral")
-    write_images(tmp_path / "coral", [f"{c}/0.png" for c in coral.class_names], size=(50, 50))
+    image_files(tmp_path / "coral", [f"{c}/0.png" for c in coral.class_names], size=(50, 50))
     assert main(["predict", str(ckpt), str(tmp_path / "coral"), "--out", str(tmp_path / "p.csv")]) == 1
     err = capsys.readouterr().err
     assert "labelled with classes (no_person, person) that task tiny/digits does not have" in err
-    write_images(tmp_path / "apex", ["0/0.png", "1/0.png"], size=(19, 25))
+    image_files(tmp_path / "apex", ["0/0.png", "1/0.png"], size=(19, 25))
     assert main(["predict", str(ckpt), str(tmp_path / "apex"), "--out", str(tmp_path / "p.csv")]) == 1
     assert "are 25x19 but task tiny/digits reads 52x22 images" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()
@@ -104,10 +85,10 @@ def test_labelled_folder_of_another_task_is_refused(ckpt, tmp_path, capsys):
     assert len(read_csv(tmp_path / "p.csv")) == 2
 
 
-def test_missing_input_and_bad_batch_size_are_one_line_errors(ckpt, tmp_path, capsys):
+def test_missing_input_and_bad_batch_size_are_one_line_errors(ckpt, image_files, tmp_path, capsys):
     assert main(["predict", str(ckpt), str(tmp_path / "nothing.mp4"), "--out", str(tmp_path / "p.csv")]) == 1
     assert "does not exist" in capsys.readouterr().err
-    write_images(tmp_path / "imgs", ["0.png"])
+    image_files(tmp_path / "imgs", ["0.png"])
     assert main(["predict", str(ckpt), str(tmp_path / "imgs"), "--out", str(tmp_path / "p.csv"),
                  "--batch-size", "6"]) == 1
     assert "pass 4 or 8" in capsys.readouterr().err
@@ -123,22 +104,9 @@ def moving_frames(count: int, height: int = 48, width: int = 64):
         yield frame
 
 
-def write_faststart_mp4(path: Path, count: int) -> None:
-    """H.264 MP4 with its index first, so a file cut short still opens and decodes up to the cut."""
-    av = pytest.importorskip("av")
-    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for frame in moving_frames(count):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-
-
-def test_video_of_2000_frames_gives_exactly_one_row_per_frame_in_order(ckpt, tmp_path):
-    from foldedcnns.data.video import iter_frames, write_video
-
-    video = tmp_path / "clip.mp4"
-    assert write_video(video, moving_frames(2000)) == 2000
+@pytest.mark.slow
+def test_video_of_2000_frames_gives_exactly_one_row_per_frame_in_order(ckpt, tmp_path, tiny_video):
+    video = tiny_video(moving_frames(2000))
     out = tmp_path / "clip.csv"
     assert main(["predict", str(ckpt), str(video), "--out", str(out), "--no-progress", "--profile-frames", "0"]) == 0
     rows = read_csv(out)
@@ -150,9 +118,8 @@ def test_video_of_2000_frames_gives_exactly_one_row_per_frame_in_order(ckpt, tmp
     assert len(set(reference.labels.tolist())) > 1
 
 
-def test_truncated_video_keeps_the_rows_of_every_good_frame(ckpt, tmp_path, capsys):
-    video = tmp_path / "clip.mp4"
-    write_faststart_mp4(video, 300)
+def test_truncated_video_keeps_the_rows_of_every_good_frame(ckpt, tmp_path, capsys, tiny_video):
+    video = tiny_video(moving_frames(300), faststart=True)  # index first: the cut file still opens
     full = run_predict(ckpt, [str(video)], tmp_path / "full.csv", batch_size=8, profile_frames=0)
     assert full.results[0].rows == 300 and full.errors == []
     data = video.read_bytes()

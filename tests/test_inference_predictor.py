@@ -8,36 +8,29 @@ from foldedcnns.core.folding import fold, pad_to_multiple, round_batch, unfold_l
 from foldedcnns.data.crop import Crop
 from foldedcnns.errors import ConfigError, DataError, ShapeError
 from foldedcnns.inference import Predictor
-from foldedcnns.models import build_model
 from foldedcnns.models.spec import spec_from_dict
-from foldedcnns.runtime.checkpoint import make_checkpoint
+from foldedcnns.runtime.checkpoint import model_from_checkpoint
 from foldedcnns.runtime.inputs import to_model_input
 
-# A tiny game CNN on 22 x 52 RGB images with 11 classes (the input of lol/goldnumber-fraction).
-TASK = spec_from_dict({"name": "tiny/digits", "family": "game", "out-h": 22, "out-w": 52,
-                       "ClassNames": [*map(str, range(10)), "other"],
-                       "model-architecture": {"template": "1_1_convnet", "n-conv-units": 0,
-                                              "conv1_n_feature_maps": 4, "convn_n_feature_maps": 4}})
 
-
-def checkpoint(fold: int, seed: int = 0) -> dict:
-    torch.manual_seed(seed)
-    return make_checkpoint(build_model(TASK, fold=fold))
+@pytest.fixture
+def checkpoint(tiny_checkpoint, tiny_digits_task):
+    """Factory ``fold -> checkpoint path`` of a tiny CNN on 22 x 52 RGB images with 11 classes."""
+    return lambda fold: tiny_checkpoint(fold, task=tiny_digits_task)
 
 
 def frames(n: int, height: int = 22, width: int = 52, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, height, width, 3), dtype=np.uint8)
 
 
-def test_predicts_one_row_per_image_in_order_with_own_group_padding():
+def test_predicts_one_row_per_image_in_order_with_own_group_padding(checkpoint):
     ckpt = checkpoint(fold=4)
     predictor = Predictor(ckpt, batch_size=8)
     images = frames(7)
     preds = predictor.predict(images)
     assert len(preds) == 7 and preds.probabilities.shape == (7, 11)
     # Reference: groups of 4 from the first image; the last group [4, 5, 6] is padded with image 4.
-    model = build_model(TASK, fold=4, init=False)
-    model.load_state_dict(ckpt["state_dict"])
+    model, _ = model_from_checkpoint(ckpt)
     x = to_model_input(images[[0, 1, 2, 3, 4, 5, 6, 4]], predictor.config.task)
     with torch.no_grad():
         expected = torch.softmax(unfold_logits(model.eval()(fold(x, 4)), 4)[:7], dim=1).numpy()
@@ -48,7 +41,7 @@ def test_predicts_one_row_per_image_in_order_with_own_group_padding():
 
 
 @pytest.mark.parametrize("batch_size", [4, 12, 20])
-def test_predictions_do_not_depend_on_batch_size(batch_size):
+def test_predictions_do_not_depend_on_batch_size(checkpoint, batch_size):
     ckpt, images = checkpoint(fold=4), frames(23)
     reference = Predictor(ckpt, batch_size=8).predict(images)
     preds = Predictor(ckpt, batch_size=batch_size).predict(images)
@@ -62,7 +55,7 @@ def test_padding_repeats_the_last_groups_own_images():
     assert pad_to_multiple(x, 3)[0].flatten().tolist() == list(range(6))
 
 
-def test_images_of_other_sizes_are_cropped_and_resized_like_the_training_data():
+def test_images_of_other_sizes_are_cropped_and_resized_like_the_training_data(checkpoint):
     predictor = Predictor(checkpoint(fold=2), batch_size=4)
     big = frames(3, height=44, width=104, seed=1)
     small = big[:, ::2, ::2]  # nearest-neighbour 2x downscale (OpenCV's rule, the data pipeline's resize)
@@ -84,7 +77,7 @@ def test_normalisation_follows_the_task():
     assert torch.allclose(to_model_input(batch, spec_from_dict(desc)), torch.ones(1, 3, 2, 2))
 
 
-def test_errors_name_the_problem_and_the_fix():
+def test_errors_name_the_problem_and_the_fix(checkpoint):
     with pytest.raises(ConfigError, match="not a multiple of the fold 4; pass 8 or 12"):
         Predictor(checkpoint(fold=4), batch_size=10)
     assert round_batch(10, 4, "exact" if 10 % 4 == 0 else "up") == 12
@@ -103,7 +96,7 @@ def test_errors_name_the_problem_and_the_fix():
 
 
 @pytest.mark.parametrize("backend", ["channels-last", "onnxruntime"])
-def test_backends_of_the_benchmark_predict_like_eager(backend):
+def test_backends_of_the_benchmark_predict_like_eager(checkpoint, backend):
     ckpt, images = checkpoint(fold=4), frames(13)
     reference = Predictor(ckpt, batch_size=8).predict(images)
     preds = Predictor(ckpt, backend=backend, batch_size=8).predict(images)

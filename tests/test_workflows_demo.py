@@ -9,17 +9,17 @@ from foldedcnns.workflows import demo
 
 TINY = demo.DemoSettings(per_class=8, original_epochs=2, epochs=2, slot_warmup=1, bench_batch=16,
                          bench_seconds=0.05, bench_trials=1, peak_seconds=0.05)
-# A user-defined two-class game task with a tiny CNN: the synthetic set draws the class names.
-TWO_CLASSES = {"name": "tiny/letters", "family": "game", "out-h": 16, "out-w": 24, "ClassNames": ["A", "B"],
-               "model-architecture": {"template": "1_1_convnet", "n-conv-units": 0, "conv1_n_feature_maps": 4,
-                                      "convn_n_feature_maps": 4}}
+
+
+class Stop(Exception):
+    """Raised from the demo's phase callback to end a rerun once its data phase is over."""
 
 
 @pytest.mark.slow
-def test_demo_prints_the_table_and_writes_the_report(tmp_path, monkeypatch, capsys):
+def test_demo_prints_the_table_and_writes_the_report(tmp_path, monkeypatch, capsys, game_task, task_file):
     monkeypatch.setattr(demo, "QUICK", TINY)
-    task = tmp_path / "letters.json"
-    task.write_text(json.dumps(TWO_CLASSES))
+    # A user-defined two-class game task with a tiny CNN: the synthetic set draws the class names.
+    task = task_file(game_task("tiny/letters", 16, 24, ("A", "B")), "letters.json")
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--task", str(task), "--fold", "2", "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -35,9 +35,17 @@ def test_demo_prints_the_table_and_writes_the_report(tmp_path, monkeypatch, caps
     # The folder is the demo's: a rerun may use it, and keeps the data drawn with the same settings.
     data = out / demo.DATA_DIR / demo.SYNTH_MANIFEST
     stamp = data.stat().st_mtime_ns
-    assert demo.claim_output(out) == out
-    spec = demo.get_task(str(task))
-    assert demo._synthetic_data(spec, out / demo.DATA_DIR, TINY, 0, False) == report["images"]
+    assert json.loads(data.read_text())["counts"] == report["images"]
+    phases: list[str] = []
+
+    def stop_at_training(text: str) -> None:
+        phases.append(text)
+        if text.startswith("training"):
+            raise Stop(text)
+
+    with pytest.raises(Stop):  # a rerun with the same settings: its data phase keeps the data
+        demo.run_demo(out, task=task, fold=2, settings=TINY, on_phase=stop_at_training)
+    assert len(phases) == 2 and phases[0].startswith("drawing synthetic")
     assert data.stat().st_mtime_ns == stamp
 
 

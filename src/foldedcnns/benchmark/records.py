@@ -1,8 +1,10 @@
 """Benchmark records and their CSV file.
 
 The CSV keeps the original's columns first, ``Model,Trial,Batch Size,Mode,Fold,Throughput,FLOPs/sec,
-TputNorm,FLOPNorm``, then ``Backend,Precision,Device,Utilization`` and finally ``Images`` (the images one
-call really ran: ``Batch Size`` rounded up to a multiple of ``Fold``). ``TputNorm`` and ``FLOPNorm``
+TputNorm,FLOPNorm``, then ``Backend,Precision,Device,Utilization``, ``Images`` (the images one
+call really ran: ``Batch Size`` rounded up to a multiple of ``Fold``) and ``Ops Unit``: what ``FLOPs/sec``
+counts, ``FLOP/s``, or ``int8 OP/s`` (integer multiply-adds x 2) on int8 rows, whose Utilization is
+against the int8 matmul peak (:mod:`foldedcnns.benchmark.peak`). ``TputNorm`` and ``FLOPNorm``
 divide by the Original row (fold 1) of the same model, trial, batch size, backend, precision and
 device; ``Utilization`` is FLOPs/sec over the measured dense-matmul peak of that device and
 precision. A ratio that has no reference is an empty cell.
@@ -17,13 +19,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from foldedcnns.errors import DataError
+from foldedcnns.runtime.backends import is_quantized
 from foldedcnns.utils.atomic import atomic_open
 
-CSV_COLUMNS: tuple[str, ...] = (
+REQUIRED_COLUMNS: tuple[str, ...] = (
     "Model", "Trial", "Batch Size", "Mode", "Fold", "Throughput", "FLOPs/sec", "TputNorm", "FLOPNorm",
     "Backend", "Precision", "Device", "Utilization", "Images",
 )
+CSV_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "Ops Unit")  # read_csv accepts files without the last
 ORIGINAL = "Original"
+
+
+def ops_unit(precision: str) -> str:
+    """What a rate at ``precision`` counts: ``int8 OP/s`` (integer ops) for int8, else ``FLOP/s``."""
+    return "int8 OP/s" if is_quantized(precision) else "FLOP/s"
 
 
 @dataclass(frozen=True)
@@ -67,8 +76,13 @@ class BenchRecord:
             "Fold": str(self.fold), "Throughput": f"{self.throughput:.2f}", "FLOPs/sec": f"{self.flops_per_sec:.6g}",
             "TputNorm": _opt(self.tput_norm, 4), "FLOPNorm": _opt(self.flop_norm, 4), "Backend": self.backend,
             "Precision": self.precision, "Device": self.device, "Utilization": _opt(self.utilization, 4),
-            "Images": str(self.images),
+            "Images": str(self.images), "Ops Unit": self.ops_unit,
         }
+
+    @property
+    def ops_unit(self) -> str:
+        """What ``flops_per_sec`` counts: ``FLOP/s``, or ``int8 OP/s`` on an int8 row."""
+        return ops_unit(self.precision)
 
 
 def _opt(value: float | None, digits: int) -> str:
@@ -121,7 +135,7 @@ def read_csv(path: str | Path) -> list[BenchRecord]:
         raise DataError(f"benchmark CSV {path} does not exist; write one with 'foldedcnns bench --out FILE'")
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise DataError(f"{path} lacks the columns {', '.join(missing)}; pass a CSV written by 'foldedcnns bench'")
         try:

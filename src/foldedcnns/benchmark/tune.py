@@ -12,8 +12,12 @@ The search has three stages, all with the benchmark's protocol (:mod:`foldedcnns
 A checkpoint keeps its own fold (its weights are for that fold); the task's untrained Original is
 timed beside it for the speedup. With ``data`` (a folder with ``test/<class>/<image>``) and a
 checkpoint, each reduced precision of the final winners is evaluated on the test images against
-fp32: accuracy and agreement (same predicted class), so the speed of bf16/fp16 is shown with its
+fp32: accuracy and agreement (same predicted class), so the speed of bf16/fp16/int8 is shown with its
 accuracy cost; ``max_accuracy_drop`` excludes precisions that lose more than that.
+
+``int8`` (``openvino``, ``onnxruntime``) is calibrated on up to 300 seeded images of ``data``'s train
+(else val) split, so its accuracy is measured on test images it was not calibrated on; without
+``data`` it is calibrated on random input and a notice says its accuracy is unknown (throughput only).
 """
 
 from __future__ import annotations
@@ -43,7 +47,16 @@ from foldedcnns.benchmark.runner import (
 from foldedcnns.benchmark.summary import BestRow, best_configs
 from foldedcnns.data.folder import ImageFolder
 from foldedcnns.errors import ConfigError
-from foldedcnns.runtime.backends import DEFAULT_BACKENDS, Backend, Prepared
+from foldedcnns.runtime.backends import (
+    BACKENDS,
+    DEFAULT_BACKENDS,
+    Backend,
+    Prepared,
+    calibrated_registry,
+    calibration_notice,
+    is_quantized,
+    load_calibration,
+)
 from foldedcnns.runtime.device import resolve_device
 from foldedcnns.runtime.inputs import to_model_input
 from foldedcnns.runtime.threads import torch_threads
@@ -219,7 +232,14 @@ def tune(config: TuneConfig, *, registry: Mapping[str, Backend] | None = None, p
     device = resolve_device(config.device)
     with torch_threads(config.threads):
         entries = tune_entries(config)
+        calibration = None
+        if config.data is not None and any(is_quantized(p) for p in config.precisions):
+            calibration = load_calibration(config.data, entries[0].config.task, seed=config.seed)
+        registry = calibrated_registry(BACKENDS if registry is None else registry, calibration)
         cache = PreparedCache(device, registry, on_notice)
+        int8_notice = calibration_notice(config.precisions, calibration)
+        if int8_notice is not None:
+            cache.notice(int8_notice)
         samples = [dict(peaks)] if peaks is not None else [
             measure_peaks(config.precisions, device, config.peak_seconds)]
         costs: list[PrecisionCost] = []

@@ -20,6 +20,7 @@ from foldedcnns.cli.common import (
     resolve_task_arg,
 )
 from foldedcnns.models import build_model
+from foldedcnns.utils.outputs import check_output
 
 
 def run_flops(args: argparse.Namespace) -> int:
@@ -45,6 +46,8 @@ def run_flops(args: argparse.Namespace) -> int:
 
 
 def run_intensity(args: argparse.Namespace) -> int:
+    if args.plot:
+        check_output(args.plot, overwrite=args.overwrite, flag="--plot")
     tasks = list(args.tasks) + ([args.description] if args.description else [])
     tasks = tasks or default_intensity_tasks()
     folds = parse_int_list(args.folds, "--folds")
@@ -116,6 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ai.add_argument("--folds", default="1,2,3,4", help="comma-separated folds (default 1,2,3,4)")
     ai.add_argument("--format", choices=("csv", "table"), default="table")
     ai.add_argument("--plot", metavar="FILE.png", help="write a plot of intensity vs fold")
+    ai.add_argument("--overwrite", action="store_true", help="replace an existing --plot")
     ai.add_argument("--per-layer", action="store_true", help="per-layer view: which layers are memory-bound")
     ai.add_argument("--ridge", type=_positive_float, default=V100_RIDGE_FLOPS_PER_BYTE,
                     help="ridge point in FLOP/byte for --per-layer (default: V100 fp16, %(default).0f)")

@@ -17,6 +17,7 @@ from foldedcnns.benchmark.runner import (
     DEFAULT_WARMUP,
     BenchConfig,
     default_tasks,
+    model_entries,
     run_benchmark,
 )
 from foldedcnns.benchmark.summary import (
@@ -30,8 +31,18 @@ from foldedcnns.benchmark.summary import (
 from foldedcnns.benchmark.tune import TUNE_BATCH_SIZES, TuneConfig, tune
 from foldedcnns.cli.common import add_json_option, format_table, parse_int_list, print_json
 from foldedcnns.errors import ConfigError
-from foldedcnns.runtime.backends import BACKENDS, DEFAULT_BACKENDS, PRECISIONS
+from foldedcnns.runtime.backends import (
+    BACKENDS,
+    DEFAULT_BACKENDS,
+    PRECISIONS,
+    Calibration,
+    calibrated_registry,
+    calibration_notice,
+    is_quantized,
+    load_calibration,
+)
 from foldedcnns.runtime.threads import torch_threads
+from foldedcnns.utils.outputs import check_output
 
 
 def parse_names(text: str, known: list[str] | tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -66,7 +77,21 @@ def parse_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def bench_calibration(tasks: tuple[str, ...], precisions: tuple[str, ...], data: str | None) -> Calibration | None:
+    """int8 calibration images from ``--data DIR`` for the one task of ``tasks`` (None without int8 or data)."""
+    if data is None or not any(is_quantized(p) for p in precisions):
+        return None
+    specs = {e.config.task.name: e.config.task for e in model_entries(list(tasks), (1,))}
+    if len(specs) != 1:
+        raise ConfigError(f"--data calibrates int8 on the images of one task, but --tasks names {len(specs)} "
+                          f"({', '.join(specs)}); run one bench per task or drop --data")
+    return load_calibration(data, next(iter(specs.values())))
+
+
 def run_bench(args: argparse.Namespace) -> int:
+    check_output(args.out, overwrite=args.overwrite)
+    if args.plot:
+        check_output(args.plot, overwrite=args.overwrite, flag="--plot")
     config = BenchConfig(
         tasks=tuple(args.tasks or default_tasks()),
         folds=tuple(parse_int_list(args.folds, "--folds")),
@@ -77,7 +102,14 @@ def run_bench(args: argparse.Namespace) -> int:
         device=args.device, warmup=args.warmup, iterations=args.iterations,
         seconds=None if args.iterations is not None else (args.seconds or DEFAULT_SECONDS),
         trials=args.trials, threads=args.threads, peak_seconds=args.peak_seconds)
-    run = run_benchmark(config, progress=not args.json, on_notice=notice)
+    calibration = bench_calibration(config.tasks, config.precisions, args.data)
+    int8_notice = calibration_notice(config.precisions, calibration)
+    if int8_notice is not None:
+        notice(int8_notice)
+    run = run_benchmark(config, registry=calibrated_registry(BACKENDS, calibration), progress=not args.json,
+                        on_notice=notice)
+    if int8_notice is not None:
+        run.notices.insert(0, int8_notice)
     if not run.records:
         raise ConfigError("every configuration was skipped (see the notices); choose other --backends/--precisions")
     write_csv(args.out, run.records)
@@ -93,8 +125,9 @@ def run_bench(args: argparse.Namespace) -> int:
     print(format_table(BEST_HEADERS, best_table(best_configs(run.records))))
     print()
     for precision, peak in run.peaks.items():
-        print(f"peak {precision} on {peak.device}: {peak.flops_per_sec / 1e9:.1f} GFLOP/s "
-              f"(best {peak.matrix_size}x{peak.matrix_size} matmul, {peak.threads} threads)")
+        unit = "GFLOP/s" if peak.unit == "FLOP/s" else "GOP/s (int8 integer ops)"
+        print(f"peak {precision} on {peak.device}: {peak.flops_per_sec / 1e9:.1f} {unit} "
+              f"(best {peak.matrix_size}x{peak.matrix_size} matmul, {peak.kernel}, {peak.threads} threads)")
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
     return 0
 
@@ -106,13 +139,15 @@ def run_peak(args: argparse.Namespace) -> int:
     if args.json:
         print_json([p.to_dict() for p in peaks])
         return 0
-    print(format_table(["device", "precision", "GFLOP/s", "matrix", "threads"],
-                       [[p.device, p.precision, round(p.flops_per_sec / 1e9, 1), p.matrix_size, p.threads]
-                        for p in peaks]))
+    print(format_table(["device", "precision", "G per s", "unit", "matrix", "kernel", "threads"],
+                       [[p.device, p.precision, round(p.flops_per_sec / 1e9, 1), p.unit, p.matrix_size, p.kernel,
+                         p.threads] for p in peaks]))
     return 0
 
 
 def run_tune(args: argparse.Namespace) -> int:
+    if args.out:
+        check_output(args.out, overwrite=args.overwrite)
     backends = parse_names(args.backends, list(BACKENDS), "backend") if args.backends else None
     config = TuneConfig(
         target=args.target, folds=tuple(parse_int_list(args.folds, "--folds")), backends=backends,
@@ -166,7 +201,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--backends", help=f"comma-separated, from {', '.join(BACKENDS)} "
                                           f"(default: {','.join(DEFAULT_BACKENDS['cpu'])}; "
                                           f"on CUDA {','.join(DEFAULT_BACKENDS['cuda'])})")
-    bench.add_argument("--precisions", default="fp32", help=f"comma-separated, from {', '.join(PRECISIONS)}")
+    bench.add_argument("--precisions", default="fp32", help=f"comma-separated, from {', '.join(PRECISIONS)} "
+                                                            "(int8: openvino and onnxruntime quantize the model)")
+    bench.add_argument("--data", metavar="DIR", help="data set (DIR/train/<class>/...) of the one task benchmarked: "
+                                                     "int8 is calibrated on its images (default: random input)")
     _common(bench)
     bench.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed calls before each timing")
     budget = bench.add_mutually_exclusive_group()
@@ -178,6 +216,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="matmul time per size for the peak samples; 0 leaves Utilization empty")
     bench.add_argument("--out", required=True, help="CSV file to write (atomically)")
     bench.add_argument("--plot", help="PNG: throughput vs batch size per fold, and speedup per task")
+    bench.add_argument("--overwrite", action="store_true", help="replace an existing --out / --plot")
     add_json_option(bench)
     bench.set_defaults(func=run_bench)
 
@@ -192,11 +231,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     tuner.add_argument("target", metavar="TASK|CKPT", help="a task name or a checkpoint file")
     _common(tuner)
     tuner.add_argument("--folds", default="1,2,3,4", help="folds to search for a task (a checkpoint keeps its own)")
-    tuner.add_argument("--backends", help="comma-separated backends (default: eager, channels-last, compile, "
-                                          "onnxruntime; plus cuda-graphs on CUDA)")
+    tuner.add_argument("--backends", help=f"comma-separated backends (default: {','.join(DEFAULT_BACKENDS['cpu'])}; "
+                                          f"on CUDA {','.join(DEFAULT_BACKENDS['cuda'])})")
     tuner.add_argument("--exclude", metavar="B:P,...",
                        help="backend:precision pairs to leave out, e.g. compile:fp16 (each compile takes ~10 s)")
-    tuner.add_argument("--precisions", default="fp32,bf16,fp16", help="comma-separated precisions")
+    tuner.add_argument("--precisions", default="fp32,bf16,fp16",
+                       help=f"comma-separated, from {', '.join(PRECISIONS)} (int8: calibrated on --data's train split)")
     tuner.add_argument("--batch-sizes", default=",".join(map(str, TUNE_BATCH_SIZES)), help="images per call")
     tuner.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="trials of the final measurement")
     tuner.add_argument("--screen-seconds", type=float, default=0.5, help="timing per configuration while screening")
@@ -206,9 +246,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     tuner.add_argument("--peak-seconds", type=float, default=0.5,
                        help="matmul time per size for the peak samples; 0 leaves Utilization empty")
     tuner.add_argument("--data", metavar="DIR", help="image folder (DIR/test/<class>/...) to measure the accuracy "
-                                                     "cost of reduced precision (needs a checkpoint)")
+                                                     "cost of reduced precision (needs a checkpoint); int8 is "
+                                                     "calibrated on DIR/train (else DIR/val)")
     tuner.add_argument("--max-accuracy-drop", type=float, metavar="PT",
                        help="leave out precisions that lose more than PT accuracy points on --data")
     tuner.add_argument("--out", help="CSV of the final measurement")
+    tuner.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_json_option(tuner)
     tuner.set_defaults(func=run_tune)

@@ -10,6 +10,7 @@ from foldedcnns.data.crop import Crop
 from foldedcnns.data.noscope import extract_frames, split_frames, split_params
 from foldedcnns.data.synth import contact_sheet, folder_contact_sheet, generate_synthetic
 from foldedcnns.errors import ConfigError
+from foldedcnns.utils.outputs import check_output
 
 
 def run_frames(args: argparse.Namespace) -> int:
@@ -44,6 +45,8 @@ def run_split(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    if args.sheet:
+        check_output(args.sheet, overwrite=args.overwrite, flag="--sheet")
     counts = generate_synthetic(args.task, args.out_dir, per_class=args.per_class, seed=args.seed,
                                 overwrite=args.overwrite, workers=args.workers, progress=not args.no_progress)
     sheet = contact_sheet(args.task, args.sheet, seed=args.seed) if args.sheet else None
@@ -59,6 +62,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_sheet(args: argparse.Namespace) -> int:
+    check_output(args.out, overwrite=args.overwrite, flag="OUT_PNG")
     if args.folder:
         result = folder_contact_sheet(args.folder, args.out, per_class=args.per_class or 8)
     else:
@@ -125,7 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--workers", type=int, default=None, help="drawing processes (default: up to 2)")
     synth.add_argument("--sheet", metavar="PNG", default=None, help="also write a contact sheet here")
-    synth.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    synth.add_argument("--overwrite", action="store_true", help="replace OUT_DIR (and --sheet) if it exists")
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_json_option(synth)
     synth.set_defaults(func=run_synth)
@@ -139,5 +143,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     sheet.add_argument("--folder", default=None, help="show this image folder (ROOT/<class>/<image>) instead")
     sheet.add_argument("--per-class", type=int, default=None, help="samples per class")
     sheet.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sheet.add_argument("--overwrite", action="store_true", help="replace OUT_PNG if it exists")
     add_json_option(sheet)
     sheet.set_defaults(func=run_sheet)

@@ -2,8 +2,9 @@
 
 Each command module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds its
 parser and sets ``func`` to a function ``(args) -> int``. Errors the user can fix
-(:class:`~foldedcnns.errors.FoldedCNNsError`) print one line and exit 1; Ctrl-C exits 130;
-anything else is a bug: one line, the traceback in a log file, exit 3.
+(:class:`~foldedcnns.errors.FoldedCNNsError`, file-system and memory errors) print one line and exit 1;
+SIGINT/SIGTERM exit 130/143 after cleaning up; anything else is a bug: one line, a crash report in a
+per-user folder, exit 3 (:mod:`foldedcnns.cli.failures`, :mod:`foldedcnns.cli.crash`).
 """
 
 from __future__ import annotations
@@ -11,16 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
-import sys
-import tempfile
-import traceback
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NoReturn
 
 from foldedcnns import __version__
-from foldedcnns.errors import FoldedCNNsError
+from foldedcnns.cli.failures import EXIT_BUG, EXIT_ERROR, run_command
 
 # One entry per line: each command lives in foldedcnns/cli/<name>.py.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -34,11 +30,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sweep",
     "bench",
     "data",
+    "serve",
+    "loadtest",
 )
 
-EXIT_ERROR = 1
-EXIT_BUG = 3
-EXIT_INTERRUPT = 130
+EXIT_INTERRUPT = 130  # SIGINT; SIGTERM exits 143 (128 + signal)
+__all__ = ["EXIT_BUG", "EXIT_ERROR", "EXIT_INTERRUPT", "build_parser", "entry", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,34 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _log_bug(exc: BaseException) -> Path:
-    log = Path(tempfile.gettempdir()) / "foldedcnns-crash.log"
-    with open(log, "a", encoding="utf-8") as handle:
-        handle.write(f"foldedcnns {__version__}, Python {sys.version.split()[0]}\n")
-        handle.write("".join(traceback.format_exception(exc)))
-    return log
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command, return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except FoldedCNNsError as exc:
-        print(f"foldedcnns: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not an error
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at interpreter exit
-        return 0
-    except KeyboardInterrupt:
-        print("foldedcnns: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPT
-    except Exception as exc:
-        log = _log_bug(exc)
-        print(f"foldedcnns: unexpected error: {type(exc).__name__}: {exc} (traceback in {log})", file=sys.stderr)
-        return EXIT_BUG
+    return run_command(args.func, args)
 
 
 def entry() -> None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 
 from foldedcnns.cli.common import add_json_option, format_table, print_json
+from foldedcnns.errors import ConfigError
 from foldedcnns.inference.distributed import run_ray_predict
-from foldedcnns.inference.pipeline import PROFILE_FRAMES, PredictReport, run_predict
-from foldedcnns.runtime import BACKENDS, DEVICE_CHOICES
+from foldedcnns.inference.pipeline import PROFILE_FRAMES, PredictReport, model_threads, run_predict
+from foldedcnns.inference.predictor import Predictor
+from foldedcnns.runtime import BACKENDS, DEVICE_CHOICES, resolve_device, torch_threads
 from foldedcnns.runtime.backends import PRECISIONS
+from foldedcnns.runtime.backends.openvino import is_ir_path
 
 
 def format_report(report: PredictReport) -> str:
-    rows = [[r.source, r.kind, r.rows, r.output, "ok" if r.error is None else "stopped early"]
+    rows = [[r.source, r.kind, r.rows, r.output or "-", "ok" if r.error is None else "stopped early"]
             for r in report.results]
     lines = [format_table(["input", "kind", "rows", "csv", "status"], rows), ""]
     lines.append(f"end-to-end   {report.end_to_end_fps:,.1f} frames/s ({report.frames:,} frames in "
@@ -29,18 +32,31 @@ def format_report(report: PredictReport) -> str:
     return "\n".join(lines)
 
 
+def model_arg(args: argparse.Namespace) -> str | Predictor:
+    """The checkpoint, or a :class:`Predictor` made here for an engine that fixes its thread count when
+    it is prepared (openvino, an IR) or is calibrated on ``--data``: with the model's share of the cores."""
+    if not (args.data or args.backend == "openvino" or is_ir_path(args.checkpoint)):
+        return args.checkpoint
+    device = resolve_device(args.device)
+    with torch_threads(model_threads(device, args.threads)):
+        return Predictor(args.checkpoint, device=device, backend=args.backend, precision=args.precision,
+                         batch_size=args.batch_size, data=args.data)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.ray and (args.data or is_ir_path(args.checkpoint)):
+        raise ConfigError("--ray runs checkpoints without --data; drop --ray for int8 or an OpenVINO IR")
     if args.ray:
         report = run_ray_predict(args.checkpoint, args.inputs, args.out, batch_size=args.batch_size,
                                  backend=args.backend, precision=args.precision, device=args.device, crop=args.crop,
                                  address=args.ray_address, workers=args.workers, task_check=not args.no_task_check,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, overwrite=args.overwrite)
     else:
-        report = run_predict(args.checkpoint, args.inputs, args.out, batch_size=args.batch_size,
+        report = run_predict(model_arg(args), args.inputs, args.out, batch_size=args.batch_size,
                              backend=args.backend, precision=args.precision, device=args.device, crop=args.crop,
                              threads=args.threads,
                              profile_frames=args.profile_frames, task_check=not args.no_task_check,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, overwrite=args.overwrite)
     if args.json:
         print_json(report.to_dict())
     else:
@@ -56,15 +72,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "model of CKPT. One CSV per input: columns frame (videos) or path (images), label, class_name, "
                     "score. Decoding runs in a background thread; the report gives end-to-end, decode-only and "
                     "model-only frames/s.")
-    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by 'foldedcnns train'")
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by 'foldedcnns train', or an OpenVINO "
+                                                           "IR (.xml) written by 'foldedcnns export --format openvino'")
     parser.add_argument("inputs", metavar="INPUT", nargs="+", help="video file, folder of images, or glob")
     parser.add_argument("--out", required=True,
-                        help="CSV file for one input; a folder (one <name>.csv per input) for several")
+                        help="CSV file for one input; a folder (one <name>.csv per input) for several. Rows "
+                             "decoded before a fault go to <name>.csv.partial")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing CSVs (and .partial files); each only once its new file is complete")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per model call, a multiple of the checkpoint's fold (default about 256)")
     parser.add_argument("--backend", default="eager", choices=list(BACKENDS),
                         help="how the model runs, as in 'foldedcnns bench' (default: eager)")
-    parser.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS), help="default: fp32")
+    parser.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
+                        help="default: fp32; int8 (openvino, onnxruntime) needs --data")
+    parser.add_argument("--data", metavar="DIR", help="int8: the data set whose DIR/train (else DIR/val) images "
+                                                      "calibrate the quantization")
     parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="default: cpu")
     parser.add_argument("--crop", metavar="X,Y,W,H", default=None,
                         help="cut this rectangle (pixels) out of every frame before resizing to the model's input")

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from foldedcnns.data.imageio import IMG_EXTENSIONS, check_size, is_image_file, read_image, resize_nearest
 from foldedcnns.errors import DataError
+from foldedcnns.utils.signals import cancel_on_error
 
 PROGRESS_MIN_IMAGES = 2000  # show a progress bar when decoding at least this many images
 DECODE_THREADS = 4  # Pillow releases the GIL while decoding, so a few threads overlap file reads
@@ -166,7 +167,7 @@ class ImageFolder(Dataset):
     def _decode_many(self, indices: list[int], show: bool) -> list[torch.Tensor]:
         if not indices:
             return []
-        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        with cancel_on_error(ThreadPoolExecutor(max_workers=DECODE_THREADS)) as pool:  # Ctrl-C: no waiting
             results = pool.map(self._decode, indices)
             return list(tqdm(results, total=len(indices), desc=f"decoding {self.root.name}", unit="img",
                              disable=not show, leave=False))

@@ -21,6 +21,7 @@ from foldedcnns.errors import DataError
 
 IMG_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 PNG_COMPRESSION = 1  # zlib level for written PNGs: fast; the images are tiny
+MAX_SIDE = 8192  # largest height or width an image is resized to (a larger one is a typo, and 200 MB a frame)
 
 # What Pillow raises on a file that is not an image or is damaged (UnidentifiedImageError is an OSError;
 # a broken PNG chunk is a SyntaxError; a bad zlib stream is zlib.error).
@@ -90,12 +91,13 @@ def resize_nearest(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def check_size(size: tuple[int, int] | int | None) -> tuple[int, int] | None:
-    """Normalise a size argument to ``(height, width)``: an int means a square."""
+    """Normalise a size argument to ``(height, width)``: an int means a square, each side 1 to :data:`MAX_SIDE`."""
     if size is None:
         return None
     pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
-        raise DataError(f"size must be a positive int or a (height, width) pair of positive ints, got {size!r}")
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE for v in pair):
+        raise DataError(f"size must be a positive int or a (height, width) pair of ints from 1 to {MAX_SIDE}, "
+                        f"got {size!r}")
     return (int(pair[0]), int(pair[1]))
 
 

@@ -15,7 +15,6 @@ is cut into K = 1/fraction contiguous chunks of ``int(total * fraction)`` frames
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -35,11 +34,13 @@ from tqdm import tqdm
 
 from foldedcnns.data.crop import Crop
 from foldedcnns.data.imageio import check_size, write_png
+from foldedcnns.data.noscope_labels import label_frames
 from foldedcnns.data.video import iter_frames
 from foldedcnns.errors import ConfigError, DataError
 from foldedcnns.models import get_task
 from foldedcnns.models.spec import TaskSpec
 from foldedcnns.utils.atomic import atomic_directory, atomic_path, atomic_write_text
+from foldedcnns.utils.signals import cancel_on_error
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 FRAME_SIZE = 50  # NoScope CNN input: 50x50, aspect ratio not kept
@@ -142,53 +143,7 @@ def _from_task(config: str | os.PathLike[str] | TaskSpec) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- labels
-
-
-def label_frames(csv_path: str | os.PathLike[str], object_name: str, num_frames: int | None = None) -> np.ndarray:
-    """Per-frame labels from a NoScope CSV: ``uint8`` array of 0/1, length max frame + 1.
-
-    ``num_frames`` fixes the length instead (frames the CSV never mentions are 0). Errors name the
-    file and the line; a CSV that never lists ``object_name`` is an error that lists the objects it has.
-    """
-    path = Path(csv_path)
-    if not path.is_file():
-        raise DataError(f"labels CSV {path} does not exist; pass the NoScope detection CSV of the video")
-    frames: list[int] = []
-    objects: set[str] = set()
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = [h.strip() for h in next(reader, [])]
-        if "frame" not in header or "object_name" not in header:
-            raise DataError(f"{path} is not a NoScope labels CSV: its header {header[:6]} lacks 'frame' and "
-                            "'object_name'")
-        frame_col, object_col = header.index("frame"), header.index("object_name")
-        last_frame = -1
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            try:
-                frame = int(float(row[frame_col]))
-                name = row[object_col].strip()
-            except (ValueError, IndexError) as exc:
-                raise DataError(f"{path}:{line}: bad row {row[:4]} (frame must be an integer); fix the file") from exc
-            if frame < 0:
-                raise DataError(f"{path}:{line}: negative frame number {frame}; fix the file")
-            last_frame = max(last_frame, frame)
-            objects.add(name)
-            if name == object_name:
-                frames.append(frame)
-    if last_frame < 0:
-        raise DataError(f"{path} has no rows; pass the NoScope detection CSV of the video")
-    if not frames:
-        raise DataError(f"{path} never lists object {object_name!r}; it has: {', '.join(sorted(objects)[:10])}")
-    total = last_frame + 1 if num_frames is None else num_frames
-    if total <= last_frame:
-        raise DataError(f"{path} lists frame {last_frame} but the video has {total} frames; "
-                        "is the CSV for this video?")
-    labels = np.zeros(total, dtype=np.uint8)
-    labels[np.asarray(frames, dtype=np.int64)] = 1
-    return labels
-
+# label_frames (re-exported here) reads the NoScope CSV: foldedcnns.data.noscope_labels
 
 def split_stats(labels: np.ndarray, params: SplitParams) -> dict[str, dict[str, Any]]:
     """Frames, positives and positive fraction of each split (what ``--print-stats`` shows)."""
@@ -216,7 +171,7 @@ def extract_frames(video: str | os.PathLike[str], out_dir: str | os.PathLike[str
     size = check_size(size)
     count = 0
     with atomic_directory(out_dir, overwrite=overwrite) as tmp, \
-            ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
+            cancel_on_error(ThreadPoolExecutor(max_workers=WRITE_THREADS)) as pool:
         frames = iter_frames(video, size=size, start=start, end=end, crop=crop)
         pending: deque[Future[None]] = deque()
         bar = tqdm(frames, desc=f"frames of {Path(video).name}", unit="frame", disable=not progress,

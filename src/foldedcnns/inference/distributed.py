@@ -131,7 +131,7 @@ def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Pa
                     batch_size: int | None = None, backend: str = "eager", precision: str = "fp32",
                     device: str = "cpu", crop: Crop | str | None = None, address: str | None = None,
                     workers: int | None = None, num_cpus: int | None = None, task_check: bool = True,
-                    progress: bool = False) -> PredictReport:
+                    progress: bool = False, overwrite: bool = False) -> PredictReport:
     """Like :func:`~foldedcnns.inference.pipeline.run_predict`, on Ray Data; one CSV per input.
 
     ``address``: ``"auto"`` or ``HOST:PORT`` of a running cluster; None starts a local Ray with
@@ -141,7 +141,7 @@ def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Pa
     ckpt = load_checkpoint(checkpoint)
     get_backend(backend)  # an unknown name fails here, not in every actor
     local = Predictor(ckpt, batch_size=batch_size)  # checks the checkpoint and batch size, gives sizes and names
-    crop, sources, outputs = plan_inputs(inputs, out, local, crop, task_check)
+    crop, sources, outputs = plan_inputs(inputs, out, local, crop, task_check, overwrite)
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     started_ray = _connect(ray, address, num_cpus)
@@ -194,5 +194,6 @@ def _write_source(source: Source, output: Path, rows: list[dict[str, Any]], clas
             model += float(row["model_seconds"])
             if row["error"]:
                 error = str(row["error"])
+                writer.stopped_early()
                 break
-    return SourceResult(source.name, source.kind, str(output), writer.rows, wall, decode, model, error)
+    return SourceResult(source.name, source.kind, writer.output, writer.rows, wall, decode, model, error)

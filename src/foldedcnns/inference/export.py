@@ -9,6 +9,8 @@ describes itself. The graph is made by the benchmark's exporter
 (:func:`foldedcnns.runtime.backends.export_onnx_bytes`), so ``foldedcnns export`` writes the very
 graph that ``foldedcnns bench --backends onnxruntime`` times. Weights are embedded in the one
 ``.onnx`` file (these models are far below protobuf's 2 GB limit).
+
+``--format openvino`` (an OpenVINO IR, ``.xml`` + ``.bin``) is :mod:`foldedcnns.inference.export_openvino`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from foldedcnns.errors import ConfigError, FoldedCNNsError, first_line
 from foldedcnns.models.registry import ModelConfig
 from foldedcnns.runtime.backends import ONNX_OPSET, OnnxRuntimeBackend, export_onnx_bytes
 from foldedcnns.runtime.checkpoint import model_from_checkpoint
-from foldedcnns.utils.atomic import atomic_save
+from foldedcnns.utils.atomic import atomic_save, pending_file
+from foldedcnns.utils.outputs import check_output, partial_path
 
 METADATA_KEY = "foldedcnns.model_config"
 # Stands for the dynamic batch axis in reported shapes.
@@ -37,7 +40,9 @@ CHECK_BATCHES = (1, 3)
 # Largest |ORT - PyTorch| accepted for float32 logits.
 CHECK_TOLERANCE = 1e-4
 CHECK_SEED = 0
-FORMATS = ("onnx",)
+MIN_OPSET = 7  # the oldest opset ONNX Runtime still loads
+FORMATS = ("onnx", "openvino")
+OPENVINO_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class ExportError(FoldedCNNsError):
@@ -58,6 +63,10 @@ class ExportReport:
     export_seconds: float
     max_abs_diff: float | None
     check_batches: tuple[int, ...]
+    format: str = "onnx"
+    precision: str = "fp32"
+    agreement: float | None = None  # openvino fp16/int8: top-1 agreement with PyTorch on the checked images
+    calibration: str | None = None  # int8: the images it was calibrated on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,21 +129,35 @@ def read_onnx_config(path: str | Path) -> ModelConfig:
 
 
 def export_onnx(checkpoint: str | Path | dict[str, Any], out: str | Path, *, opset: int = ONNX_OPSET,
-                check: bool = True, tolerance: float = CHECK_TOLERANCE) -> ExportReport:
+                check: bool = True, tolerance: float = CHECK_TOLERANCE, overwrite: bool = False) -> ExportReport:
     """Export a checkpoint's model to ONNX and (``check``) compare ONNX Runtime with PyTorch.
 
-    Raises :class:`ExportError` when the difference exceeds ``tolerance``.
+    An existing ``out`` is refused unless ``overwrite``; it is replaced only by a file that passed the
+    check. Raises :class:`ExportError` when the difference exceeds ``tolerance`` (the file is kept
+    as ``out.partial`` for inspection).
     """
+    import onnx
+
+    out = check_output(out, overwrite=overwrite)
+    check_output(partial_path(out), overwrite=True)
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ConfigError(f"--opset must be from {MIN_OPSET} to {newest} (this onnx), got {opset!r}")
+    if not (isinstance(tolerance, (int, float)) and tolerance >= 0):  # also NaN
+        raise ConfigError(f"--tolerance must be a number >= 0, got {tolerance!r}")
     model, config = model_from_checkpoint(checkpoint)
-    started = time.perf_counter()
-    path = export_model_onnx(model, config, out, opset=opset)
-    seconds = time.perf_counter() - started
-    diff = check_onnx(path, model, config) if check else None
-    report = ExportReport(str(path), config.name, config.fold, (BATCH_AXIS_SIZE, *config.input_shape),
-                          (BATCH_AXIS_SIZE, config.fold * config.task.num_classes), opset,
-                          path.stat().st_size, seconds, diff, CHECK_BATCHES if check else ())
+    with pending_file(out, suffix=out.suffix) as pending:
+        started = time.perf_counter()
+        export_model_onnx(model, config, pending.tmp, opset=opset)
+        seconds = time.perf_counter() - started
+        diff = check_onnx(pending.tmp, model, config) if check else None
+        size = pending.tmp.stat().st_size
+        if diff is not None and diff > tolerance:
+            pending.final = partial_path(out)
     if diff is not None and diff > tolerance:
         raise ExportError(f"ONNX Runtime differs from PyTorch by {diff:.3g} (> {tolerance:g}) on random input; "
-                          f"the exported {path} is kept for inspection, try another --opset")
-    return report
-
+                          f"the export is kept for inspection as {pending.final} ({out} was not written), "
+                          "try another --opset")
+    return ExportReport(str(out), config.name, config.fold, (BATCH_AXIS_SIZE, *config.input_shape),
+                        (BATCH_AXIS_SIZE, config.fold * config.task.num_classes), opset,
+                        size, seconds, diff, CHECK_BATCHES if check else ())

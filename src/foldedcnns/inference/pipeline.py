@@ -3,13 +3,13 @@
 For each source a worker thread decodes, crops and resizes frames into batches of ``batch_size``
 (a multiple of the fold) and hands them through a bounded queue to the caller's thread, which runs
 the model and appends rows to the CSV. The CSV is written under a temporary name and renamed at the
-end; when decoding fails part-way (a truncated video, an unreadable image), the rows of every frame
-decoded before the fault are written, and the source's result carries the error.
+end. When decoding fails part-way (a truncated video, an unreadable image), the rows of every frame
+decoded before the fault go to ``NAME.partial`` (never over ``NAME``), and the source's result
+carries the error. An existing CSV (or ``.partial``) is refused unless ``overwrite``.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import queue
 import threading
@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 from foldedcnns.data.crop import Crop
 from foldedcnns.errors import ConfigError, DataError, FoldedCNNsError
+from foldedcnns.inference.csvout import PredictionCSV, output_paths
 from foldedcnns.inference.predictor import Predictor
 from foldedcnns.inference.sources import VIDEO, Source, check_task_match, iter_source, resolve_inputs
 from foldedcnns.runtime.inputs import RGB_CHANNELS
 from foldedcnns.runtime.threads import torch_threads
-from foldedcnns.utils.atomic import atomic_open
 
 # Cores left to the decoding worker (and the decoder's own threads) when the model runs on the CPU.
 DECODE_CORES = 1
@@ -41,9 +41,6 @@ STOP_POLL_SECONDS = 0.1
 PROFILE_FRAMES = 512
 # ... and the model runs on them for at least this long.
 PROFILE_MODEL_SECONDS = 0.5
-SCORE_FORMAT = "{:.6f}"
-CSV_SUFFIX = ".csv"
-PREDICTION_COLUMNS = ("label", "class_name", "score")
 
 
 @dataclass(frozen=True)
@@ -113,25 +110,10 @@ class PredictReport:
         failed = [r for r in self.results if r.error]
         if not failed:
             return
-        each = "; ".join(f"{r.error} (kept the {r.rows} rows decoded before it in {r.output})" for r in failed)
+        each = "; ".join(f"{r.error} (" + (f"kept the {r.rows} rows decoded before it in {r.output})" if r.rows
+                                           else "no frame decoded; no CSV written)") for r in failed)
         prefix = f"{len(failed)} of {len(self.results)} inputs stopped early: " if len(self.results) > 1 else ""
         raise DataError(prefix + each)
-
-
-def output_paths(sources: Sequence[Source], out: str | Path) -> list[Path]:
-    """Where each source's CSV goes: ``out`` itself for one source (unless it is a folder), else ``out/<stem>.csv``."""
-    out = Path(out)
-    if len(sources) == 1 and not out.is_dir():
-        if out.suffix.lower() != CSV_SUFFIX:
-            raise ConfigError(f"--out {out} must end in .csv for one input (or name a folder)")
-        return [out]
-    if out.suffix.lower() == CSV_SUFFIX:
-        raise ConfigError(f"{len(sources)} inputs give one CSV each; pass a folder as --out, not {out}")
-    paths = [out / f"{s.stem}{CSV_SUFFIX}" for s in sources]
-    if len(set(paths)) != len(paths):
-        dup = next(p for p in paths if paths.count(p) > 1)
-        raise ConfigError(f"two inputs would both write {dup}; rename one or run them separately")
-    return paths
 
 
 @dataclass
@@ -144,17 +126,20 @@ class DecodedBatch:
 
 
 def decode_batches(source: Source, size: tuple[int, int], batch_size: int, crop: Crop | None = None,
-                   decode_threads: int | None = None) -> Iterator[DecodedBatch]:
+                   decode_threads: int | None = None, stop: threading.Event | None = None) -> Iterator[DecodedBatch]:
     """Decode ``source`` into batches of ``batch_size`` frames at ``size`` (height, width), in order.
 
     When decoding fails part-way, the last batch holds the frames decoded since the previous one
-    (possibly none) and carries the error; nothing decoded is lost.
+    (possibly none) and carries the error; nothing decoded is lost. Decoding ends early, between two
+    frames, once ``stop`` is set.
     """
     height, width = size
     keys: list[int | str] = []
     images = np.empty((batch_size, height, width, RGB_CHANNELS), dtype=np.uint8)
     try:
         for key, frame in iter_source(source, size, crop, decode_threads=decode_threads):
+            if stop is not None and stop.is_set():
+                return
             images[len(keys)] = frame
             keys.append(key)
             if len(keys) == batch_size:
@@ -185,10 +170,10 @@ class BackgroundBatches:
 
     def __init__(self, source: Source, size: tuple[int, int], batch_size: int, crop: Crop | None,
                  depth: int = QUEUE_DEPTH, decode_threads: int | None = None) -> None:
-        self._batches = decode_batches(source, size, batch_size, crop, decode_threads)
+        self._stop = threading.Event()
+        self._batches = decode_batches(source, size, batch_size, crop, decode_threads, self._stop)
         self.decode_seconds = 0.0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name=f"decode-{source.stem}", daemon=True)
 
     def _put(self, item: Any) -> bool:
@@ -229,28 +214,6 @@ class BackgroundBatches:
             self._thread.join()
 
 
-class PredictionCSV:
-    """Rows ``key, label, class_name, score`` appended in order; the file appears complete or not at all."""
-
-    def __init__(self, path: Path, key_column: str, class_names: Sequence[str]) -> None:
-        self.path, self.key_column, self.class_names, self.rows = path, key_column, tuple(class_names), 0
-
-    def __enter__(self) -> PredictionCSV:
-        self._context = atomic_open(self.path, "w", newline="", encoding="utf-8")
-        self._writer = csv.writer(self._context.__enter__())
-        self._writer.writerow((self.key_column, *PREDICTION_COLUMNS))
-        return self
-
-    def write(self, keys: Sequence[int | str], labels: Sequence[int], scores: Sequence[float]) -> None:
-        names = self.class_names
-        self._writer.writerows((k, label, names[label], SCORE_FORMAT.format(score))
-                               for k, label, score in zip(keys, labels, scores, strict=True))
-        self.rows += len(keys)
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._context.__exit__(*exc_info)
-
-
 def predict_source(predictor: Predictor, source: Source, output: str | Path, *, crop: Crop | None = None,
                    progress: tqdm | None = None, decode_threads: int | None = None) -> SourceResult:
     """Classify every frame of ``source`` and write one CSV row per frame, in order, to ``output``.
@@ -274,7 +237,8 @@ def predict_source(predictor: Predictor, source: Source, output: str | Path, *, 
                     progress.update(len(batch.keys))
             if batch.error is not None:
                 error = str(batch.error)
-    return SourceResult(source.name, source.kind, str(output), writer.rows, time.perf_counter() - started,
+                writer.stopped_early()
+    return SourceResult(source.name, source.kind, writer.output, writer.rows, time.perf_counter() - started,
                         batches.decode_seconds, model_seconds, error)
 
 
@@ -339,11 +303,12 @@ def decoder_threads(device: torch.device) -> int | None:
 
 
 def plan_inputs(inputs: Sequence[str], out: str | Path, predictor: Predictor, crop: Crop | str | None,
-                task_check: bool) -> tuple[Crop | None, list[Source], list[Path]]:
-    """Parse the crop, resolve the inputs and their output CSVs, and check labelled folders fit the task."""
+                task_check: bool, overwrite: bool = False) -> tuple[Crop | None, list[Source], list[Path]]:
+    """Parse the crop, resolve the inputs and their output CSVs (existing ones refused unless ``overwrite``),
+    and check labelled folders fit the task."""
     crop = Crop.parse(crop) if isinstance(crop, str) else crop
     sources = resolve_inputs(inputs)
-    outputs = output_paths(sources, out)
+    outputs = output_paths(sources, out, overwrite)
     if task_check:
         for source in sources:
             check_task_match(source, predictor.config.task, predictor.input_hw, crop)
@@ -354,16 +319,17 @@ def run_predict(checkpoint: str | Path | Predictor, inputs: Sequence[str], out: 
                 batch_size: int | None = None, backend: str = "eager", precision: str = "fp32",
                 device: str = "cpu", crop: Crop | str | None = None, threads: int | None = None,
                 profile_frames: int = PROFILE_FRAMES, task_check: bool = True,
-                progress: bool = False) -> PredictReport:
+                progress: bool = False, overwrite: bool = False) -> PredictReport:
     """Predict every frame of every input into one CSV per input; see :func:`predict_source`.
 
     ``threads``: PyTorch threads for the model (default :func:`model_threads`). ``profile_frames`` > 0
     adds isolated decode-only and model-only throughput (:func:`measure_stages`). ``task_check``
-    refuses labelled image folders of another task (:func:`check_task_match`).
+    refuses labelled image folders of another task (:func:`check_task_match`). An existing CSV is
+    refused unless ``overwrite``.
     """
     predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor(
         checkpoint, device=device, backend=backend, precision=precision, batch_size=batch_size)
-    crop, sources, outputs = plan_inputs(inputs, out, predictor, crop, task_check)
+    crop, sources, outputs = plan_inputs(inputs, out, predictor, crop, task_check, overwrite)
     total = None if any(s.kind == VIDEO for s in sources) else sum(len(s) for s in sources)
     results = []
     threads = model_threads(predictor.device, threads)

@@ -27,10 +27,12 @@ import torch
 
 from foldedcnns.core.folding import round_batch
 from foldedcnns.data.crop import Crop
-from foldedcnns.errors import ShapeError
+from foldedcnns.errors import ConfigError, ShapeError
 from foldedcnns.inference.preprocess import stack_frames
 from foldedcnns.models.registry import ModelConfig
 from foldedcnns.runtime import model_from_checkpoint, prepare_model, resolve_device, to_model_input
+from foldedcnns.runtime.backends import Calibration, get_backend, is_quantized, load_calibration
+from foldedcnns.runtime.backends.openvino import is_ir_path, prepare_ir, read_ir
 
 # Images per model call when the caller does not choose (rounded up to a multiple of the fold).
 DEFAULT_BATCH_IMAGES = 256
@@ -69,24 +71,46 @@ class Predictions:
 class Predictor:
     """Classify images with the model of a checkpoint (original or folded).
 
-    ``checkpoint`` is a path or a loaded checkpoint dict. ``backend`` and ``precision`` pick how the
-    folded model runs: the runtime's backends (:mod:`foldedcnns.runtime.backends`: eager,
-    channels-last, compile, onnxruntime, cuda-graphs), so prediction runs a model exactly as it was
-    measured. ``batch_size`` is the number of images per model call, a multiple of the fold.
+    ``checkpoint`` is a path or a loaded checkpoint dict, or an OpenVINO IR ``.xml`` written by
+    ``foldedcnns export --format openvino`` (run by OpenVINO at the precision it was exported in).
+    ``backend`` and ``precision`` pick how the folded model runs: the runtime's backends
+    (:mod:`foldedcnns.runtime.backends`: eager, channels-last, compile, onnxruntime, cuda-graphs,
+    openvino), so prediction runs a model exactly as it was measured. ``int8`` (openvino, onnxruntime)
+    is calibrated on ``calibration`` images, or on up to 300 images of ``data``'s train (else val)
+    split. ``batch_size`` is the number of images per model call, a multiple of the fold.
     """
 
     def __init__(self, checkpoint: str | Path | dict[str, Any], *, device: str | torch.device = "cpu",
-                 backend: str = "eager", precision: str = "fp32", batch_size: int | None = None) -> None:
+                 backend: str = "eager", precision: str = "fp32", batch_size: int | None = None,
+                 data: str | Path | None = None, calibration: Calibration | None = None) -> None:
         self.device = resolve_device(device)
-        model, config = model_from_checkpoint(checkpoint)
+        ir = is_ir_path(checkpoint)
+        model, config = (None, read_ir(checkpoint)[1]) if ir else model_from_checkpoint(checkpoint)
         self.config: ModelConfig = config
         self.fold = config.fold
         self.batch_size = (round_batch(DEFAULT_BATCH_IMAGES, self.fold, "up") if batch_size is None
                            else round_batch(batch_size, self.fold, "exact"))
         _, self.height, self.width = config.image_size
+        if ir:
+            if self.device.type != "cpu":
+                raise ConfigError(f"an OpenVINO IR runs on the CPU; drop --device {self.device}")
+            self._runner, _ = prepare_ir(checkpoint, folded_inputs=self.batch_size // self.fold)
+            self.backend, self.precision = self._runner.backend, self._runner.precision
+            return
         self.backend, self.precision = backend, precision
-        self._runner = prepare_model(model, backend=backend, precision=precision, device=self.device,
+        runner = get_backend(backend)
+        if is_quantized(precision):
+            if calibration is None and data is None:
+                raise ConfigError(f"{precision} must be calibrated on the task's images: pass --data DIR (the data "
+                                  "set with DIR/train/<class>/...)")
+            runner = runner.calibrated(calibration or load_calibration(data, config.task))
+        self._runner = prepare_model(model, backend=runner, precision=precision, device=self.device,
                                      batch_images=self.batch_size)
+
+    @property
+    def calibration(self) -> str | None:
+        """int8: the images the engine was calibrated on."""
+        return self._runner.calibration
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -18,11 +19,14 @@ def conv3x3(in_channels: int, out_channels: int, *, stride: int = 1, bias: bool 
 def flat_features(features: nn.Module, input_shape: tuple[int, int, int], where: str) -> int:
     """Number of features after ``features`` for one input of shape (C, H, W).
 
-    Found by running a zero tensor through the layers, so it is right for any stack.
+    Found by running a zero tensor through the layers on the meta device (shapes only: nothing is
+    allocated or computed, whatever the input size), so it is right for any stack.
     """
+    tensors = itertools.chain(features.named_parameters(), features.named_buffers())
+    meta = {name: torch.empty_like(value, device="meta") for name, value in tensors}
     with torch.no_grad():
         try:
-            out = features(torch.zeros(1, *input_shape))
+            out = torch.func.functional_call(features, meta, (torch.zeros(1, *input_shape, device="meta"),))
         except RuntimeError as exc:
             raise ConfigError(
                 f"{where}: input {input_shape[1]}x{input_shape[2]} is too small for this architecture "

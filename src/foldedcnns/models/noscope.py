@@ -14,9 +14,32 @@ from __future__ import annotations
 
 from torch import nn
 
+from collections.abc import Mapping
+from typing import Any
+
 from foldedcnns.errors import ConfigError
 from foldedcnns.models.layers import conv3x3, flat_features
 from foldedcnns.models.spec import TaskSpec, scaled
+from foldedcnns.models.validate import MAX_DENSE, MAX_NOSCOPE_LAYERS, MAX_WIDTH, check_keys, get_int
+
+# (key, lowest, highest); all three are required.
+NOSCOPE_NUMBERS = (("nb_filters", 1, MAX_WIDTH), ("nb_dense", 1, MAX_DENSE), ("nb_layers", 2, MAX_NOSCOPE_LAYERS))
+
+
+def check_architecture(arch: Mapping[str, Any], height: int, width: int, where: str) -> dict[str, Any]:
+    """Check a NoScope ``model-architecture``: integer nb_filters, nb_dense and an even nb_layers whose
+    max-pools (one per 2 layers, each halving the size) leave at least 1x1."""
+    path = "model-architecture"
+    check_keys(arch, [key for key, *_ in NOSCOPE_NUMBERS], where, path)
+    out = {key: get_int(arch, key, where, path, low, high) for key, low, high in NOSCOPE_NUMBERS}
+    if out["nb_layers"] % 2:
+        raise ConfigError(f"{where}: '{path}.nb_layers' must be even (2 convolutions per block), got {out['nb_layers']}")
+    blocks = out["nb_layers"] // 2
+    for side_key, side in (("out-h", height), ("out-w", width)):
+        if side >> blocks < 1:
+            raise ConfigError(f"{where}: '{side_key}' {side} is too small for '{path}.nb_layers' {out['nb_layers']}: "
+                              f"{blocks} max-pools of stride 2 leave no spatial extent; use {side_key} >= {2 ** blocks}")
+    return out
 
 
 class NoScopeCNN(nn.Module):
@@ -43,13 +66,8 @@ class NoScopeCNN(nn.Module):
 def noscope_cnn(spec: TaskSpec, *, fold: int = 1, multiplier: float = 1.0) -> NoScopeCNN:
     """Build the NoScope CNN of ``spec`` for fold f with hidden widths scaled by ``multiplier``."""
     where = spec.source or spec.name
-    arch = spec.architecture
-    try:
-        filters, dense, n_layers = int(arch["nb_filters"]), int(arch["nb_dense"]), int(arch["nb_layers"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: NoScope model-architecture needs integer nb_filters, nb_dense, nb_layers") from exc
-    if n_layers < 2 or n_layers % 2 or filters < 1 or dense < 1:
-        raise ConfigError(f"{where}: nb_layers must be even and >= 2, nb_filters and nb_dense >= 1")
+    arch = check_architecture(spec.architecture, spec.height, spec.width, where)
+    filters, dense, n_layers = arch["nb_filters"], arch["nb_dense"], arch["nb_layers"]
     blocks = [scaled(filters * 2**i, multiplier) for i in range(n_layers // 2)]
     return NoScopeCNN(spec.in_channels * fold, blocks, scaled(dense, multiplier), spec.num_classes * fold,
                       (spec.height, spec.width), where)

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from foldedcnns.errors import ConfigError
+from foldedcnns.models import game, noscope, resnet
 from foldedcnns.models.compound import DEFAULT_PHI, compound_game_cnn, compound_input_hw
-from foldedcnns.models.game import game_cnn
 from foldedcnns.models.layers import init_weights
-from foldedcnns.models.noscope import noscope_cnn
-from foldedcnns.models.resnet import cifar_resnet
 from foldedcnns.models.spec import (
     TaskSpec,
     default_multiplier,
@@ -30,6 +29,7 @@ from foldedcnns.models.spec import (
     shipped_descriptions,
     spec_from_dict,
 )
+from foldedcnns.models.validate import ArchitectureCheck, check_param_count, known_families, register_check
 
 FamilyBuilder = Callable[..., nn.Module]
 COMPOUND_PREFIX = "compound/"
@@ -38,21 +38,27 @@ _FAMILIES: dict[str, FamilyBuilder] = {}
 _TASKS: dict[str, TaskSpec] = {}
 
 
-def register_family(name: str) -> Callable[[FamilyBuilder], FamilyBuilder]:
-    """Decorator: register ``builder(spec, *, fold, multiplier) -> nn.Module`` for a family name."""
+def register_family(name: str, check: ArchitectureCheck | None = None) -> Callable[[FamilyBuilder], FamilyBuilder]:
+    """Decorator: register ``builder(spec, *, fold, multiplier) -> nn.Module`` for a family name.
+
+    ``check(architecture, height, width, where) -> dict`` validates a description's
+    ``model-architecture`` when it is loaded (:mod:`foldedcnns.models.validate`); without one the
+    architecture object is passed to the builder unchecked.
+    """
 
     def wrap(builder: FamilyBuilder) -> FamilyBuilder:
         if name in _FAMILIES:
             raise ValueError(f"model family {name!r} is already registered")
         _FAMILIES[name] = builder
+        register_check(name, check)
         return builder
 
     return wrap
 
 
-register_family("game")(game_cnn)
-register_family("noscope")(noscope_cnn)
-register_family("resnet")(cifar_resnet)
+register_family("game", game.check_architecture)(game.game_cnn)
+register_family("noscope", noscope.check_architecture)(noscope.noscope_cnn)
+register_family("resnet", resnet.check_architecture)(resnet.cifar_resnet)
 
 
 def _tasks() -> dict[str, TaskSpec]:
@@ -80,7 +86,7 @@ def list_models(pattern: str = "*", *, compound: bool = True) -> list[str]:
 
 
 def list_families() -> list[str]:
-    return sorted(_FAMILIES)
+    return known_families()
 
 
 def get_task(task: str | Path | TaskSpec) -> TaskSpec:
@@ -175,14 +181,27 @@ def build_model(task: str | Path | TaskSpec, *, fold: int = 1, multiplier: float
         if spec.family not in _FAMILIES:
             raise ConfigError(f"task {spec.name}: unknown family {spec.family!r}; known: {', '.join(list_families())}")
         mult = default_multiplier(fold) if multiplier is None else float(multiplier)
-        if mult <= 0:
-            raise ConfigError(f"multiplier must be > 0, got {multiplier!r}")
-        model = _FAMILIES[spec.family](spec, fold=fold, multiplier=mult, **kwargs)
+        if not mult > 0 or mult == float("inf"):
+            raise ConfigError(f"multiplier must be a finite number > 0, got {multiplier!r}")
+        builder = _FAMILIES[spec.family]
+        model = _checked_build(builder, spec, fold, mult, kwargs)
         config = ModelConfig(spec, fold, mult)
     if init:
         init_weights(model)
     model.config = config
     return model
+
+
+def _checked_build(builder: FamilyBuilder, spec: TaskSpec, fold: int, mult: float,
+                   kwargs: dict[str, Any]) -> nn.Module:
+    """Build on the meta device first (nothing allocated) and refuse a model over the parameter limit."""
+    with torch.device("meta"):
+        shape_only = builder(spec, fold=fold, multiplier=mult, **kwargs)
+    params = sum(p.numel() for p in shape_only.parameters())
+    check_param_count(params, spec.source or spec.name, f"the model at fold {fold} (multiplier {mult:g})")
+    if torch.empty(()).device.type == "meta":  # already building on the meta device (shape_model)
+        return shape_only
+    return builder(spec, fold=fold, multiplier=mult, **kwargs)
 
 
 def build_from_config(config: ModelConfig, *, init: bool = False) -> nn.Module:

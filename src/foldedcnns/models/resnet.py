@@ -10,14 +10,36 @@ pool; parameters and multiply-accumulates are unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from foldedcnns.errors import ConfigError
 from foldedcnns.models.layers import conv3x3
 from foldedcnns.models.spec import TaskSpec, scaled
+from foldedcnns.models.validate import MAX_BLOCKS, MAX_WIDTH, check_choice, check_int_list, check_keys
+
+BLOCKS = ("basic",)
+DEFAULT_LAYERS = [2, 2, 2, 2]
+DEFAULT_WIDTHS = [64, 128, 256, 512]
+
+
+def check_architecture(arch: Mapping[str, Any], height: int, width: int, where: str) -> dict[str, Any]:
+    """Check a ResNet ``model-architecture``: block 'basic', 4 ``layers`` (blocks per stage) and 4 ``widths``.
+
+    Any input size works: the stride-2 convolutions keep at least 1x1 and the pool is global.
+    """
+    path = "model-architecture"
+    check_keys(arch, ("block", "layers", "widths"), where, path)
+    out: dict[str, Any] = {}
+    if "block" in arch:
+        out["block"] = check_choice(arch["block"], BLOCKS, where, f"{path}.block")
+    if "layers" in arch:
+        out["layers"] = check_int_list(arch["layers"], 4, where, f"{path}.layers", 1, MAX_BLOCKS)
+    if "widths" in arch:
+        out["widths"] = check_int_list(arch["widths"], 4, where, f"{path}.widths", 1, MAX_WIDTH)
+    return out
 
 
 class BasicBlock(nn.Module):
@@ -72,13 +94,7 @@ class CifarResNet(nn.Module):
 
 def cifar_resnet(spec: TaskSpec, *, fold: int = 1, multiplier: float = 1.0) -> CifarResNet:
     """Build the CIFAR ResNet of ``spec`` (ResNet-18 for the shipped tasks) for fold f."""
-    where = spec.source or spec.name
-    arch = spec.architecture
-    widths = arch.get("widths", [64, 128, 256, 512])
-    blocks = arch.get("layers", [2, 2, 2, 2])
-    if arch.get("block", "basic") != "basic":
-        raise ConfigError(f"{where}: only block 'basic' is implemented, got {arch.get('block')!r}")
-    if len(widths) != 4 or len(blocks) != 4 or min(blocks) < 1:
-        raise ConfigError(f"{where}: ResNet needs 4 'widths' and 4 'layers' (blocks per stage, >= 1)")
+    arch = check_architecture(spec.architecture, spec.height, spec.width, spec.source or spec.name)
+    widths, blocks = arch.get("widths", DEFAULT_WIDTHS), arch.get("layers", DEFAULT_LAYERS)
     return CifarResNet(spec.in_channels * fold, [scaled(w, multiplier) for w in widths], blocks,
                        spec.num_classes * fold)

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
 
 from foldedcnns.errors import ConfigError
 
+# More threads than this is a typo (each is an OS thread; PyTorch would start them all).
+MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
+
 
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """Use ``threads`` intra-op threads inside the block (unchanged when ``None``); restored after."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ConfigError(f"--threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
     saved = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

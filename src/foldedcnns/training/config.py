@@ -20,16 +20,16 @@ from foldedcnns.errors import ConfigError
 from foldedcnns.models.registry import ModelConfig, build_model, get_task
 from foldedcnns.models.spec import TaskSpec
 from foldedcnns.runtime.device import resolve_device
-from foldedcnns.training.curriculum import CurriculumSchedule, curriculum_schedule
+from foldedcnns.training.curriculum import CurriculumSchedule, curriculum_schedule, fit_schedule
 from foldedcnns.training.distill import DEFAULT_TEMPERATURE, DISTILL_LOSSES
 from foldedcnns.training.evaluation import DEFAULT_EVAL_BATCH
-from foldedcnns.training.recipes import Recipe, apply_overrides, recipe_for
+from foldedcnns.training.recipes import Recipe, apply_overrides, fit_to_epochs, recipe_for
 from foldedcnns.training.slots import SlotWarmup
 
 log = logging.getLogger(__name__)
 
-# Settings that may differ between a run and its resumption.
-RESUMABLE_CHANGES = ("epochs",)
+# Settings that may differ between a run and its resumption (the slot warm-up may follow the epochs).
+RESUMABLE_CHANGES = ("epochs", "slot_warmup")
 
 
 @dataclass
@@ -73,7 +73,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A :class:`TrainConfig` resolved against the task and its recipe; everything checked."""
+    """A :class:`TrainConfig` resolved against the task and its recipe; everything checked.
+
+    ``notices``: what planning changed on its own (a curriculum fitted to the epochs, slot warm-up
+    switched off); each is also logged as a warning.
+    """
 
     config: TrainConfig
     model_name: str
@@ -83,6 +87,7 @@ class RunPlan:
     curriculum: CurriculumSchedule | None
     device: torch.device
     amp: bool
+    notices: tuple[str, ...] = ()
 
     @property
     def spec(self) -> TaskSpec:
@@ -118,6 +123,8 @@ def plan_run(config: TrainConfig) -> RunPlan:
                                       "weight_decay": config.weight_decay, "optimizer": config.optimizer,
                                       "lr_schedule": config.lr_schedule, "curriculum": config.curriculum,
                                       "curriculum_gap": config.curriculum_gap, "slot_warmup": config.slot_warmup})
+    recipe = fit_to_epochs(recipe, fold)
+    notices: list[str] = []
     if recipe.batch_size < fold:
         raise ConfigError(f"batch size {recipe.batch_size} is smaller than fold {fold}; pass --batch-size of at "
                           f"least {fold} (a multiple of the fold)")
@@ -127,38 +134,43 @@ def plan_run(config: TrainConfig) -> RunPlan:
     except ConfigError:
         if config.slot_warmup is not None:
             raise
-        log.info("slot warm-up is off: a layer of this model has fewer than %d channels", fold)
+        if recipe.slot_warmup:
+            notices.append(f"slot warm-up is off: a layer of this model has fewer than {fold} channels")
         recipe = apply_overrides(recipe, {"slot_warmup": 0})
     if config.eval_batch_size < 1:
         raise ConfigError(f"eval batch size must be >= 1, got {config.eval_batch_size}")
-    schedule = _curriculum(config, spec, fold, recipe)
+    schedule = _curriculum(config, spec, fold, recipe, notices)
     if config.distill_from is not None:
         _check_distillation(config)
     device = resolve_device(config.device)
     amp = device.type == "cuda" if config.amp is None else bool(config.amp)
     if amp and device.type != "cuda":
         raise ConfigError("mixed precision (--amp) needs a CUDA device; pass --device cuda or drop --amp")
-    return RunPlan(config, model_name, model_config, recipe, batch_size, schedule, device, amp)
+    for notice in notices:
+        log.warning("%s", notice)
+    return RunPlan(config, model_name, model_config, recipe, batch_size, schedule, device, amp, tuple(notices))
 
 
-def _curriculum(config: TrainConfig, spec: TaskSpec, fold: int, recipe: Recipe) -> CurriculumSchedule | None:
-    """The curriculum of the run (None when off); one that cannot reach every class in time is an error."""
+def _curriculum(config: TrainConfig, spec: TaskSpec, fold: int, recipe: Recipe,
+                notices: list[str]) -> CurriculumSchedule | None:
+    """The curriculum of the run (None when off); one that cannot reach every class in time is fitted
+    to the epochs (:func:`~foldedcnns.training.curriculum.fit_schedule`) with a notice."""
     if not ((recipe.curriculum and fold > 1) or config.curriculum):
         return None
     schedule = curriculum_schedule(spec.num_classes, fold, divisor=recipe.curriculum_divisor,
                                    gap=recipe.curriculum_gap)
-    if schedule.complete_epoch >= recipe.epochs:
-        raise ConfigError(
-            f"the curriculum adds the last of {spec.num_classes} classes only in epoch "
-            f"{schedule.complete_epoch + 1} but the run has {recipe.epochs} epochs; pass a smaller "
-            f"--curriculum-gap (at most {max(1, _largest_gap(schedule, recipe.epochs))}), more --epochs, "
-            "or --no-curriculum")
-    return schedule
-
-
-def _largest_gap(schedule: CurriculumSchedule, epochs: int) -> int:
-    steps = -(-max(0, schedule.num_classes - schedule.initial) // schedule.step)
-    return (epochs - 1) // steps if steps else epochs
+    if schedule.complete_epoch < recipe.epochs:
+        return schedule
+    fitted = fit_schedule(schedule, recipe.epochs)
+    was = (f"the curriculum would add the last of {spec.num_classes} classes only in epoch "
+           f"{schedule.complete_epoch + 1} of {recipe.epochs}")
+    if fitted is None:
+        notices.append(f"{was}; a {recipe.epochs}-epoch run trains on every class from the start instead")
+    else:
+        notices.append(f"{was}; scaled to fit: {fitted.step} more class(es) every {fitted.gap} epoch(s) from "
+                       f"{fitted.initial}, all classes from epoch {fitted.complete_epoch + 1} "
+                       "(set --curriculum-gap, --epochs or --no-curriculum to choose)")
+    return fitted
 
 
 def _check_distillation(config: TrainConfig) -> None:

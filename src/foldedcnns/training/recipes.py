@@ -1,8 +1,17 @@
-"""Training recipes: the original's optimiser, schedule and epochs per data-set group, as data.
+"""Training recipes: the recommended default and the original's recipes per data-set group, as data.
 
-A :class:`Recipe` is looked up once per run with :func:`recipe_for` (task family and name, fold)
-and then overridden field by field from the command line (:func:`apply_overrides`). The values are
-those of the original release (reference section 4.2, hard-coded numbers in section 8):
+A :class:`Recipe` is looked up once per run with :func:`recipe_for` (recipe name, task family and
+name, fold), overridden field by field from the command line (:func:`apply_overrides`) and then
+fitted to the run's epochs (:func:`fit_to_epochs`).
+
+The default is ``recommended`` (not from the original): Adam 1e-3 with a cosine schedule, batch 128,
+100 epochs, no curriculum and, for a folded model, slot warm-up (:mod:`foldedcnns.training.slots`)
+for a quarter of the epochs and a blend of another quarter, whatever ``--epochs`` is. It trains
+f = 2 and f = 4 to within about a point of f = 1 at equal epochs (docs/training.md has the figures);
+the original's recipes need 1,500 epochs and a curriculum for that.
+
+``original`` picks the original release's recipe by task and family (reference section 4.2,
+hard-coded numbers in section 8); each is also available by its own name:
 
 ============  =========================  ========  ============  =======  ============================
 group         optimiser                  epochs    LR schedule   batch    extras
@@ -11,16 +20,17 @@ game          Adam 1e-4, wd 1e-5         1500      none          32       curric
 noscope       RMSprop 0.001/1.5          50        none          32
 cifar10       Adam 1e-4, wd 1e-5         1500      StepLR 200/.5 32       crop 4 + flip, 5000 val
 cifar100      Adam 1e-4, wd 1e-5         1500      StepLR 200/.5 32       crop 4 + flip, 5000 val
-quick         Adam 1e-3, wd 1e-5         30        cosine        128      slot warm-up 10 when folded
 ============  =========================  ========  ============  =======  ============================
 
-lol/timer-minutes at fold 4 runs 3000 epochs with the slower curriculum (start and step N//20,
-a class step every 120 epochs), as in the original (:data:`TASK_OVERRIDES`).
+``quick`` (Adam 1e-3 cosine, 30 epochs, batch 128, slot warm-up 10) is for short CPU runs. Under
+``original``, lol/timer-minutes at fold 4 runs 3000 epochs with the slower curriculum (start and step
+N//20, a class step every 120 epochs), as in the original (:data:`TASK_OVERRIDES`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +60,13 @@ QUICK_LR = 1e-3
 QUICK_EPOCHS = 30
 QUICK_BATCH_SIZE = 128
 QUICK_SLOT_WARMUP = 10
+RECOMMENDED_LR = 1e-3
+RECOMMENDED_EPOCHS = 100
+RECOMMENDED_BATCH_SIZE = 128
+RECOMMENDED_SLOT_WARMUP_FRACTION = 0.25  # of the epochs, tied; as many again to blend
+MAX_SLOT_WARMUP_FRACTION = 0.5  # warm-up and blend then take the whole run
+DEFAULT_RECIPE = "recommended"
+ORIGINAL = "original"  # picks the original's recipe by task and family
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,7 @@ class Recipe:
     curriculum_gap: int = CURRICULUM_GAP
     curriculum_divisor: int = CURRICULUM_DIVISOR
     slot_warmup: int = 0
+    slot_warmup_fraction: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,6 +115,11 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
+    "recommended": Recipe(name="recommended", lr=RECOMMENDED_LR, epochs=RECOMMENDED_EPOCHS,
+                          batch_size=RECOMMENDED_BATCH_SIZE, lr_schedule="cosine",
+                          slot_warmup_fraction=RECOMMENDED_SLOT_WARMUP_FRACTION,
+                          notes=("the default: slot warm-up and blend each 1/4 of the epochs when folded, "
+                                 "no curriculum; not from the original",)),
     "game": Recipe(name="game", curriculum=True,
                    notes=("original: Adam 1e-4, wd 1e-5, 1500 epochs, batch 32, curriculum when folded",)),
     "noscope": Recipe(name="noscope", optimizer="rmsprop", lr=NOSCOPE_RMSPROP_LR, weight_decay=0.0,
@@ -118,10 +141,14 @@ TASK_OVERRIDES: dict[tuple[str, int], dict[str, Any]] = {
 }
 
 FAMILY_RECIPES = {"game": "game", "noscope": "noscope", "resnet": "cifar100"}
+# What the recommended recipe takes over from the original's per family and task (augmentation, split).
+RECOMMENDED_FAMILY = {"resnet": {"augment": "crop_flip"}}
+RECOMMENDED_TASK = {"cifar10": {"val_split": CIFAR_VAL_IMAGES}, "cifar100": {"val_split": CIFAR_VAL_IMAGES}}
 
 
 def list_recipes() -> list[str]:
-    return sorted(RECIPES)
+    """Recipe names for ``--recipe``: the recipes, and ``original`` (the original's recipe of the task)."""
+    return sorted([*RECIPES, ORIGINAL])
 
 
 def validate_recipe(recipe: Recipe) -> Recipe:
@@ -142,6 +169,9 @@ def validate_recipe(recipe: Recipe) -> Recipe:
             raise ConfigError(f"{key.replace('_', ' ')} must be an integer >= 1, got {value!r}")
     if isinstance(recipe.slot_warmup, bool) or not isinstance(recipe.slot_warmup, int) or recipe.slot_warmup < 0:
         raise ConfigError(f"slot warm-up must be an integer >= 0 (epochs), got {recipe.slot_warmup!r}")
+    if not 0.0 <= recipe.slot_warmup_fraction <= MAX_SLOT_WARMUP_FRACTION:
+        raise ConfigError(f"slot warm-up fraction must be in [0, {MAX_SLOT_WARMUP_FRACTION}] (of the epochs), "
+                          f"got {recipe.slot_warmup_fraction!r}")
     split = recipe.val_split
     if isinstance(split, float) and not 0.0 < split < 1.0:
         raise ConfigError(f"validation fraction must be in (0, 1), got {split}")
@@ -151,39 +181,92 @@ def validate_recipe(recipe: Recipe) -> Recipe:
 
 
 def recipe_for(spec: TaskSpec, fold: int, name: str | None = None) -> Recipe:
-    """The recipe of a task at a fold: an explicit ``name``, else by task name, else by family.
+    """The recipe of a task at a fold: ``name`` (default ``recommended``), or with ``original`` the
+    original's recipe by task name, else by family.
 
-    Per-task exceptions of the original (:data:`TASK_OVERRIDES`) and a description's own
-    ``"recipe": {...}`` object are applied on top, in that order.
+    ``recommended`` takes the original's augmentation and validation split for ResNet/CIFAR tasks;
+    ``original`` adds the per-task exceptions of the original (:data:`TASK_OVERRIDES`). A
+    description's own ``"recipe": {...}`` object is applied on top.
     """
-    if name is not None:
-        if name not in RECIPES:
-            raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(list_recipes())}")
-        key = name
-    elif spec.name in RECIPES:
-        key = spec.name
-    elif spec.family in FAMILY_RECIPES:
-        key = FAMILY_RECIPES[spec.family]
+    name = DEFAULT_RECIPE if name is None else name
+    if name == ORIGINAL:
+        if spec.name in RECIPES:
+            key = spec.name
+        elif spec.family in FAMILY_RECIPES:
+            key = FAMILY_RECIPES[spec.family]
+        else:
+            raise ConfigError(f"the original has no recipe for family {spec.family!r}; pass --recipe "
+                              f"({', '.join(sorted(RECIPES))})")
+        recipe = apply_overrides(RECIPES[key], TASK_OVERRIDES.get((spec.name, fold), {}))
+    elif name in RECIPES:
+        recipe = RECIPES[name]
+        if name == DEFAULT_RECIPE:
+            recipe = apply_overrides(recipe, {**RECOMMENDED_FAMILY.get(spec.family, {}),
+                                              **RECOMMENDED_TASK.get(spec.name, {})})
     else:
-        raise ConfigError(f"no training recipe for family {spec.family!r}; pass --recipe "
-                          f"({', '.join(list_recipes())})")
-    recipe = RECIPES[key]
-    if name is None:
-        recipe = apply_overrides(recipe, TASK_OVERRIDES.get((spec.name, fold), {}))
+        raise ConfigError(f"unknown recipe {name!r}{_did_you_mean(name, list_recipes())}; choose one of "
+                          f"{', '.join(list_recipes())}")
     own = spec.extra.get("recipe")
     if own is not None:
+        where = spec.source or spec.name
         if not isinstance(own, Mapping):
-            raise ConfigError(f"{spec.name}: the description's 'recipe' must be a JSON object of recipe fields")
-        recipe = apply_overrides(recipe, own)
+            raise ConfigError(f"{where}: the description's 'recipe' must be a JSON object of recipe fields")
+        recipe = apply_overrides(recipe, own, where=f"{where}: 'recipe'")
     return recipe
 
 
-def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any]) -> Recipe:
-    """Replace fields whose override is not None; unknown fields are a ConfigError."""
-    known = {f.name for f in dataclasses.fields(Recipe)} - {"name", "notes"}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def scaled_slot_warmup(epochs: int, fraction: float, fold: int) -> int:
+    """Slot warm-up epochs of a run: ``round(fraction * epochs)``, at least 1, for a folded model; else 0."""
+    if fold <= 1 or fraction <= 0:
+        return 0
+    return max(1, int(fraction * epochs + 0.5))
+
+
+def fit_to_epochs(recipe: Recipe, fold: int) -> Recipe:
+    """The recipe with its slot warm-up set from ``slot_warmup_fraction`` and the epochs (if the fraction is set)."""
+    if recipe.slot_warmup_fraction <= 0:
+        return recipe
+    return dataclasses.replace(recipe, slot_warmup=scaled_slot_warmup(recipe.epochs, recipe.slot_warmup_fraction,
+                                                                      fold))
+
+
+_FIELD_TYPES = {"optimizer": str, "lr_schedule": str, "augment": str, "curriculum": bool,
+                "lr": float, "weight_decay": float, "momentum": float, "lr_gamma": float,
+                "slot_warmup_fraction": float, "val_split": (int, float)}
+
+
+def _check_type(key: str, value: Any, where: str) -> None:
+    kind = _FIELD_TYPES.get(key, int)
+    if kind is float or kind == (int, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        label = {str: "a string", bool: "true or false", int: "an integer"}.get(kind, "a number")
+        raise ConfigError(f"{where}recipe field '{key}' must be {label}, got {value!r}")
+
+
+def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any], where: str = "") -> Recipe:
+    """Replace fields whose override is not None; an unknown field or a value of the wrong type is a
+    ConfigError (``where`` prefixes the message). An explicit ``slot_warmup`` switches off
+    ``slot_warmup_fraction``."""
+    known = sorted({f.name for f in dataclasses.fields(Recipe)} - {"name", "notes"})
+    prefix = f"{where}: " if where else ""
+    for key in overrides:
+        if key not in known:
+            raise ConfigError(f"{prefix}unknown recipe field '{key}'{_did_you_mean(key, known)}; "
+                              f"known: {', '.join(known)}")
     values = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in values.items():
+        _check_type(key, value, prefix)
+    if "slot_warmup" in values and "slot_warmup_fraction" not in values:
+        values["slot_warmup_fraction"] = 0.0
     return validate_recipe(dataclasses.replace(recipe, **values)) if values else recipe
 

@@ -12,14 +12,17 @@ warm-up", has the runs).
 1. every conv and linear weight is made block-diagonal over f contiguous channel groups ("slots":
    group j reads only group j of the layer before; the first layer's group j reads image j, the
    classifier's block j writes image j's logits), scaled by sqrt(f) to keep activation variance;
-2. for ``epochs`` epochs the cross-slot gradients are masked to zero and the f diagonal blocks are
-   *tied*: they start equal and each gets the mean of their gradients, so the model trains as one
-   narrow CNN (1/sqrt(f) of the original's width) that sees every image of the batch, whichever slot
-   it sits in. Untied, each slot's copy would see only 1/f of the data and learn f times slower;
-3. for ``epochs`` more epochs the blocks are untied and the cross-slot weights (starting at zero)
-   take a growing share, ``alpha`` from 0 to 1, of each optimiser update (Adam would otherwise move
-   all of them by about the learning rate at once, which throws the model back to chance level);
-   then they train like every other weight.
+2. for ``epochs`` epochs the f diagonal blocks are *tied*: they start equal and each gets the mean of
+   their gradients, so the model trains as one narrow CNN (1/sqrt(f) of the original's width) that
+   sees every image of the batch, whichever slot it sits in (untied, each slot's copy would see only
+   1/f of the data and learn f times slower); the cross-slot weights stay at zero (their updates are
+   undone after every step, so the optimiser's statistics for them are ready when they start);
+3. for ``epochs`` more epochs the cross-slot weights (starting at zero) take a growing share,
+   ``alpha`` from 0 to 1, of each optimiser update, and the slots untie the same way: each diagonal
+   block moves by the mean of the f blocks' updates plus ``alpha`` of its own deviation from that mean
+   (Adam would otherwise move all cross-slot weights by about the learning rate at once, and the untied
+   blocks by up to twice their tied step, which throws the model back towards chance level); then
+   every weight trains normally.
 
 Channel groups are contiguous index ranges (``floor(i * f / n)``), which matches how folding stacks
 images along channels and how the classifier's output holds one block of K logits per image; a
@@ -165,26 +168,24 @@ class SlotWarmup:
                 blocks = param[index]
                 param[index] = blocks[:1].expand_as(blocks).clone()
 
-    def _grad_hook(self, param: torch.Tensor, layer: _Layer):
-        mask = None if layer.mask is None or param.dim() == 1 else layer.mask.to(param)
-
+    def _grad_hook(self, layer: _Layer):
         def hook(grad: torch.Tensor) -> torch.Tensor:
-            grad = grad * mask if mask is not None else grad.clone()
-            if self.tie:
-                _tie_(grad, layer)
+            grad = grad.clone()
+            _tie_(grad, layer)
             return grad
         return hook
 
     def alpha(self, epoch: int, progress: float) -> float:
-        """Share of each update the cross-slot weights get: 0 while separate, then up to 1."""
+        """Share of each update the cross-slot weights (and the slots' own deviations) get: 0 while
+        separate, then up to 1."""
         if not self.active or epoch < self.epochs:
             return 0.0 if self.active else 1.0
         return min(1.0, (epoch - self.epochs + progress) / self.epochs)
 
     def begin_epoch(self, epoch: int) -> None:
-        """Mask cross-slot gradients (and tie the slots) during the first ``epochs`` epochs only."""
-        if self.active and epoch < self.epochs and not self.handles:
-            self.handles = [param.register_hook(self._grad_hook(param, layer)) for param, layer in self._params()]
+        """Tie the slots' gradients during the first ``epochs`` epochs only."""
+        if self.active and self.tie and epoch < self.epochs and not self.handles:
+            self.handles = [param.register_hook(self._grad_hook(layer)) for param, layer in self._params()]
         elif epoch >= self.epochs and self.handles:
             for handle in self.handles:
                 handle.remove()
@@ -192,15 +193,24 @@ class SlotWarmup:
 
     @contextlib.contextmanager
     def blend(self, epoch: int, progress: float) -> Iterator[None]:
-        """Around an optimiser step: keep only ``alpha`` of the step for the cross-slot weights."""
+        """Around an optimiser step: keep only ``alpha`` of the step for the cross-slot weights and of
+        each slot's deviation from the slots' mean step (``alpha`` = 0 while separate)."""
         alpha = self.alpha(epoch, progress)
-        if not self.active or alpha >= 1.0 or epoch < self.epochs:
+        if not self.active or alpha >= 1.0:
             yield
             return
-        weighted = [layer for layer in self.layers if layer.mask is not None]
-        before = [layer.module.weight.detach().clone() for layer in weighted]
+        params = list(self._params())
+        before = [param.detach().clone() for param, _ in params]
         yield
         with torch.no_grad():
-            for layer, old in zip(weighted, before, strict=True):
-                w, mask = layer.module.weight, layer.mask.to(old)
-                w.copy_(w * mask + (1 - mask) * (old + alpha * (w - old)))
+            for (param, layer), old in zip(params, before, strict=True):
+                step = param - old
+                if self.tie and epoch >= self.epochs:
+                    index = _tied_view(step, layer)
+                    blocks = step[index]
+                    mean = blocks.mean(dim=0, keepdim=True)
+                    step[index] = mean + alpha * (blocks - mean)
+                if layer.mask is not None and param.dim() > 1:
+                    mask = layer.mask.to(step)
+                    step = step * mask + (1 - mask) * (alpha * step)
+                param.copy_(old + step)

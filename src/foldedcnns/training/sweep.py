@@ -1,7 +1,8 @@
 """Sweeps: train every task at every fold, then one summary CSV/JSON and an accuracy-vs-fold plot.
 
 Each run lives in ``OUT/<task>/fold<f>/`` and is trained with ``resume=True``, so a killed sweep is
-restarted with the same command: finished runs are read back, the interrupted one continues.
+restarted with the same command: finished runs are read back, the interrupted one continues. OUT
+must be new, empty or an earlier sweep's folder (marked by ``.foldedcnns-sweep``).
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from foldedcnns.models.registry import ModelConfig, build_from_config, get_task
 from foldedcnns.training.metrics import json_safe
 from foldedcnns.training.trainer import TrainConfig, TrainResult, plan_run, train
 from foldedcnns.utils.atomic import atomic_open, atomic_path, atomic_write_text
+from foldedcnns.utils.outputs import claim_folder
+from foldedcnns.utils.signals import on_interrupt
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
 PLOT_PNG = "accuracy_vs_fold.png"
+SWEEP_MARKER = ".foldedcnns-sweep"  # marks OUT as a sweep's own folder, which a restart continues
 SUMMARY_COLUMNS = ("task", "fold", "multiplier", "mode", "epochs", "best_epoch", "val_top1", "test_top1",
                    "test_top5", "test_loss", "test_images", "top1_vs_fold1", "params", "flops_per_image",
                    "seconds", "run_dir")
@@ -160,14 +164,18 @@ def sweep(config: SweepConfig, *, on_run: Callable[[dict[str, Any]], None] | Non
                               **config.base)
             plan_run(run)
             runs.append(run)
+    out = claim_folder(config.out, (SWEEP_MARKER, SUMMARY_CSV), owner="an earlier sweep")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SWEEP_MARKER).touch()
     rows: list[dict[str, Any]] = []
-    for run in runs:
-        row = summary_row(train(run))
-        rows.append(row)
-        _add_deltas(rows)
-        write_summary(rows, config.out)
-        if on_run is not None:
-            on_run(row)
+    with on_interrupt(f"finished runs are kept in {out}; run the same sweep command again to continue"):
+        for run in runs:
+            row = summary_row(train(run))
+            rows.append(row)
+            _add_deltas(rows)
+            write_summary(rows, config.out)
+            if on_run is not None:
+                on_run(row)
     csv_path, json_path = write_summary(rows, config.out)
     plot = plot_accuracy_vs_fold(rows, Path(config.out) / PLOT_PNG)
     return SweepResult(rows, csv_path, json_path, plot)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ from foldedcnns.training.loop import TrainLoop, flush_denormals
 from foldedcnns.training.metrics import json_safe
 from foldedcnns.training.splits import load_training_data
 from foldedcnns.utils.atomic import atomic_write_text
+from foldedcnns.utils.outputs import claim_folder
+from foldedcnns.utils.signals import on_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +82,22 @@ class TrainResult:
         return json_safe(data)
 
 
+def interrupt_note(run_dir: Path, created: bool, resume: bool) -> str:
+    """What a run stopped by Ctrl-C or SIGTERM keeps: its finished epochs (resumable), or nothing (a
+    folder this run made is removed)."""
+    if (run_dir / LAST_CHECKPOINT).is_file():
+        how = "run the same command again" if resume else "run the same command with --resume"
+        return f"{run_dir} keeps the finished epochs ({LAST_CHECKPOINT}); {how} to continue"
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return f"no epoch had finished; {run_dir} was removed"
+    return f"no epoch had finished; {run_dir} holds nothing to resume"
+
+
 def train(config: TrainConfig, *, on_batch: Callable[[int, int], None] | None = None) -> TrainResult:
     """Train one (task, fold) run; see the module docstring. ``on_batch(epoch, step)`` runs after each step."""
     plan = plan_run(config)
-    run_dir = Path(config.out)
+    run_dir = claim_folder(config.out, (LAST_CHECKPOINT, CONFIG_JSON), owner="an earlier training run")
     last_path = run_dir / LAST_CHECKPOINT
     resume_ckpt = None
     if last_path.exists():
@@ -100,7 +115,9 @@ def train(config: TrainConfig, *, on_batch: Callable[[int, int], None] | None = 
     if on_batch is not None:
         callbacks.append(BatchHook(on_batch))
     callbacks += [MetricsFiles(run_dir), Checkpoints(run_dir)]
-    with flush_denormals(plan.device.type == "cpu"):
+    created = not run_dir.exists()
+    with flush_denormals(plan.device.type == "cpu"), \
+            on_interrupt(lambda: interrupt_note(run_dir, created, config.resume)):
         loop = TrainLoop(plan, data, run_dir, resume_ckpt, callbacks)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / CONFIG_JSON, json.dumps(json_safe(plan.settings()), indent=1) + "\n")

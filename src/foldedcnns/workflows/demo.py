@@ -155,7 +155,12 @@ def _synthetic_data(spec: TaskSpec, root: Path, settings: DemoSettings, seed: in
     """Draw the data set, or keep the one a previous run drew with the same task, size and seed."""
     manifest = root / SYNTH_MANIFEST
     if manifest.is_file():
-        saved = json.loads(manifest.read_text(encoding="utf-8"))
+        try:
+            saved = json.loads(manifest.read_text(encoding="utf-8"))
+        except (ValueError, OSError):  # damaged (or not UTF-8): draw the data again
+            saved = {}
+        if not isinstance(saved, dict):
+            saved = {}
         if (saved.get("task"), saved.get("per_class"), saved.get("seed")) == (spec.name, settings.per_class, seed):
             return dict(saved["counts"])
     return generate_synthetic(spec, root, per_class=settings.per_class, seed=seed, overwrite=True,

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from foldedcnns.data.folder import ImageFolder
-from foldedcnns.data.synth.generate import render_batch
+from foldedcnns.data.synth.generate import check_seed, render_batch
 from foldedcnns.data.synth.glyphs import font, font_paths
 from foldedcnns.data.synth.layouts import game_spec
 from foldedcnns.errors import ConfigError
@@ -27,6 +27,7 @@ SHEET_MAX_ROWS_BY_CLASS = 24  # up to this many classes: one row per class; more
 SHEET_COLUMNS = 12
 SHEET_ROW_LENGTH = 8  # samples per class in a one-row-per-class sheet
 SHEET_GRID_IMAGES = 120  # about this many samples in a flowing-grid sheet
+SHEET_MAX_PER_CLASS = 100  # a sheet is for a person to look at
 
 
 def render_contact_sheet(images: Sequence[np.ndarray], labels: Sequence[str], *, scale: int = SHEET_SCALE,
@@ -67,6 +68,14 @@ def render_contact_sheet(images: Sequence[np.ndarray], labels: Sequence[str], *,
     return np.asarray(sheet)
 
 
+def _check_per_class(per_class: int | None) -> int | None:
+    if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int)
+                                  or not 1 <= per_class <= SHEET_MAX_PER_CLASS):
+        raise ConfigError(f"--per-class must be an integer from 1 to {SHEET_MAX_PER_CLASS} for a contact sheet, "
+                          f"got {per_class!r}")
+    return per_class
+
+
 def _save_sheet(sheet: np.ndarray, out_path: str | os.PathLike[str]) -> None:
     atomic_save(out_path, lambda tmp: Image.fromarray(sheet).save(tmp, format="PNG"))
 
@@ -81,9 +90,10 @@ def contact_sheet(task: str | os.PathLike[str] | TaskSpec, out_path: str | os.Pa
     """
     spec = game_spec(task)
     by_class = spec.num_classes <= SHEET_MAX_ROWS_BY_CLASS
-    per_class = per_class or (SHEET_ROW_LENGTH if by_class else max(1, SHEET_GRID_IMAGES // spec.num_classes))
+    per_class = _check_per_class(per_class) or (SHEET_ROW_LENGTH if by_class
+                                                else max(1, SHEET_GRID_IMAGES // spec.num_classes))
     labels = [k for k in range(spec.num_classes) for _ in range(per_class)]
-    images = render_batch(spec, labels, np.random.default_rng(seed))
+    images = render_batch(spec, labels, np.random.default_rng(check_seed(seed)))
     names = [spec.class_names[k] for k in labels]
     _save_sheet(render_contact_sheet(list(images), names, by_class=by_class), out_path)
     return {"path": str(out_path), "classes": spec.num_classes, "images": len(images)}
@@ -92,6 +102,7 @@ def contact_sheet(task: str | os.PathLike[str] | TaskSpec, out_path: str | os.Pa
 def folder_contact_sheet(root: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
                          per_class: int = SHEET_ROW_LENGTH) -> dict[str, Any]:
     """A labelled grid of the first ``per_class`` images of each class of an image folder (real data too)."""
+    per_class = _check_per_class(per_class) or SHEET_ROW_LENGTH
     folder = ImageFolder(root, cache=False)
     picked: dict[int, list[int]] = {}
     for i, target in enumerate(folder.targets):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -22,18 +22,20 @@ from foldedcnns.data.synth.render import render_scene
 from foldedcnns.errors import ConfigError
 from foldedcnns.models.spec import TaskSpec
 from foldedcnns.utils.atomic import atomic_directory
+from foldedcnns.utils.signals import terminate_pool, worker_init
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 MANIFEST = "synth.json"
 DEFAULT_WORKERS = 2  # processes drawing classes in parallel
+MAX_SEED = 2**63
 
 
 def render_batch(task: str | os.PathLike[str] | TaskSpec, labels: Sequence[int],
                  rng: np.random.Generator | int) -> np.ndarray:
     """Draw one crop per label (class index) of a game task: ``(N, H, W, 3)`` RGB ``uint8``."""
     spec = game_spec(task)
-    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    rng = np.random.default_rng(check_seed(rng)) if not isinstance(rng, np.random.Generator) else rng
     layout = layout_for(spec)
     out = np.empty((len(labels), spec.height, spec.width, 3), dtype=np.uint8)
     for i, label in enumerate(labels):
@@ -42,6 +44,13 @@ def render_batch(task: str | os.PathLike[str] | TaskSpec, labels: Sequence[int],
             raise ConfigError(f"label {label} is not a class of {spec.name} (0..{spec.num_classes - 1})")
         out[i] = render_scene(layout(spec.class_names[label], rng), spec.height, spec.width, rng)
     return out
+
+
+def check_seed(seed: object) -> int:
+    """A seed of the random streams: an integer from 0 to 2**63 - 1 (NumPy refuses negative seeds)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise ConfigError(f"--seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+    return seed
 
 
 def split_counts(per_class: int, splits: Sequence[float]) -> dict[str, int]:
@@ -68,12 +77,31 @@ def _draw_class(spec: TaskSpec, k: int, seed: int, counts: dict[str, int], root:
     return sum(counts.values())
 
 
-def _process_pool(workers: int) -> ProcessPoolExecutor:
+def _draw_job(job: tuple[TaskSpec, int, int, dict[str, int], Path]) -> int:
+    return _draw_class(*job)
+
+
+def _draw_in_pool(jobs: list[tuple[TaskSpec, int, int, dict[str, int], Path]], workers: int) -> Iterator[int]:
+    """Run :func:`_draw_class` on ``workers`` processes, yielding each class's count as it finishes.
+
+    On any exception (a worker's fault, Ctrl-C, SIGTERM) the workers are terminated and joined before
+    it propagates, so none outlives the call or writes into a folder being removed. Workers ignore
+    SIGINT and die with their parent (:func:`foldedcnns.utils.signals.worker_init`).
+    """
     # fork: workers inherit the imported modules (torch included) and the registered layouts
     # instead of importing them again
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=worker_init,
+                               initargs=(os.getpid(),))
+    try:
+        for future in as_completed([pool.submit(_draw_job, job) for job in jobs]):
+            yield future.result()
+    except BaseException:
+        terminate_pool(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def generate_synthetic(task: str | os.PathLike[str] | TaskSpec, out_dir: str | os.PathLike[str], *,
@@ -89,18 +117,18 @@ def generate_synthetic(task: str | os.PathLike[str] | TaskSpec, out_dir: str | o
     """
     spec = game_spec(task)
     counts = split_counts(per_class, splits)
-    workers = workers or min(DEFAULT_WORKERS, os.cpu_count() or 1)
+    check_seed(seed)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"--workers must be an integer >= 1, got {workers!r}")
+    # more processes than classes would idle: each draws one class
+    workers = min(workers or min(DEFAULT_WORKERS, os.cpu_count() or 1), spec.num_classes)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp, \
             tqdm(total=per_class * spec.num_classes, desc=f"drawing {spec.name}", unit="img",
                  disable=not progress, mininterval=0.5) as bar:
-        if workers == 1:
-            for k in range(spec.num_classes):
-                bar.update(_draw_class(spec, k, seed, counts, tmp))
-        else:
-            with _process_pool(workers) as pool:
-                jobs = [pool.submit(_draw_class, spec, k, seed, counts, tmp) for k in range(spec.num_classes)]
-                for job in as_completed(jobs):
-                    bar.update(job.result())
+        jobs = [(spec, k, seed, counts, tmp) for k in range(spec.num_classes)]
+        drawn = map(_draw_job, jobs) if workers == 1 else _draw_in_pool(jobs, workers)
+        for count in drawn:
+            bar.update(count)
         totals = {split: counts[split] * spec.num_classes for split in SPLITS}
         manifest = {"task": spec.name, "seed": seed, "per_class": per_class, "splits": list(splits),
                     "counts": totals, "classes": list(spec.class_names), "size": [spec.height, spec.width]}

@@ -5,6 +5,10 @@
 * ``compile``: ``torch.compile`` of the channels-last module (inductor, frozen weights, static shapes).
 * ``onnxruntime``: the module exported to ONNX in memory and run by ONNX Runtime.
 * ``cuda-graphs``: the channels-last module captured once into a CUDA graph and replayed (CUDA only).
+* ``openvino``: the module converted to OpenVINO in memory and compiled for the CPU (static shapes).
+
+``int8`` is post-training quantization by ``openvino`` (NNCF) and ``onnxruntime`` (static QDQ),
+calibrated on images of the task (:mod:`~foldedcnns.runtime.backends.quantize`).
 
 ``DEFAULT_BACKENDS[device_type]`` is the one list of backends that tune, the demo and the
 benchmark scripts search by default on that kind of device.
@@ -26,6 +30,15 @@ from foldedcnns.runtime.backends.base import (
 )
 from foldedcnns.runtime.backends.cuda_graphs import CudaGraphsBackend
 from foldedcnns.runtime.backends.onnxruntime import ONNX_OPSET, OnnxRuntimeBackend, export_onnx_bytes
+from foldedcnns.runtime.backends.openvino import OpenVinoBackend
+from foldedcnns.runtime.backends.quantize import (
+    QUANTIZED_PRECISIONS,
+    Calibration,
+    calibrated_registry,
+    calibration_notice,
+    is_quantized,
+    load_calibration,
+)
 from foldedcnns.runtime.backends.torch_backends import (
     COMPILE_RECOMPILE_LIMIT,
     ChannelsLastBackend,
@@ -35,9 +48,9 @@ from foldedcnns.runtime.backends.torch_backends import (
 )
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (EagerBackend(), ChannelsLastBackend(), CompileBackend(),
-                                                   OnnxRuntimeBackend(), CudaGraphsBackend())}
+                                                   OnnxRuntimeBackend(), CudaGraphsBackend(), OpenVinoBackend())}
 DEFAULT_BACKENDS: dict[str, tuple[str, ...]] = {
-    "cpu": ("eager", "channels-last", "compile", "onnxruntime"),
+    "cpu": ("eager", "channels-last", "compile", "onnxruntime", "openvino"),
     "cuda": ("eager", "channels-last", "onnxruntime", "cuda-graphs"),
 }
 
@@ -60,17 +73,24 @@ __all__ = [
     "DEFAULT_BACKENDS",
     "ONNX_OPSET",
     "PRECISIONS",
+    "QUANTIZED_PRECISIONS",
     "Backend",
     "BackendUnavailable",
+    "Calibration",
     "ChannelsLastBackend",
     "CompileBackend",
     "CudaGraphsBackend",
     "EagerBackend",
     "OnnxRuntimeBackend",
+    "OpenVinoBackend",
     "Prepared",
     "available_backends",
+    "calibrated_registry",
+    "calibration_notice",
     "compile_limits",
     "export_onnx_bytes",
     "get_backend",
+    "is_quantized",
+    "load_calibration",
     "precision_dtype",
 ]

@@ -8,7 +8,10 @@ check call, so an unsupported kernel shows up there as :class:`BackendUnavailabl
 reason), never in the middle of a timed loop.
 
 Precisions (``PRECISIONS``): ``fp32``, ``bf16`` and ``fp16``. A reduced precision casts the weights
-and the input, so every layer runs in that type; logits come back as float32.
+and the input, so every layer runs in that type; logits come back as float32. ``int8`` is no cast: the
+model and input stay float32 and a quantizing engine (``openvino``, ``onnxruntime``) quantizes the graph
+after calibrating it (:mod:`foldedcnns.runtime.backends.quantize`); the PyTorch backends report it
+unavailable.
 """
 
 from __future__ import annotations
@@ -23,8 +26,12 @@ from torch import nn
 
 from foldedcnns.core.folding import run_folded
 from foldedcnns.errors import ConfigError, FoldedCNNsError, ShapeError, first_line
+from foldedcnns.runtime.backends.quantize import Calibration, is_quantized
 
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The dtype the model and input are cast to; int8 stays float32 (the engine quantizes the graph itself).
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+                                      "int8": torch.float32}
+QUANTIZING_BACKENDS = ("openvino", "onnxruntime")
 
 
 class BackendUnavailable(FoldedCNNsError):
@@ -73,6 +80,7 @@ class Prepared:
         self.static_inputs = static_inputs
         self.module = module  # the backend's own cast copy of a PyTorch model (None for other engines)
         self.setup_seconds = 0.0
+        self.calibration: str | None = None  # int8: what the engine was calibrated on
         self._keep = list(keep or [])  # objects the runner needs alive (models, sessions, graphs)
 
     def __repr__(self) -> str:
@@ -120,8 +128,12 @@ class Prepared:
     __call__ = classify
 
 
-def device_precision_check(device: torch.device, precision: str) -> tuple[bool, str]:
+def device_precision_check(device: torch.device, precision: str, *, quantizes: bool = False) -> tuple[bool, str]:
+    """The checks every backend shares; ``quantizes``: the backend quantizes int8 itself."""
     precision_dtype(precision)
+    if is_quantized(precision) and not quantizes:
+        return False, (f"{precision} is post-training quantization by an engine; use a backend of "
+                       f"{', '.join(QUANTIZING_BACKENDS)}")
     if device.type == "cuda" and not torch.cuda.is_available():
         return False, "CUDA is not available on this machine; use --device cpu"
     if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
@@ -158,6 +170,10 @@ class Backend:
         """
         raise NotImplementedError
 
+    def calibrated(self, calibration: Calibration | None) -> Backend:
+        """This backend with int8 calibration images (a quantizing backend returns a copy; others ``self``)."""
+        return self
+
     def _require(self, device: torch.device, precision: str) -> None:
         ok, reason = self.is_available(device, precision)
         if not ok:
@@ -175,6 +191,7 @@ class Backend:
 
 def torch_model(model: nn.Module, device: torch.device, precision: str, channels_last: bool) -> nn.Module:
     """A cast copy of ``model``: preparing never changes the caller's module."""
+    _no_quantized_cast(precision)
     model = copy.deepcopy(model).to(device=device, dtype=precision_dtype(precision)).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -182,6 +199,7 @@ def torch_model(model: nn.Module, device: torch.device, precision: str, channels
 
 
 def torch_input(device: torch.device, precision: str, channels_last: bool) -> Callable[[torch.Tensor], Any]:
+    _no_quantized_cast(precision)
     dtype = precision_dtype(precision)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -189,3 +207,9 @@ def torch_input(device: torch.device, precision: str, channels_last: bool) -> Ca
         return x.to(device=device, dtype=dtype).contiguous(memory_format=fmt)
 
     return prepare_input
+
+
+def _no_quantized_cast(precision: str) -> None:
+    if is_quantized(precision):
+        raise BackendUnavailable(f"a PyTorch backend cannot run {precision}; use a backend of "
+                                 f"{', '.join(QUANTIZING_BACKENDS)}")

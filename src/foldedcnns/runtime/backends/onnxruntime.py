@@ -1,7 +1,9 @@
 """``onnxruntime``: the module exported to ONNX in memory and run by ONNX Runtime.
 
 The CPU provider takes NumPy inputs; the CUDA provider runs with I/O binding on torch CUDA tensors,
-so the timed call makes no host copies.
+so the timed call makes no host copies. ``int8`` (CPU) is static post-training quantization of the
+float32 graph (``onnxruntime.quantization.quantize_static``, QDQ format, per-channel int8 weights,
+uint8 activations, min-max ranges of the calibration inputs: :mod:`foldedcnns.runtime.backends.quantize`).
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
+import logging
+import tempfile
 import time
 import warnings
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,10 +28,19 @@ from foldedcnns.runtime.backends.base import (
     BackendUnavailable,
     Prepared,
     device_precision_check,
+    model_fold,
     precision_dtype,
+)
+from foldedcnns.runtime.backends.quantize import (
+    RANDOM_SOURCE,
+    Calibration,
+    as_calibration,
+    folded_calibration,
+    is_quantized,
 )
 
 ONNX_OPSET = 17
+CALIBRATION_BATCH = 32  # folded inputs per calibration call
 
 
 def ort_errors() -> tuple[type[BaseException], ...]:
@@ -53,13 +67,50 @@ def export_onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = ONNX
     return buffer.getvalue()
 
 
+def quantize_onnx_int8(onnx_bytes: bytes, inputs: np.ndarray) -> bytes:
+    """Static QDQ INT8 quantization of a float32 graph, its activation ranges measured on ``inputs``
+    (float32 ``(n, f*C, H, W)``, the graph's input ``x``): per-channel int8 weights, uint8 activations
+    (ONNX Runtime's U8S8 kernels on x86), after ONNX Runtime's recommended pre-processing (shape
+    inference, constant folding)."""
+    import onnx  # optional dependency
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.chunks = iter([{"x": inputs[i:i + CALIBRATION_BATCH]} for i in range(0, len(inputs),
+                                                                                      CALIBRATION_BATCH)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.chunks, None)
+
+    root = logging.getLogger()
+    level = root.level
+    with tempfile.TemporaryDirectory(prefix="foldedcnns-int8-") as tmp:
+        try:
+            root.setLevel(logging.ERROR)  # the quantizer's advice goes to the root logger
+            pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+            quant_pre_process(onnx.load_from_string(onnx_bytes), pre)
+            quantize_static(str(pre), out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+        return out.read_bytes()
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime (CPU provider, or CUDA provider with I/O binding)"
-    SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("fp32", "fp16"), "cuda": ("fp32", "fp16")}
+    SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("fp32", "fp16", "int8"), "cuda": ("fp32", "fp16")}
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, calibration: Calibration | None = None) -> None:
         self.threads = threads
+        self.calibration = calibration
+
+    def calibrated(self, calibration: Calibration | None) -> OnnxRuntimeBackend:
+        twin = copy.copy(self)
+        twin.calibration = calibration
+        return twin
 
     def is_available(self, device: str | torch.device = "cpu", precision: str = "fp32") -> tuple[bool, str]:
         dev = torch.device(device)
@@ -72,7 +123,7 @@ class OnnxRuntimeBackend(Backend):
             return False, "this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
         if precision not in self.SUPPORTED.get(dev.type, ()):
             return False, f"ONNX Runtime has no {precision} convolution on {dev.type}"
-        return device_precision_check(dev, precision)
+        return device_precision_check(dev, precision, quantizes=True)
 
     def session_options(self) -> Any:
         """Intra-op threads = torch's; no spin-waiting, so PyTorch runs at full speed after an ORT call."""
@@ -88,7 +139,9 @@ class OnnxRuntimeBackend(Backend):
 
     def prepare(self, model: nn.Module, example: torch.Tensor, *, precision: str = "fp32",
                 device: str | torch.device = "cpu", fold: int | None = None,
-                session_options: Any = None) -> Prepared:
+                session_options: Any = None, calibration: Calibration | torch.Tensor | None = None) -> Prepared:
+        """``calibration`` (int8): images to measure activation ranges on, default the backend's own
+        (:meth:`calibrated`), else random input (throughput only)."""
         device = torch.device(device)
         self._require(device, precision)
         import onnxruntime as ort  # optional dependency
@@ -101,6 +154,13 @@ class OnnxRuntimeBackend(Backend):
             onnx_bytes = export_onnx_bytes(cpu_model, cpu_example)
         except (RuntimeError, torch.onnx.OnnxExporterError) as exc:
             raise BackendUnavailable(f"ONNX export failed: {first_line(exc)}") from exc
+        calib = as_calibration(calibration) if calibration is not None else self.calibration
+        if is_quantized(precision):
+            f = model_fold(model) if fold is None else fold
+            try:
+                onnx_bytes = quantize_onnx_int8(onnx_bytes, folded_calibration(calib, cpu_example, f))
+            except ort_errors() as exc:
+                raise BackendUnavailable(f"ONNX Runtime int8 quantization failed: {first_line(exc)}") from exc
         options = session_options or self.session_options()
         providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
         try:
@@ -111,6 +171,8 @@ class OnnxRuntimeBackend(Backend):
                     else self._cpu_runner(session, dtype))
         prepared.precision = precision
         prepared.keep(session)
+        if is_quantized(precision):
+            prepared.calibration = calib.source if calib is not None else RANDOM_SOURCE
         try:
             return self._finish(prepared, model, example, fold, start)
         except ort_errors() as exc:

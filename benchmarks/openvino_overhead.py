@@ -1,0 +1,125 @@
+"""Does the openvino backend add overhead of its own? It against a plain OpenVINO script, in one run.
+
+    .venv/bin/python benchmarks/openvino_overhead.py [--tasks T ...] [--folds 1,4] [--batch-sizes 256,1024]
+        [--precisions bf16,int8] [--threads N] [--trials 5] [--seconds 1.0] [--out FILE.csv]
+
+For each task, fold, batch size and precision the same seeded model (``build_model(task, fold=f)``) runs
+three ways, timed in interleaved trials with the benchmark's protocol (``time_calls``: warm-up, then
+calls of one fixed random folded input for ``--seconds``):
+
+* ``backend``: ``foldedcnns``' ``openvino`` backend, ``Prepared.run`` (what ``bench`` times);
+* ``plain``: a plain OpenVINO script: ``ov.convert_model`` + ``nncf.quantize`` (int8, 32 random inputs)
+  + ``reshape`` to the static batch + ``core.compile_model`` with the same hints + one ``InferRequest``
+  and ``request.infer(x)`` in a loop (input copied, the documented default);
+* ``plain-call``: the same compiled model called as ``compiled(x)`` (OpenVINO's own request).
+
+It prints median images/s per way and ``backend / plain``: the Done-when of issue 11 asks for >= 0.90.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from foldedcnns.benchmark.timing import folded_inputs, images_per_call, time_calls
+from foldedcnns.models import build_model
+from foldedcnns.runtime.backends import get_backend, is_quantized
+from foldedcnns.runtime.threads import torch_threads
+
+HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+WAYS = ("backend", "plain", "plain-call")
+
+
+def plain_openvino(model: torch.nn.Module, x: torch.Tensor, precision: str, threads: int) -> Any:
+    """What a user writes: convert, (quantize), compile with the hints, no foldedcnns code."""
+    import nncf
+    import openvino as ov
+
+    core = ov.Core()
+    ov_model = ov.convert_model(model, example_input=x[:1], input=[ov.PartialShape([-1, *x.shape[1:]])])
+    hint = precision
+    if is_quantized(precision):
+        rng = np.random.default_rng(0)
+        calibration = [rng.random((1, *x.shape[1:]), dtype=np.float32) for _ in range(32)]
+        ov_model = nncf.quantize(ov_model, nncf.Dataset(calibration), subset_size=len(calibration))
+        hint = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "fp32"
+    ov_model.reshape(list(x.shape))  # a static shape per batch size, as the backend compiles
+    return core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": HINTS[hint], "PERFORMANCE_HINT": "LATENCY",
+                                                "INFERENCE_NUM_THREADS": threads})
+
+
+def runners(task: str, fold: int, batch: int, precision: str, threads: int) -> dict[str, tuple[Callable, Any]]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(task, fold=fold).eval()
+    x = torch.rand(folded_inputs(batch, fold), *model.config.input_shape, generator=torch.Generator().manual_seed(0))
+    prepared = get_backend("openvino").prepare(model, x, precision=precision)
+    compiled = plain_openvino(model, x, precision, threads)
+    request = compiled.create_infer_request()
+    feed = x.numpy()
+    return {"backend": (prepared.run, prepared.prepare_input(x)),
+            "plain": (lambda a: request.infer({0: a}), feed),
+            "plain-call": (lambda a: compiled(a), feed)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["lol/goldnumber-fraction", "apex/squad_count_v2",
+                                                      "noscope/coral"])
+    parser.add_argument("--folds", default="1,4")
+    parser.add_argument("--batch-sizes", default="256,1024")
+    parser.add_argument("--precisions", default="fp32,bf16,int8")
+    parser.add_argument("--threads", type=int, default=None, help="default: PyTorch's (one per core)")
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", help="CSV of every timing")
+    args = parser.parse_args()
+    folds = [int(v) for v in args.folds.split(",")]
+    batches = [int(v) for v in args.batch_sizes.split(",")]
+    precisions = args.precisions.split(",")
+    with torch_threads(args.threads):
+        threads = torch.get_num_threads()
+        configs = [(t, f, b, p) for t in args.tasks for b in batches for p in precisions for f in folds]
+        prepared = {}
+        for c in configs:
+            print(f"preparing {c}", file=sys.stderr)
+            prepared[c] = runners(*c, threads)
+        rows = []
+        for trial in range(1, args.trials + 1):
+            for c, ways in prepared.items():
+                for way in WAYS:
+                    run, x = ways[way]
+                    timing = time_calls(run, x, images_per_call(c[2], c[1]), warmup=args.warmup, seconds=args.seconds)
+                    rows.append({"task": c[0], "fold": c[1], "batch": c[2], "precision": c[3], "way": way,
+                                 "trial": trial, "images_per_s": timing.throughput})
+    if args.out:
+        with open(args.out, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    print(f"{'task':26s} {'f':>2s} {'B':>5s} {'prec':5s} " + " ".join(f"{w:>11s}" for w in WAYS)
+          + "  backend/plain")
+    worst = float("inf")
+    for c in configs:
+        med = {w: statistics.median(r["images_per_s"] for r in rows
+                                    if (r["task"], r["fold"], r["batch"], r["precision"], r["way"]) == (*c, w))
+               for w in WAYS}
+        ratio = med["backend"] / med["plain"]
+        worst = min(worst, ratio)
+        print(f"{c[0]:26s} {c[1]:2d} {c[2]:5d} {c[3]:5s} " + " ".join(f"{med[w]:11,.0f}" for w in WAYS)
+              + f"  {ratio:6.3f}")
+    print(f"worst backend/plain: {worst:.3f} ({threads} threads, {args.trials} interleaved trials of "
+          f"{args.seconds:g} s each)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""``foldedcnns serve``: an HTTP inference server that batches requests in multiples of the fold."""
+
+from __future__ import annotations
+
+import argparse
+
+from foldedcnns.runtime import BACKENDS, DEVICE_CHOICES
+from foldedcnns.runtime.backends import PRECISIONS
+from foldedcnns.runtime.threads import torch_threads
+from foldedcnns.serving import build_service, serve, serve_ray
+from foldedcnns.serving.batcher import DEFAULT_DELAY_MS, DEFAULT_QUEUE_IMAGES
+from foldedcnns.serving.decode import DEFAULT_MAX_BODY_MB
+from foldedcnns.serving.http import DEFAULT_DRAIN_TIMEOUT_S
+from foldedcnns.serving.ray_serve import DEFAULT_REPLICA_CPUS
+
+DEFAULT_TIMEOUT_MS = 30_000.0
+
+
+def run(args: argparse.Namespace) -> int:
+    common = {"backend": args.backend, "precision": args.precision, "device": args.device,
+              "max_batch_images": args.max_batch_images, "max_delay_ms": args.max_delay_ms,
+              "max_queue_images": args.max_queue_images, "max_body_mb": args.max_body_mb}
+    if args.ray:
+        return serve_ray(args.checkpoint, host=args.host, port=args.port, address=args.ray_address,
+                         num_cpus=args.ray_cpus, replicas=args.replicas, replica_cpus=args.replica_cpus, **common)
+    with torch_threads(args.threads):
+        service = build_service(args.checkpoint, request_timeout_ms=args.request_timeout_ms or None,
+                                isolate_requests=args.isolate_requests, **common)
+        return serve(service, host=args.host, port=args.port, drain_timeout_s=args.drain_timeout_s,
+                     log_level=args.log_level)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "serve", help="serve a checkpoint over HTTP, batching requests in multiples of its fold",
+        description="Serve CKPT over HTTP (POST /v1/predict with image/*, multipart/form-data or application/x-npy; "
+                    "GET /v1/model, /healthz, /readyz, /metrics). A dynamic batcher runs a batch when N images "
+                    "wait or the oldest has waited D ms; batches are multiples of the fold. SIGTERM drains: "
+                    "/readyz turns 503, new requests get 503, accepted ones are answered, exit 0. "
+                    "Needs pip install 'foldedcnns[serve]'.")
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by 'foldedcnns train'")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    parser.add_argument("--backend", default="eager", choices=list(BACKENDS), help="default: eager")
+    parser.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS), help="default: fp32")
+    parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="default: cpu")
+    parser.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's)")
+    batching = parser.add_argument_group("batching")
+    batching.add_argument("--max-batch-images", type=int, default=None, metavar="N",
+                          help="images per model batch, a multiple of the fold (default: 64 rounded up to one)")
+    batching.add_argument("--max-delay-ms", type=float, default=DEFAULT_DELAY_MS, metavar="D",
+                          help=f"longest wait of the oldest image for a fuller batch (default: {DEFAULT_DELAY_MS:g})")
+    batching.add_argument("--max-queue-images", type=int, default=DEFAULT_QUEUE_IMAGES, metavar="Q",
+                          help=f"images that may wait; past it 503 with Retry-After (default: {DEFAULT_QUEUE_IMAGES})")
+    batching.add_argument("--request-timeout-ms", type=float, default=DEFAULT_TIMEOUT_MS, metavar="T",
+                          help="a request not started within T ms gets 504 (default: 30000; 0: none); a client "
+                               "may ask for less with the header X-Request-Timeout-Ms")
+    batching.add_argument("--isolate-requests", action="store_true",
+                          help="fold only images of the same request together (each request gets exactly what "
+                               "Predictor.predict gives its images; costs padded slots)")
+    batching.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB,
+                          help=f"largest request body; past it 413 (default: {DEFAULT_MAX_BODY_MB:g})")
+    batching.add_argument("--drain-timeout-s", type=float, default=DEFAULT_DRAIN_TIMEOUT_S,
+                          help=f"longest SIGTERM drain (default: {DEFAULT_DRAIN_TIMEOUT_S:g})")
+    parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
+                        help="uvicorn's log level (default: warning)")
+    ray = parser.add_argument_group("Ray Serve (pip install 'foldedcnns[ray,serve]')")
+    ray.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead of the native server")
+    ray.add_argument("--ray-address", default=None, help="'auto' or HOST:PORT of a cluster (default: a local Ray)")
+    ray.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
+    ray.add_argument("--replicas", type=int, default=1, help="model replicas (default: 1)")
+    ray.add_argument("--replica-cpus", type=float, default=DEFAULT_REPLICA_CPUS,
+                     help=f"CPUs per replica, fractional allowed; one GPU each with --device cuda "
+                          f"(default: {DEFAULT_REPLICA_CPUS:g})")
+    parser.set_defaults(func=run)

@@ -1,0 +1,79 @@
+"""Prometheus metrics of the server (``GET /metrics``), on a registry of its own.
+
+* ``foldedcnns_requests_total{status}``, ``foldedcnns_images_total{status}``: answered requests and
+  their images by HTTP status;
+* ``foldedcnns_request_seconds``: latency from arrival to answer; ``foldedcnns_queue_seconds``: from
+  queueing to being taken into a batch; ``foldedcnns_compute_seconds``: one batch on the model;
+* ``foldedcnns_batch_images``, ``foldedcnns_batch_padded_slots``, ``foldedcnns_batch_requests``:
+  per batch, the real images, the padded slots of the fold groups, and the requests it served;
+* ``foldedcnns_queue_images``: images waiting; ``foldedcnns_inflight_requests``: requests accepted
+  and not yet answered; ``foldedcnns_ready``: 1 until a drain starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from foldedcnns.errors import ConfigError
+from foldedcnns.serving.batcher import Observer
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+PAD_BUCKETS = (0, 1, 2, 3, 4, 8, 16, 64)
+
+
+def require(module: str, what: str = "serving") -> Any:
+    """Import an optional dependency of the ``serve`` extra, or a one-line ConfigError saying how to get it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"{what} needs {module.split('.')[0]}; install it with: pip install 'foldedcnns[serve]'"
+                          ) from exc
+
+
+class ServingMetrics(Observer):
+    """The server's Prometheus metrics; also the batcher's :class:`Observer`."""
+
+    def __init__(self) -> None:
+        prom = require("prometheus_client", "/metrics")
+        self._prom = prom
+        self.registry = prom.CollectorRegistry()
+        kw = {"registry": self.registry, "namespace": "foldedcnns"}
+        self.requests = prom.Counter("requests", "Answered requests by HTTP status", ["status"], **kw)
+        self.images = prom.Counter("images", "Images of answered requests by HTTP status", ["status"], **kw)
+        self.latency = prom.Histogram("request_seconds", "Arrival to answer", buckets=LATENCY_BUCKETS, **kw)
+        self.queue = prom.Histogram("queue_seconds", "Queued until taken into a batch", buckets=LATENCY_BUCKETS,
+                                    **kw)
+        self.compute = prom.Histogram("compute_seconds", "One batch on the model", buckets=LATENCY_BUCKETS, **kw)
+        self.batch_images = prom.Histogram("batch_images", "Real images per batch", buckets=SIZE_BUCKETS, **kw)
+        self.batch_padded = prom.Histogram("batch_padded_slots", "Padded fold slots per batch", buckets=PAD_BUCKETS,
+                                           **kw)
+        self.batch_requests = prom.Histogram("batch_requests", "Requests served per batch", buckets=SIZE_BUCKETS,
+                                             **kw)
+        self.queue_images = prom.Gauge("queue_images", "Images waiting for a batch", **kw)
+        self.inflight = prom.Gauge("inflight_requests", "Requests accepted and not yet answered", **kw)
+        self.ready = prom.Gauge("ready", "1 while the server takes new requests", **kw)
+        self.ready.set(1)
+
+    # Observer hooks (called on the event loop by the batcher)
+    def queue_depth(self, images: int) -> None:
+        self.queue_images.set(images)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.queue.observe(seconds)
+
+    def batch(self, images: int, padded: int, requests: int, seconds: float) -> None:
+        self.batch_images.observe(images)
+        self.batch_padded.observe(padded)
+        self.batch_requests.observe(requests)
+        self.compute.observe(seconds)
+
+    def answered(self, status: int, images: int, seconds: float) -> None:
+        self.requests.labels(str(status)).inc()
+        self.images.labels(str(status)).inc(images)
+        self.latency.observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return self._prom.generate_latest(self.registry), self._prom.CONTENT_TYPE_LATEST

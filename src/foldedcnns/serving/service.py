@@ -1,0 +1,193 @@
+"""``Service``: the server's endpoints as plain async methods, free of any web framework.
+
+The HTTP layer (:mod:`foldedcnns.serving.http`) turns a :class:`Reply` into a response; the same
+service runs under any ASGI server. A request's life: refused at once while draining (503); body
+read up to the size limit (413); media type checked (415); decoded and resized on a decode thread
+(400); queued in the :class:`~foldedcnns.serving.batcher.DynamicBatcher` (503 when full, 504 past
+its deadline, 500 when its batch fails); answered with one ``{label, class_name, score}`` per image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from foldedcnns.errors import FoldedCNNsError, first_line
+from foldedcnns.inference.predictor import Predictions, Predictor
+from foldedcnns.models.registry import ModelConfig
+from foldedcnns.runtime.checkpoint import load_checkpoint
+from foldedcnns.serving.batcher import (
+    DEFAULT_DELAY_MS,
+    DEFAULT_QUEUE_IMAGES,
+    DynamicBatcher,
+    batch_images,
+    describe,
+)
+from foldedcnns.serving.decode import (
+    DEFAULT_MAX_BODY_MB,
+    MULTIPART,
+    check_media_type,
+    decode_images,
+    read_body,
+    split_multipart,
+)
+from foldedcnns.serving.errors import BadRequest, ServingError, ShuttingDown
+from foldedcnns.serving.metrics import ServingMetrics
+
+LOG = logging.getLogger("foldedcnns.serving")
+TIMEOUT_HEADER = "x-request-timeout-ms"  # a client's own deadline, in ms (the smaller of it and the server's)
+DECODE_THREADS = 2
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error_reply(status: int, message: str, retry_after: int | None = None) -> Reply:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    return Reply(status, {"error": " ".join(message.split()), "status": status}, headers)
+
+
+def predictions_json(preds: Predictions) -> list[dict[str, Any]]:
+    names = preds.class_names
+    return [{"label": int(label), "class_name": names[int(label)], "score": float(score)}
+            for label, score in zip(preds.labels.tolist(), preds.scores.tolist(), strict=True)]
+
+
+def model_info(predictor: Predictor) -> dict[str, Any]:
+    config = predictor.config
+    return {"task": config.task.name, "fold": predictor.fold, "classes": list(predictor.class_names),
+            "input_size": {"height": predictor.height, "width": predictor.width, "channels": 3},
+            "backend": predictor.backend, "precision": predictor.precision, "device": str(predictor.device)}
+
+
+class Service:
+    """Endpoints of one model: ``predict``, ``model``, ``healthz``, ``readyz``, ``metrics``; and the drain."""
+
+    def __init__(self, predictor: Predictor, batcher: DynamicBatcher, metrics: ServingMetrics, *,
+                 max_body_mb: float = DEFAULT_MAX_BODY_MB) -> None:
+        self.predictor, self.batcher, self.metrics = predictor, batcher, metrics
+        self.max_body = int(max_body_mb * 1024 * 1024)
+        self.inflight = 0
+        self.draining = False
+        self.drain_started: float | None = None
+        self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="foldedcnns-decode")
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.close()
+        self._decoder.shutdown(wait=True)
+
+    def begin_drain(self) -> None:
+        """Turn /readyz false and refuse new requests (503); accepted ones still run, without waiting for D."""
+        if not self.draining:
+            self.draining, self.drain_started = True, time.monotonic()
+            self.metrics.ready.set(0)
+            LOG.warning("draining: %d requests in flight", self.inflight)
+            self.batcher.flush()
+
+    @property
+    def drained(self) -> bool:
+        return self.draining and self.inflight == 0
+
+    async def predict(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes],
+                      query: Mapping[str, str]) -> Reply:
+        arrived, loop = time.perf_counter(), asyncio.get_running_loop()
+        arrived_loop = loop.time()
+        if self.draining:
+            reply = error_reply(503, "the server is shutting down; retry on another replica", ShuttingDown.retry_after)
+            self.metrics.answered(reply.status, 0, time.perf_counter() - arrived)
+            return reply
+        self.inflight += 1
+        self.metrics.inflight.inc()
+        images = 0
+        try:
+            deadline = self._timeout(headers)
+            kind = check_media_type(headers.get("content-type"))
+            body = await read_body(chunks, self.max_body, headers.get("content-length"))
+            crop = query.get("crop")
+            payload: Any = body
+            if kind == MULTIPART:
+                payload, form_crop = await split_multipart(headers, body, self.max_body)
+                crop = crop or form_crop
+            batch = await loop.run_in_executor(self._decoder, decode_images, kind, payload,
+                                               self.predictor.input_hw, crop)
+            images = len(batch)
+            preds = await self.batcher.submit(batch, timeout_s=deadline, arrived=arrived_loop)
+            reply = Reply(200, {"predictions": predictions_json(preds)})
+        except ServingError as exc:
+            reply = error_reply(exc.status, str(exc), exc.retry_after)
+        except FoldedCNNsError as exc:
+            reply = error_reply(400, first_line(exc, 300))
+        except Exception as exc:  # a bug: answer 500 with the reason, keep serving
+            LOG.exception("unexpected error in /v1/predict")
+            reply = error_reply(500, f"{type(exc).__name__}: {first_line(exc)}")
+        finally:
+            self.inflight -= 1
+            self.metrics.inflight.dec()
+        self.metrics.answered(reply.status, images, time.perf_counter() - arrived)
+        return reply
+
+    def _timeout(self, headers: Mapping[str, str]) -> float | None:
+        """The request's deadline in seconds: the server's ``--request-timeout-ms`` or the client's header."""
+        server = self.batcher.request_timeout
+        text = headers.get(TIMEOUT_HEADER)
+        if text is None:
+            return server
+        try:
+            client = float(text) / 1000.0
+        except ValueError:
+            client = -1.0
+        if not client > 0:
+            raise BadRequest(f"header X-Request-Timeout-Ms must be a positive number of milliseconds, got {text!r}")
+        return client if server is None else min(client, server)
+
+    def model(self) -> Reply:
+        return Reply(200, {**model_info(self.predictor), "batcher": describe(self.batcher)})
+
+    def healthz(self) -> Reply:
+        return Reply(200, {"status": "ok"})
+
+    def readyz(self) -> Reply:
+        if self.draining:
+            return error_reply(503, "draining: the server is shutting down")
+        return Reply(200, {"status": "ready", "queue_images": self.batcher.queued_images, "inflight": self.inflight})
+
+
+def build_service(checkpoint: str, *, backend: str = "eager", precision: str = "fp32", device: str = "cpu",
+                  max_batch_images: int | None = None, max_delay_ms: float = DEFAULT_DELAY_MS,
+                  max_queue_images: int = DEFAULT_QUEUE_IMAGES, request_timeout_ms: float | None = None,
+                  isolate_requests: bool = False, max_body_mb: float = DEFAULT_MAX_BODY_MB) -> Service:
+    """Load ``checkpoint`` into a :class:`Predictor` whose batch is N images, warm it up, wrap it in a Service."""
+    predictor = load_predictor(checkpoint, backend=backend, precision=precision, device=device,
+                               max_batch_images=max_batch_images)
+    metrics = ServingMetrics()
+    batcher = DynamicBatcher(predictor, max_batch_images=predictor.batch_size, max_delay_ms=max_delay_ms,
+                             max_queue_images=max_queue_images, isolate_requests=isolate_requests,
+                             request_timeout_ms=request_timeout_ms, observer=metrics)
+    return Service(predictor, batcher, metrics, max_body_mb=max_body_mb)
+
+
+def load_predictor(checkpoint: str, *, backend: str = "eager", precision: str = "fp32", device: str = "cpu",
+                   max_batch_images: int | None = None) -> Predictor:
+    """A Predictor prepared for batches of N images (``max_batch_images``, a multiple of the fold; default
+    64 rounded up to one), run once on f images so the first request does not pay for a compilation (a
+    static-shape backend pads any call to its N-image shape)."""
+    data = load_checkpoint(checkpoint)
+    fold = ModelConfig.from_dict(data["model_config"]).fold
+    batch = batch_images(fold, max_batch_images)
+    predictor = Predictor(data, device=device, backend=backend, precision=precision, batch_size=batch)
+    predictor.predict_batch(np.zeros((fold, *predictor.input_hw, 3), np.uint8))
+    return predictor

@@ -1,0 +1,204 @@
+"""INT8 post-training quantization: calibration data, both engines against fp32, tune's accuracy cost."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from foldedcnns import build_model
+from foldedcnns.benchmark.tune import TuneConfig, load_test_images, tune
+from foldedcnns.cli.bench import bench_calibration
+from foldedcnns.core.folding import run_folded
+from foldedcnns.data.folder import ImageFolder
+from foldedcnns.errors import ConfigError, DataError, ShapeError
+from foldedcnns.inference.predictor import Predictor
+from foldedcnns.models import spec_from_dict
+from foldedcnns.runtime import model_from_checkpoint, prepare_model, to_model_input
+from foldedcnns.runtime.backends import (
+    BACKENDS,
+    Calibration,
+    calibrated_registry,
+    calibration_notice,
+    load_calibration,
+)
+from foldedcnns.runtime.backends.quantize import RANDOM_SOURCE, folded_calibration
+from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
+from foldedcnns.runtime.threads import torch_threads
+
+ENGINES = ("openvino", "onnxruntime")
+MISSING = {"openvino": ("openvino", "nncf"), "onnxruntime": ("onnxruntime", "onnx")}
+HEIGHT, WIDTH, CLASSES = 15, 35, ("a", "b", "c")
+DESCRIPTION = {"name": "test/int8", "family": "game", "out-h": HEIGHT, "out-w": WIDTH, "chan-in": 3,
+               "ClassNames": list(CLASSES),
+               "model-architecture": {"n-conv-units": 1, "conv1_n_feature_maps": 8, "convi_n_feature_maps": 8,
+                                      "convn_n_feature_maps": 4}}
+
+
+def needs(engine: str) -> None:
+    missing = [m for m in MISSING[engine] if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"{engine} int8 needs {', '.join(missing)}")
+
+
+def write_split(root: Path, per_class: int, rng: np.random.Generator, size: tuple[int, int] = (HEIGHT, WIDTH),
+                classes: tuple[str, ...] = CLASSES) -> None:
+    """root/<class>/<i>.png; class k lights colour channel k % 3 over noise (learnable in a few epochs)."""
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = rng.integers(0, 80, size=(*size, 3), dtype=np.uint8)
+            image[:, :, k % 3] += 150
+            Image.fromarray(image).save(root / name / f"{i}.png")
+
+
+TRAIN_STEPS, TRAIN_BATCH = 80, 16
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(checkpoint, data folder) of a tiny f=2 CNN trained (Adam, 80 steps of 16 images; about a second on one
+    thread) on colour classes of ``DIR/train`` (40 images per class); ``DIR/test`` has 70 per class."""
+    root = tmp_path_factory.mktemp("int8")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 70)):
+        write_split(root / "data" / split, n, rng)
+    spec = spec_from_dict(DESCRIPTION)
+    images, labels = ImageFolder(root / "data" / "train", classes=CLASSES).tensors()
+    x = to_model_input(images, spec, layout="nchw")
+    with torch.random.fork_rng(devices=[]), torch_threads(1):  # one thread: the machine may be shared
+        torch.manual_seed(0)
+        model = build_model(spec, fold=2)
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(TRAIN_STEPS):
+            pick = torch.randint(0, len(labels), (TRAIN_BATCH,))
+            loss = torch.nn.functional.cross_entropy(run_folded(model, x[pick], 2), labels[pick])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return save_checkpoint(root / "tiny.pt", make_checkpoint(model.eval())), root / "data"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_int8_agrees_with_fp32_on_a_trained_models_test_images(trained: tuple[Path, Path], engine: str) -> None:
+    needs(engine)
+    ckpt, data = trained
+    model, config = model_from_checkpoint(ckpt)
+    images, labels = load_test_images(data, config.task.class_names)
+    x = to_model_input(images, config.task, layout="nchw")
+    fp32 = prepare_model(model, batch_images=64).classify(x).argmax(1)
+    calibration = load_calibration(data, config.task)
+    assert calibration.images.shape == (120, 3, HEIGHT, WIDTH) and "train" in calibration.source
+    assert int(fp32.ne(labels).sum()) == 0
+    int8 = prepare_model(model, backend=BACKENDS[engine].calibrated(calibration), precision="int8",
+                         batch_images=64)
+    assert int8.calibration == calibration.source
+    assert float((int8.classify(x).argmax(1) == fp32).float().mean()) >= 0.99
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_prepare_takes_calibration_images_or_says_it_used_random_input(engine: str) -> None:
+    needs(engine)
+    spec = spec_from_dict(DESCRIPTION)
+    model = build_model(spec, fold=2).eval()
+    example = torch.rand(3, *model.config.input_shape)
+    given = BACKENDS[engine].prepare(model, example, precision="int8", calibration=torch.rand(10, 3, HEIGHT, WIDTH))
+    assert given.calibration == "10 given images"
+    assert given.folded(example).shape == (3, 2 * len(CLASSES))
+    random = BACKENDS[engine].prepare(model, example, precision="int8")
+    assert random.calibration == RANDOM_SOURCE
+    with pytest.raises(ShapeError, match="calibration images are"):
+        BACKENDS[engine].prepare(model, example, precision="int8", calibration=torch.rand(4, 3, 8, 8))
+
+
+def test_calibration_folds_images_with_the_padding_rule() -> None:
+    images = torch.arange(5 * 3 * 2 * 2, dtype=torch.float32).reshape(5, 3, 2, 2)
+    folded = folded_calibration(Calibration(images, "five"), torch.zeros(1, 6, 2, 2), 2)
+    assert folded.shape == (3, 6, 2, 2)
+    assert np.array_equal(folded[2, 3:], images[4].numpy())  # the last group repeats its own image
+    assert folded_calibration(None, torch.zeros(1, 6, 2, 2), 2).shape[1:] == (6, 2, 2)
+
+
+def test_calibration_data_errors_are_one_line(tmp_path: Path) -> None:
+    spec = spec_from_dict(DESCRIPTION)
+    with pytest.raises(DataError, match="does not exist"):
+        load_calibration(tmp_path / "nowhere", spec)
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(ConfigError, match="no train/ or val/ split"):
+        load_calibration(tmp_path / "flat", spec)
+    write_split(tmp_path / "small" / "train", 2, np.random.default_rng(0), size=(8, 8))
+    with pytest.raises(DataError, match=r"3x8x8 \(CxHxW\) but task test/int8 reads 3x15x35") as info:
+        load_calibration(tmp_path / "small", spec)
+    for name in CLASSES:
+        (tmp_path / "empty" / "train" / name).mkdir(parents=True)
+    with pytest.raises(DataError, match="no images in") as empty:
+        load_calibration(tmp_path / "empty", spec)
+    write_split(tmp_path / "other" / "val", 1, np.random.default_rng(0), classes=("x", "y"))
+    with pytest.raises(DataError, match="not classes of the task") as other:
+        load_calibration(tmp_path / "other", spec)
+    for exc in (info.value, empty.value, other.value):
+        assert "\n" not in str(exc)
+
+
+def test_calibration_reads_a_seeded_subset_of_the_train_split(tmp_path: Path) -> None:
+    spec = spec_from_dict(DESCRIPTION)
+    write_split(tmp_path / "train", 5, np.random.default_rng(0))
+    first = load_calibration(tmp_path, spec, images=7, seed=3)
+    assert first.images.shape == (7, 3, HEIGHT, WIDTH) and first.images.dtype == torch.float32
+    assert torch.equal(first.images, load_calibration(tmp_path, spec, images=7, seed=3).images)
+    assert not torch.equal(first.images, load_calibration(tmp_path, spec, images=7, seed=4).images)
+    assert load_calibration(tmp_path, spec, images=1000).images.shape[0] == 15  # all there is
+
+
+def test_notices_and_registry_carry_the_calibration() -> None:
+    calibration = Calibration(torch.rand(2, 3, 4, 4), "2 images of DIR/train")
+    assert calibration_notice(("fp32", "bf16"), None) is None
+    assert calibration_notice(("int8",), None) == f"int8 is calibrated on {RANDOM_SOURCE}"
+    assert calibration_notice(("int8",), calibration) == "int8 is calibrated on 2 images of DIR/train"
+    registry = calibrated_registry(BACKENDS, calibration)
+    assert registry["openvino"].calibration is calibration and registry["onnxruntime"].calibration is calibration
+    assert registry["eager"] is BACKENDS["eager"] and BACKENDS["openvino"].calibration is None
+    with pytest.raises(ConfigError, match="one task"):
+        bench_calibration(("lol/goldnumber-fraction", "lol/timer-minutes"), ("int8",), "somewhere")
+    assert bench_calibration(("lol/goldnumber-fraction", "lol/timer-minutes"), ("fp32",), "somewhere") is None
+
+
+def test_torch_backends_report_int8_unavailable() -> None:
+    for name in ("eager", "channels-last", "compile", "cuda-graphs"):
+        ok, reason = BACKENDS[name].is_available("cpu", "int8")
+        assert not ok and ("openvino" in reason or "CUDA" in reason)
+
+
+def test_predictor_int8_needs_calibration_images(trained: tuple[Path, Path]) -> None:
+    needs("onnxruntime")
+    ckpt, data = trained
+    with pytest.raises(ConfigError, match="pass --data DIR"):
+        Predictor(ckpt, backend="onnxruntime", precision="int8")
+    int8 = Predictor(ckpt, backend="onnxruntime", precision="int8", data=data, batch_size=32)
+    fp32 = Predictor(ckpt, batch_size=32)
+    images, _ = load_test_images(data, CLASSES)
+    frames = images[:50].permute(0, 2, 3, 1).numpy()  # RGB frames (N, H, W, 3), as a video decoder gives them
+    assert int8.calibration is not None and "train" in int8.calibration
+    assert (int8.predict(frames).labels == fp32.predict(frames).labels).mean() >= 0.98
+
+
+@pytest.mark.slow
+def test_tune_reports_int8_accuracy_beside_bf16_and_applies_the_limit(trained: tuple[Path, Path]) -> None:
+    for engine in ENGINES:
+        needs(engine)
+    ckpt, data = trained
+    notices: list[str] = []
+    config = TuneConfig(target=str(ckpt), backends=("eager", "openvino", "onnxruntime"),
+                        precisions=("fp32", "bf16", "int8"), batch_sizes=(32,), trials=1, screen_seconds=0.05,
+                        final_seconds=0.05, final_warmup=1, peak_seconds=0, data=str(data), max_accuracy_drop=-1.0)
+    result = tune(config, on_notice=notices.append)
+    costs = {(c.backend, c.precision): c for c in result.costs}
+    assert {("openvino", "int8"), ("onnxruntime", "int8"), ("openvino", "bf16")} <= set(costs)
+    assert costs["openvino", "int8"].agreement >= 0.99 and costs["onnxruntime", "int8"].agreement >= 0.99
+    assert any("int8 is calibrated on 120 images of" in n for n in notices)
+    # every precision lost more than -1 points, so only fp32 is left in the search
+    assert {r.precision for r in result.final} == {"fp32"}
