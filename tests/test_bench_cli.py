@@ -104,5 +104,5 @@ def test_exclude_pairs_are_parsed_and_bad_ones_named():
         parse_pairs("compile")
     with pytest.raises(ConfigError, match="unknown backend tensorrt"):
         parse_pairs("tensorrt:fp16")
-    with pytest.raises(ConfigError, match="unknown precision int8"):
-        parse_pairs("eager:int8")
+    with pytest.raises(ConfigError, match="unknown precision int4"):
+        parse_pairs("eager:int4")

@@ -68,13 +68,13 @@ def test_images_of_other_sizes_are_cropped_and_resized_like_the_training_data(ch
                                   predictor.predict(small).probabilities)
 
 
-def test_normalisation_follows_the_task():
-    desc = {"name": "t", "out-h": 2, "out-w": 2, "ClassNames": ["a", "b"], "mean": [0.5, 0.5, 0.5],
-            "std": [0.25, 0.25, 0.25]}
-    batch = np.full((1, 2, 2, 3), 255, np.uint8)
-    assert torch.allclose(to_model_input(batch, spec_from_dict(desc)), torch.full((1, 3, 2, 2), 2.0))
+def test_normalisation_follows_the_task(tiny_task):
+    desc = {**tiny_task.to_dict(), "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    h, w = tiny_task.height, tiny_task.width
+    batch = np.full((1, h, w, 3), 255, np.uint8)
+    assert torch.allclose(to_model_input(batch, spec_from_dict(desc)), torch.full((1, 3, h, w), 2.0))
     del desc["mean"], desc["std"]
-    assert torch.allclose(to_model_input(batch, spec_from_dict(desc)), torch.ones(1, 3, 2, 2))
+    assert torch.allclose(to_model_input(batch, spec_from_dict(desc)), torch.ones(1, 3, h, w))
 
 
 def test_errors_name_the_problem_and_the_fix(checkpoint):

@@ -136,7 +136,7 @@ def test_description_errors(tmp_path):
         spec_from_dict({"name": "x", "out-h": 20, "out-w": 20})
     with pytest.raises(ConfigError, match="out-h"):
         spec_from_dict({"name": "x", "out-w": 20, "ClassNames": ["a", "b"]})
-    with pytest.raises(ConfigError, match="'model-architecture.template' must be one of 1_1_convnet, 1_3s_1_convnet"):
+    with pytest.raises(ConfigError, match=r"'model-architecture\.template' must be one of 1_1_convnet, 1_3s_1_convnet"):
         spec_from_dict({"name": "x", "out-h": 20, "out-w": 20, "ClassNames": ["a", "b"],
                         "model-architecture": {"template": "9_9_convnet"}})
     with pytest.raises(ConfigError, match="too small"):

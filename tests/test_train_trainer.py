@@ -56,7 +56,8 @@ def tiny(tmp_path: Path) -> tuple[Path, Path]:
 def tiny_config(tiny: tuple[Path, Path], out: Path, **kw: object) -> TrainConfig:
     desc, data = tiny
     values: dict[str, object] = {"task": str(desc), "data": data, "out": out, "epochs": 2, "batch_size": 8,
-                                 "lr": 3e-3, "progress": False, "device": "cpu", "curriculum": False}
+                                 "lr": 3e-3, "progress": False, "device": "cpu", "curriculum": False,
+                                 "recipe": "original"}  # no schedule that depends on the epochs
     values.update(kw)
     return TrainConfig(**values)
 
@@ -124,6 +125,16 @@ def test_training_learns_the_tiny_task(tiny: tuple[Path, Path], tmp_path: Path) 
     result = train(tiny_config(tiny, tmp_path / "run", fold=2, epochs=8, batch_size=4))
     assert result.best["val_top1"] > 50.0  # chance is 33.3
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_default_recipe_trains_with_scaled_slot_warmup(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    config = tiny_config(tiny, tmp_path / "run", fold=2, epochs=8, batch_size=4, recipe=None, lr=None,
+                         curriculum=None)
+    result = train(config)
+    recipe = result.settings["recipe"]
+    assert (recipe["name"], recipe["slot_warmup"], recipe["lr_schedule"]) == ("recommended", 2, "cosine")
+    assert result.settings["curriculum"] is None and result.epochs == 8
+    assert result.best["val_top1"] > 50.0  # chance is 33.3
 
 
 def test_resume_continues_exactly(tiny: tuple[Path, Path], tmp_path: Path) -> None:
@@ -214,14 +225,18 @@ def test_batch_smaller_than_fold_is_an_error(tiny: tuple[Path, Path], tmp_path: 
 
 
 def test_batch_size_is_rounded_down_to_the_fold() -> None:
-    config = TrainConfig(task="lol/goldnumber-fraction", data=".", out=".", fold=3, progress=False, device="cpu")
+    config = TrainConfig(task="lol/goldnumber-fraction", data=".", out=".", fold=3, progress=False, device="cpu",
+                         recipe="original")
     assert plan_run(config).batch_size == 30  # the original's 32 -> 30 at f = 3
+    default = TrainConfig(task="lol/goldnumber-fraction", data=".", out=".", fold=3, progress=False, device="cpu")
+    assert plan_run(default).batch_size == 126  # the recommended 128 -> 126
 
 
-def test_curriculum_that_cannot_finish_is_an_error(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    config = TrainConfig(task="lol/goldnumber-fraction", data=".", out=".", fold=2, epochs=20, device="cpu")
-    with pytest.raises(ConfigError, match="--curriculum-gap"):
-        plan_run(config)
+def test_curriculum_that_cannot_finish_is_scaled_to_fit(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    config = TrainConfig(task="lol/goldnumber-fraction", data=".", out=".", fold=2, epochs=20, device="cpu",
+                         recipe="original")
+    plan = plan_run(config)  # the original's curriculum would need 541 epochs
+    assert plan.curriculum.complete_epoch < 20 and "--curriculum-gap" in plan.notices[0]
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -37,6 +37,7 @@ from foldedcnns.runtime.backends import (
     export_onnx_bytes,
     precision_dtype,
 )
+from foldedcnns.runtime.backends.quantize import is_quantized
 from foldedcnns.runtime.device import resolve_device
 
 TORCH_BACKENDS = ("eager", "channels-last")
@@ -128,6 +129,8 @@ def profile_interleaved(models: Sequence[nn.Module], *, backend: str = "channels
     """
     if backend not in PROFILE_BACKENDS:
         raise ConfigError(f"per-layer profiles exist for {', '.join(PROFILE_BACKENDS)}, not {backend!r}")
+    if is_quantized(precision):
+        raise ConfigError(f"per-layer profiles of {precision} models are not supported; profile fp32, bf16 or fp16")
     if iterations < 1 or warmup < 0:
         raise ConfigError(f"iterations must be >= 1 and warm-up >= 0, got {iterations} and {warmup}")
     dev = resolve_device(device)

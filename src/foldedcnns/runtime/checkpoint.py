@@ -73,7 +73,9 @@ def _refusal(path: Path, exc: Exception) -> str:
     """The one-line message for a file that ``torch.load(weights_only=True)`` could not read."""
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError) and WEIGHTS_ONLY_REFUSAL in text:
-        if FORBIDDEN_GLOBAL in text:
+        # "Unsupported global: GLOBAL m.x ..." or, for os.system and the like, "unsupported GLOBAL m.x whose
+        # module m is blocked": match without case
+        if FORBIDDEN_GLOBAL.lower() in text.lower():
             return (f"checkpoint {path} contains objects that are not plain tensors and data; it was not loaded "
                     "(it may run code); pass a checkpoint written by 'foldedcnns train'")
         detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line), "unknown content")
