@@ -92,6 +92,8 @@ class BenchConfig:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         check_budget(self.iterations, self.seconds, self.warmup)
+        if not 0 <= self.peak_seconds < math.inf:  # also NaN
+            raise ConfigError(f"--peak-seconds must be a finite number >= 0, got {self.peak_seconds}")
         for name in self.backends:
             get_backend(name, registry)
         for precision in self.precisions:

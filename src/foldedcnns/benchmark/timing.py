@@ -47,8 +47,8 @@ def check_budget(iterations: int | None, seconds: float | None, warmup: int) -> 
         raise ConfigError("give exactly one of iterations or seconds for the timed phase")
     if iterations is not None and iterations < 1:
         raise ConfigError(f"iterations must be >= 1, got {iterations}")
-    if seconds is not None and not seconds > 0:
-        raise ConfigError(f"seconds must be > 0, got {seconds}")
+    if seconds is not None and not 0 < seconds < math.inf:  # also NaN
+        raise ConfigError(f"--seconds must be a finite number > 0, got {seconds}")
     if warmup < 0:
         raise ConfigError(f"warm-up must be >= 0 calls, got {warmup}")
 

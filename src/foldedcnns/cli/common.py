@@ -33,14 +33,18 @@ def resolve_task_arg(args: argparse.Namespace) -> str:
     return desc or task
 
 
+# Largest entry of an integer list flag (--folds, --batch-sizes): beyond it, sizes overflow C integers.
+MAX_LIST_VALUE = 2**31 - 1
+
+
 def parse_int_list(text: str, what: str = "value") -> list[int]:
     """Parse '1,2,4' into [1, 2, 4]; a bad entry is a one-line ConfigError."""
     try:
         values = [int(v) for v in str(text).replace(" ", "").split(",") if v]
     except ValueError as exc:
         raise ConfigError(f"{what} must be a comma-separated list of integers, got {text!r}") from exc
-    if not values or min(values) < 1:
-        raise ConfigError(f"{what} must be a non-empty list of integers >= 1, got {text!r}")
+    if not values or min(values) < 1 or max(values) > MAX_LIST_VALUE:
+        raise ConfigError(f"{what} must be a non-empty list of integers from 1 to {MAX_LIST_VALUE:,}, got {text!r}")
     return values
 
 

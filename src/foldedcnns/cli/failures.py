@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 from foldedcnns.cli.crash import write_crash_report
@@ -31,6 +32,7 @@ EXIT_ERROR = 1
 EXIT_BUG = 3
 PREFIX = "foldedcnns: error: "
 # How PyTorch words a failed allocation (a RuntimeError, or torch.OutOfMemoryError, a subclass).
+PILLOW_MODULES = r"PIL(\.|$)"
 MEMORY_FAILURES = ("can't allocate memory", "not enough memory", "out of memory", "DefaultCPUAllocator")
 
 
@@ -43,7 +45,7 @@ def resource_error(exc: BaseException) -> str | None:
     if isinstance(exc, MemoryError):
         return f"out of memory ({first_line(exc)}); use smaller sizes (batch size, image size, model widths)"
     if isinstance(exc, RuntimeError) and any(text in str(exc) for text in MEMORY_FAILURES):
-        return f"out of memory: {first_line(exc, 160)}; use smaller sizes (batch size, image size, model widths)"
+        return f"out of memory: {first_line(exc, 240)}; use smaller sizes (batch size, image size, model widths)"
     return None
 
 
@@ -65,8 +67,13 @@ def _failure(exc: Exception) -> int:
 
 
 def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    """Run one command with SIGINT/SIGTERM raising (:mod:`foldedcnns.utils.signals`); return its exit code."""
-    with raise_on_signals():
+    """Run one command with SIGINT/SIGTERM raising (:mod:`foldedcnns.utils.signals`); return its exit code.
+
+    Pillow's warnings about the file it is decoding (corrupt EXIF, a large image) are silenced: a file
+    that cannot be read is reported by the one error line, one that can is not a problem.
+    """
+    with raise_on_signals(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=PILLOW_MODULES)
         try:
             return int(func(args) or 0)
         except FoldedCNNsError as exc:

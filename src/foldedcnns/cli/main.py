@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -67,7 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    raise SystemExit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:  # Ctrl-C before the command started (while Python imports the libraries)
+        print("foldedcnns: interrupted by SIGINT", file=sys.stderr)
+        code = EXIT_INTERRUPT
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

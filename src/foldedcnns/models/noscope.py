@@ -12,10 +12,10 @@ The optional dropout of the original was never switched on and is not built.
 
 from __future__ import annotations
 
-from torch import nn
-
 from collections.abc import Mapping
 from typing import Any
+
+from torch import nn
 
 from foldedcnns.errors import ConfigError
 from foldedcnns.models.layers import conv3x3, flat_features
@@ -33,12 +33,14 @@ def check_architecture(arch: Mapping[str, Any], height: int, width: int, where: 
     check_keys(arch, [key for key, *_ in NOSCOPE_NUMBERS], where, path)
     out = {key: get_int(arch, key, where, path, low, high) for key, low, high in NOSCOPE_NUMBERS}
     if out["nb_layers"] % 2:
-        raise ConfigError(f"{where}: '{path}.nb_layers' must be even (2 convolutions per block), got {out['nb_layers']}")
+        raise ConfigError(f"{where}: '{path}.nb_layers' must be even (2 convolutions per block), "
+                          f"got {out['nb_layers']}")
     blocks = out["nb_layers"] // 2
     for side_key, side in (("out-h", height), ("out-w", width)):
         if side >> blocks < 1:
-            raise ConfigError(f"{where}: '{side_key}' {side} is too small for '{path}.nb_layers' {out['nb_layers']}: "
-                              f"{blocks} max-pools of stride 2 leave no spatial extent; use {side_key} >= {2 ** blocks}")
+            raise ConfigError(f"{where}: '{side_key}' {side} is too small for '{path}.nb_layers' "
+                              f"{out['nb_layers']}: {blocks} max-pools of stride 2 leave no spatial extent; "
+                              f"use {side_key} >= {2 ** blocks}")
     return out
 
 

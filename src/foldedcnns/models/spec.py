@@ -147,7 +147,8 @@ def _normalisation(desc: Mapping[str, Any], channels: int, where: str) -> tuple[
     out = []
     for key, values in (("mean", mean), ("std", std)):
         if not isinstance(values, list) or len(values) != channels:
-            raise ConfigError(f"{where}: '{key}' must be a list of {channels} numbers (one per channel), got {values!r}")
+            raise ConfigError(f"{where}: '{key}' must be a list of {channels} numbers (one per channel), "
+                              f"got {values!r}")
         out.append(tuple(check_number(v, where, f"{key}[{i}]", positive=key == "std") for i, v in enumerate(values)))
     return out[0], out[1]
 

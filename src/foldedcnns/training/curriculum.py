@@ -63,7 +63,8 @@ def curriculum_schedule(num_classes: int, fold: int, *, divisor: int = CURRICULU
 
 
 
-def fit_schedule(schedule: CurriculumSchedule, epochs: int, fraction: float = FIT_FRACTION) -> CurriculumSchedule | None:
+def fit_schedule(schedule: CurriculumSchedule, epochs: int,
+                 fraction: float = FIT_FRACTION) -> CurriculumSchedule | None:
     """``schedule`` compressed so that every class is in by ``fraction`` of ``epochs`` (same start).
 
     The gap shrinks first (``floor(fraction * epochs / steps)``, at least 1); if even a gap of 1 is too
