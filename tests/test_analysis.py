@@ -59,6 +59,7 @@ def test_compound_flops_exact(task):
     assert summary["flops_reference"] == PUBLISHED_COMPOUND[task]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["lol/goldnumber-fraction", "noscope/roundabout", "cifar10", "sot/timer3"])
 def test_macs_agree_with_torch_flop_counter(task):
     model = build_model(task, fold=2, init=False).eval()

@@ -19,6 +19,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_bench_end_to_end_writes_csv_plot_and_summary(capsys, tmp_path, tiny_task_file):
     out_csv, png = tmp_path / "r.csv", tmp_path / "r.png"
     code, out, err = run(capsys, "bench", "--tasks", tiny_task_file, "--folds", "1,2,3", "--batch-sizes", "8",

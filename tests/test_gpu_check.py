@@ -272,6 +272,7 @@ def stages(state, name: str) -> list[dict]:
     return [s for s in state["headline"]["stages"] if s["stage"] == name]
 
 
+@pytest.mark.slow
 def test_full_plan_fits_the_default_budget_on_a_simulated_gpu(tmp_path, monkeypatch, capsys):
     rc, state, gpu = simulate(tmp_path, monkeypatch, 480)
     assert rc == 0 and state["status"] == "ok"
@@ -292,6 +293,7 @@ def test_full_plan_fits_the_default_budget_on_a_simulated_gpu(tmp_path, monkeypa
     assert "# GPU check: ok" in capsys.readouterr().out  # the summary is printed too
 
 
+@pytest.mark.slow
 def test_a_large_budget_also_grows_the_batch(tmp_path, monkeypatch):
     rc, state, _ = simulate(tmp_path, monkeypatch, 3000)
     assert rc == 0

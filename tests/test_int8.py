@@ -83,6 +83,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return save_checkpoint(root / "tiny.pt", make_checkpoint(model.eval())), root / "data"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_int8_agrees_with_fp32_on_a_trained_models_test_images(trained: tuple[Path, Path], engine: str) -> None:
     needs(engine)
@@ -100,6 +101,7 @@ def test_int8_agrees_with_fp32_on_a_trained_models_test_images(trained: tuple[Pa
     assert float((int8.classify(x).argmax(1) == fp32).float().mean()) >= 0.99
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_prepare_takes_calibration_images_or_says_it_used_random_input(engine: str) -> None:
     needs(engine)

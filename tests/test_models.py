@@ -39,6 +39,7 @@ MODEL_FOLDS = [pytest.param(name, fold, id=f"{fold}-{name}",
                for fold in FOLDS for name in list_models(compound=False)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "fold"), MODEL_FOLDS)
 def test_every_model_builds_and_runs(name, fold):
     if name.startswith("cifar") and fold > 2:

@@ -54,6 +54,7 @@ def test_openvino_runs_on_the_cpu_only() -> None:
     assert not ok and ("CPU" in reason or "not installed" in reason)
 
 
+@pytest.mark.slow
 @needs_openvino
 @pytest.mark.parametrize("fold", [1, 2])
 def test_fp32_equals_eager(tiny_digits_task: TaskSpec, fold: int) -> None:
@@ -66,6 +67,7 @@ def test_fp32_equals_eager(tiny_digits_task: TaskSpec, fold: int) -> None:
     assert prepared.classify(x[:1]).shape == (1, tiny_digits_task.num_classes)  # padded to the static shape
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_fp32_equals_eager_on_a_full_size_cnn() -> None:
     model = build_model("lol/goldnumber-fraction", fold=4).eval()
@@ -75,6 +77,7 @@ def test_fp32_equals_eager_on_a_full_size_cnn() -> None:
     torch.testing.assert_close(BACKENDS["openvino"].prepare(model, x).folded(x), expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_threads_come_from_torch_at_prepare_time(tiny_task: TaskSpec) -> None:
     model = build_model(tiny_task).eval()
@@ -85,6 +88,7 @@ def test_threads_come_from_torch_at_prepare_time(tiny_task: TaskSpec) -> None:
     assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) in ("f32", "<Type: 'float32'>")
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_conversion_is_cached_per_weights(tiny_task: TaskSpec, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
@@ -104,6 +108,7 @@ def test_conversion_is_cached_per_weights(tiny_task: TaskSpec, monkeypatch: pyte
     assert len(calls) == 2  # changed weights convert again
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_reduced_precisions_follow_the_cpus_capabilities(tiny_task: TaskSpec) -> None:
     capabilities = ov_backend.cpu_capabilities()
@@ -116,6 +121,7 @@ def test_reduced_precisions_follow_the_cpus_capabilities(tiny_task: TaskSpec) ->
             assert BACKENDS["openvino"].prepare(model, x, precision=precision).folded(x).dtype == torch.float32
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_export_writes_an_ir_that_predicts_like_the_checkpoint(tiny_checkpoint, tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(2)

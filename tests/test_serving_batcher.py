@@ -272,6 +272,7 @@ def test_a_missing_optional_dependency_is_a_one_line_install_hint():
         require("no_such_module.sub")
 
 
+@pytest.mark.slow
 def test_importing_the_package_and_the_cli_loads_no_web_stack():
     names = "('starlette', 'uvicorn', 'httpx', 'prometheus_client', 'ray')"
     code = ("import sys, foldedcnns.serving, foldedcnns.cli.main as m; m.build_parser(); "

@@ -147,6 +147,7 @@ def npy(images: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_the_separable_checkpoint_ignores_its_group(separable, tiny_checkpoint, test_images):
     frames = [read_image(p) for p in test_images[0][:9]]
     folded, original = Predictor(separable), Predictor(tiny_checkpoint(1, task=TASK))
@@ -210,6 +211,7 @@ def test_model_health_ready_and_metrics(shared_server):
         assert f"foldedcnns_{name}" in metrics.text
 
 
+@pytest.mark.slow
 def test_multipart_and_npy_requests_answer_in_order(shared_server, separable, test_images):
     paths = test_images[0][:6]
     frames = [read_image(p) for p in paths]

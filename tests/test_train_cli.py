@@ -37,6 +37,7 @@ def test_train_then_evaluate_json(tiny: tuple[Path, Path], tmp_path: Path, capsy
     assert report["top1"] == pytest.approx(trained["best"]["test_top1"])
 
 
+@pytest.mark.slow
 def test_train_prints_a_table(tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     desc, data = tiny
     assert main(["train", "--description", str(desc), "--data", str(data), "--out", str(tmp_path / "r"),
@@ -63,6 +64,7 @@ def test_evaluate_rejects_a_bad_checkpoint(tiny: tuple[Path, Path], tmp_path: Pa
     assert "cannot read checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sweep_writes_summary_and_plot(tiny: tuple[Path, Path], tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     desc, data = tiny

@@ -145,6 +145,7 @@ def test_distillation_errors() -> None:
         distill_loss(torch.zeros(2, 3), torch.zeros(2, 3), "kl", 0.0)
 
 
+@pytest.mark.slow
 def test_teacher_logits_are_computed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     teacher = build_model("lol/goldnumber-fraction", fold=1)
     path = save_checkpoint(tmp_path / "teacher.pt", make_checkpoint(teacher))

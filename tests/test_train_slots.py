@@ -37,6 +37,7 @@ def test_groups_and_tie_index():
                                                                                  [6, 7, 8, 9, 10, 11]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("f", "multiplier"), [(2, 1.5), (4, None)])  # widths divisible by f
 def test_separate_slots_are_tied_copies_and_stay_so(f, multiplier):
     torch.manual_seed(0)
@@ -64,6 +65,7 @@ def test_separate_slots_are_tied_copies_and_stay_so(f, multiplier):
     assert off.abs().max() == 0
 
 
+@pytest.mark.slow
 def test_blend_phases_cross_slot_weights_in():
     torch.manual_seed(0)
     f = 2

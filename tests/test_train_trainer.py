@@ -62,6 +62,7 @@ def tiny_config(tiny: tuple[Path, Path], out: Path, **kw: object) -> TrainConfig
     return TrainConfig(**values)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fold", [1, 3])
 def test_train_counts_every_image_and_writes_files(tiny: tuple[Path, Path], tmp_path: Path, fold: int) -> None:
     # 39 training images, batch 8 (6 at f = 3): the last partial batch is padded, not dropped.
@@ -81,6 +82,7 @@ def test_train_counts_every_image_and_writes_files(tiny: tuple[Path, Path], tmp_
     assert len(json.loads((run / "metrics.json").read_text())) == 2
 
 
+@pytest.mark.slow
 def test_checkpoint_is_self_describing(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     result = train(tiny_config(tiny, tmp_path / "run", fold=2))
     ckpt = load_checkpoint(result.best_checkpoint)  # weights_only=True inside
@@ -99,6 +101,7 @@ def test_checkpoint_is_self_describing(tiny: tuple[Path, Path], tmp_path: Path) 
     assert evaluate(old, tiny[1], "test", device="cpu")["top1"] == pytest.approx(result.best["test_top1"])
 
 
+@pytest.mark.slow
 def test_metrics_files_keep_their_columns_and_keys(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     result = train(tiny_config(tiny, tmp_path / "run", fold=2, epochs=1))
     keys = ["epoch", "classes", "lr", "train_top1", "train_top5", "train_loss", "train_images", "val_top1",
@@ -121,12 +124,14 @@ def test_evaluate_matches_the_best_epoch(tiny: tuple[Path, Path], tmp_path: Path
     assert val["top1"] == pytest.approx(result.best["val_top1"])
 
 
+@pytest.mark.slow
 def test_training_learns_the_tiny_task(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     result = train(tiny_config(tiny, tmp_path / "run", fold=2, epochs=8, batch_size=4))
     assert result.best["val_top1"] > 50.0  # chance is 33.3
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_default_recipe_trains_with_scaled_slot_warmup(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     config = tiny_config(tiny, tmp_path / "run", fold=2, epochs=8, batch_size=4, recipe=None, lr=None,
                          curriculum=None)
@@ -137,6 +142,7 @@ def test_default_recipe_trains_with_scaled_slot_warmup(tiny: tuple[Path, Path], 
     assert result.best["val_top1"] > 50.0  # chance is 33.3
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     straight = train(tiny_config(tiny, tmp_path / "straight", fold=2, epochs=4))
     train(tiny_config(tiny, tmp_path / "split", fold=2, epochs=2))
@@ -163,6 +169,7 @@ def test_existing_run_needs_resume_and_same_settings(tiny: tuple[Path, Path], tm
         train(tiny_config(tiny, tmp_path / "run", fold=4, epochs=1, resume=True))
 
 
+@pytest.mark.slow
 def test_curriculum_introduces_classes(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     result = train(tiny_config(tiny, tmp_path / "run", fold=2, epochs=3, curriculum=True, curriculum_gap=1))
     # N = 3: start max(3 // 10, f) = 2 classes, one more after 1 epoch.
@@ -171,6 +178,7 @@ def test_curriculum_introduces_classes(tiny: tuple[Path, Path], tmp_path: Path) 
     assert result.history[0]["val_images"] == 12  # validation and test always cover every class
 
 
+@pytest.mark.slow
 def test_distillation_caches_teacher_logits(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     teacher = train(tiny_config(tiny, tmp_path / "teacher", fold=1, epochs=3))
     for loss in ("mse", "kl"):
@@ -183,6 +191,7 @@ def test_distillation_caches_teacher_logits(tiny: tuple[Path, Path], tmp_path: P
     assert resumed.teacher["cached"] is True
 
 
+@pytest.mark.slow
 def test_distillation_weight_mixes_soft_and_hard_targets(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     teacher = train(tiny_config(tiny, tmp_path / "teacher", fold=1, epochs=1))
     runs = {w: train(tiny_config(tiny, tmp_path / f"w{w}", fold=2, epochs=1, seed=3,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import sys
 
 from foldedcnns.analysis import flops_summary, intensity_rows, layer_intensity_rows, model_flops
@@ -21,6 +22,8 @@ from foldedcnns.cli.common import (
 )
 from foldedcnns.models import build_model
 from foldedcnns.utils.outputs import check_output
+
+MAX_MULTIPLIER = 64.0  # hidden widths times 64 is far beyond any model here (sqrt(f) is 2 at f = 4)
 
 
 def run_flops(args: argparse.Namespace) -> int:
@@ -86,8 +89,15 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    if not 0 < value < math.inf:  # also NaN
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _multiplier(text: str) -> float:
+    value = _positive_float(text)
+    if not value <= MAX_MULTIPLIER:
+        raise argparse.ArgumentTypeError(f"expected a multiplier from 0 to {MAX_MULTIPLIER}, got {text!r}")
     return value
 
 
@@ -105,8 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     flops = sub.add_parser("flops", help="parameters, MACs and FLOPs of a model at a fold")
     add_task_options(flops)
     flops.add_argument("--fold", type=_positive_int, default=1, help="fold f (default 1: the original CNN)")
-    flops.add_argument("--multiplier", type=_positive_float, default=None, help="hidden-width multiplier "
-                       "(default sqrt(f))")
+    flops.add_argument("--multiplier", type=_multiplier, default=None, help="hidden-width multiplier "
+                       f"(default sqrt(f); at most {MAX_MULTIPLIER})")
     flops.add_argument("--per-layer", action="store_true", help="add a per-layer table")
     add_json_option(flops)
     flops.set_defaults(func=run_flops)

@@ -33,6 +33,8 @@ EXIT_BUG = 3
 PREFIX = "foldedcnns: error: "
 # How PyTorch words a failed allocation (a RuntimeError, or torch.OutOfMemoryError, a subclass).
 PILLOW_MODULES = r"PIL(\.|$)"
+# How PyTorch words a tensor size beyond its integers (a width of 1e9 times a multiplier).
+SIZE_FAILURES = ("size calculation overflowed", "Overflow when unpacking long")
 MEMORY_FAILURES = ("can't allocate memory", "not enough memory", "out of memory", "DefaultCPUAllocator")
 
 
@@ -46,6 +48,8 @@ def resource_error(exc: BaseException) -> str | None:
         return f"out of memory ({first_line(exc)}); use smaller sizes (batch size, image size, model widths)"
     if isinstance(exc, RuntimeError) and any(text in str(exc) for text in MEMORY_FAILURES):
         return f"out of memory: {first_line(exc, 240)}; use smaller sizes (batch size, image size, model widths)"
+    if isinstance(exc, (RuntimeError, OverflowError)) and any(text in str(exc) for text in SIZE_FAILURES):
+        return f"a size is too large: {first_line(exc, 240)}; use smaller sizes (batch size, image size, model widths)"
     return None
 
 
