@@ -66,8 +66,9 @@ def test_unreadable_image_keeps_the_rows_before_it(ckpt, image_files, tmp_path, 
                  "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot decode image" in err and "005.png" in err
-    assert f"kept the 5 rows decoded before it in {out}" in err
-    assert [Path(r["path"]).name for r in read_csv(out)] == names[:5]
+    assert f"kept the 5 rows decoded before it in {out}.partial" in err
+    assert [Path(r["path"]).name for r in read_csv(out.with_name(out.name + ".partial"))] == names[:5]
+    assert not out.exists()
 
 
 def test_labelled_folder_of_another_task_is_refused(ckpt, image_files, tmp_path, capsys):
@@ -129,7 +130,7 @@ def test_truncated_video_keeps_the_rows_of_every_good_frame(ckpt, tmp_path, caps
                  "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cut.mp4" in err and "truncated or corrupt" in err
-    rows, reference = read_csv(out), read_csv(tmp_path / "full.csv")
+    rows, reference = read_csv(out.with_name(out.name + ".partial")), read_csv(tmp_path / "full.csv")
     assert 0 < len(rows) < 300 and f"kept the {len(rows)} rows decoded before it" in err
     assert [int(r["frame"]) for r in rows] == list(range(len(rows)))
     whole_groups = len(rows) // 4 * 4  # the last, partial group is padded differently
@@ -141,4 +142,5 @@ def test_unreadable_video_is_a_clear_error(ckpt, tmp_path, capsys):
     assert main(["predict", str(ckpt), str(tmp_path / "junk.mp4"), "--out", str(tmp_path / "p.csv"),
                  "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "junk.mp4" in err and "not a readable video" in err and "kept the 0 rows" in err
+    assert "junk.mp4" in err and "not a readable video" in err and "no frame decoded; no CSV written" in err
+    assert not (tmp_path / "p.csv").exists()

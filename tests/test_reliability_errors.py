@@ -159,6 +159,7 @@ def test_non_utf8_description_is_a_one_line_error(capsys, tmp_path, tiny_task):
     assert "latin1.json" in one_line(err)
 
 
+@pytest.mark.slow
 def test_a_width_of_1e9_in_a_description_is_a_one_line_error(tmp_path, tiny_task):
     """Run under a 16 GB address-space limit: without a bound checked before allocation this is a 300 GB
     allocation attempt; either way the answer must be one line and exit 1."""

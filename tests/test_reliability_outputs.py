@@ -246,7 +246,8 @@ def test_a_real_file_size_limit_is_one_line(tmp_path):
         sys.exit(main(sys.argv[1:]))
     """)
     plot = tmp_path / "ai.png"
-    done = subprocess.run([sys.executable, "-c", script, "intensity", "lol/goldnumber-fraction", "--no-compound", "--plot", str(plot)],
+    argv = ["intensity", "lol/goldnumber-fraction", "--no-compound", "--plot", str(plot)]
+    done = subprocess.run([sys.executable, "-c", script, *argv],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "MPLBACKEND": "Agg", "XDG_STATE_HOME": str(tmp_path / "state")})
     assert done.returncode == 1, done.stderr

@@ -88,10 +88,10 @@ def alive(pid: int) -> bool:
 
 
 def run_and_signal(tmp_path: Path, argv: list[str], slow: str, signum: int, *, sleep: float = 60.0,
-                   after: int = 0) -> tuple[int, str, set[int]]:
-    """Run ``foldedcnns ARGV`` with ``slow`` patched, send ``signum`` once it is reached; return
-    (exit code, stderr, the processes the command had started). Whatever happens, no process of the
-    command outlives the call."""
+                   after: int = 0, group: bool = False) -> tuple[int, str, set[int]]:
+    """Run ``foldedcnns ARGV`` with ``slow`` patched, send ``signum`` once it is reached (to its whole
+    process group with ``group``, as a terminal's Ctrl-C does); return (exit code, stderr, the
+    processes the command had started). Whatever happens, no process of the command outlives the call."""
     if not Path("/proc/self/stat").exists():
         pytest.skip("the process-tree check reads /proc (Linux)")
     marker, stderr = tmp_path / "marker", tmp_path / "stderr.txt"
@@ -100,7 +100,7 @@ def run_and_signal(tmp_path: Path, argv: list[str], slow: str, signum: int, *, s
     started: set[int] = set()
     with open(stderr, "w", encoding="utf-8") as err_file:  # a file: a stray process cannot block the test
         child = subprocess.Popen([sys.executable, "-c", CHILD, *argv], env=env, cwd=tmp_path,
-                                 stdout=subprocess.DEVNULL, stderr=err_file)
+                                 stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=group)
     try:
         deadline = time.monotonic() + START_SECONDS
         while not marker.exists():
@@ -110,7 +110,10 @@ def run_and_signal(tmp_path: Path, argv: list[str], slow: str, signum: int, *, s
             time.sleep(0.05)
         time.sleep(0.2)
         started = descendants(child.pid)
-        child.send_signal(signum)
+        if group:
+            os.killpg(child.pid, signum)
+        else:
+            child.send_signal(signum)
         try:
             child.wait(timeout=STOP_SECONDS)
         except subprocess.TimeoutExpired:
@@ -141,12 +144,14 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob(".*") if p.name.endswith((".tmp", ".partial")))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_data_synth_ends_its_workers_and_leaves_no_folder(tmp_path, tiny_task_file, signum):
+@pytest.mark.parametrize(("signum", "group"), [(signal.SIGTERM, False), (signal.SIGINT, False),
+                                               (signal.SIGINT, True)], ids=["SIGTERM", "SIGINT", "Ctrl-C"])
+def test_data_synth_ends_its_workers_and_leaves_no_folder(tmp_path, tiny_task_file, signum, group):
+    """Ctrl-C in a terminal reaches the workers too: they must neither print tracebacks nor linger."""
     out = tmp_path / "synth"
     code, err, started = run_and_signal(
         tmp_path, ["data", "synth", str(tiny_task_file), str(out), "--per-class", "40", "--workers", "2",
-                   "--no-progress"], "foldedcnns.data.synth.generate:render_scene", signum)
+                   "--no-progress"], "foldedcnns.data.synth.generate:render_scene", signum, group=group)
     assert code == 128 + signum
     one_line(err, signum)
     assert len(started) >= 2  # the drawing processes existed, and are gone (checked above)

@@ -22,6 +22,7 @@ accuracy cost; ``max_accuracy_drop`` excludes precisions that lose more than tha
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -116,6 +117,11 @@ class TuneConfig:
         if self.top_k < 1 or self.trials < 1 or self.screen_trials < 1:
             raise ConfigError(f"top-k and trials must be >= 1, got top-k {self.top_k}, trials {self.trials}, "
                               f"screening trials {self.screen_trials}")
+        for flag, value in (("--screen-seconds", self.screen_seconds), ("--seconds", self.final_seconds)):
+            if not 0 < value < math.inf:  # also NaN: a time budget must end
+                raise ConfigError(f"{flag} must be a finite number > 0, got {value}")
+        if not 0 <= self.peak_seconds < math.inf:
+            raise ConfigError(f"--peak-seconds must be a finite number >= 0, got {self.peak_seconds}")
         if self.data is not None and not is_checkpoint(self.target):
             raise ConfigError("measuring the accuracy cost needs trained weights; pass a checkpoint instead of "
                               f"the task name {self.target!r}, or drop --data")

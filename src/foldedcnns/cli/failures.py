@@ -48,7 +48,7 @@ def resource_error(exc: BaseException) -> str | None:
         return f"out of memory ({first_line(exc)}); use smaller sizes (batch size, image size, model widths)"
     if isinstance(exc, RuntimeError) and any(text in str(exc) for text in MEMORY_FAILURES):
         return f"out of memory: {first_line(exc, 240)}; use smaller sizes (batch size, image size, model widths)"
-    if isinstance(exc, (RuntimeError, OverflowError)) and any(text in str(exc) for text in SIZE_FAILURES):
+    if isinstance(exc, (RuntimeError, OverflowError, TypeError)) and any(text in str(exc) for text in SIZE_FAILURES):
         return f"a size is too large: {first_line(exc, 240)}; use smaller sizes (batch size, image size, model widths)"
     return None
 

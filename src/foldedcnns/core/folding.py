@@ -14,10 +14,15 @@ from torch import nn
 
 from foldedcnns.errors import ConfigError, ShapeError
 
+# Beyond these a value is a typo (and its tensors would not fit in memory or in C integers).
+MAX_FOLD = 1024
+MAX_BATCH_IMAGES = 2**24
+
 
 def _check_fold(f: int) -> None:
-    if isinstance(f, bool) or not isinstance(f, int) or f < 1:
-        raise ConfigError(f"fold must be an integer >= 1, got {f!r}; pass --fold 1 for the original CNN")
+    if isinstance(f, bool) or not isinstance(f, int) or not 1 <= f <= MAX_FOLD:
+        raise ConfigError(f"fold must be an integer >= 1 (at most {MAX_FOLD}), got {f!r}; pass --fold 1 for the "
+                          "original CNN")
 
 
 def fold(x: torch.Tensor, f: int) -> torch.Tensor:
@@ -89,8 +94,8 @@ def round_batch(batch_size: int, f: int, rounding: str = "down") -> int:
     a :class:`ConfigError` naming the two nearest valid sizes).
     """
     _check_fold(f)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_IMAGES:
+        raise ConfigError(f"batch size must be a positive integer (at most {MAX_BATCH_IMAGES:,}), got {batch_size!r}")
     lower, upper = max(f, batch_size // f * f), -(-batch_size // f) * f
     if rounding == "down":
         return lower

@@ -166,9 +166,9 @@ def _frames_pyav(path: Path, sampler: _Sampler, start: int, end: int | None,
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
         raise DataError(f"cannot open video {path} ({exc}); the file is not a readable video") from exc
-    if not container.streams.video:
+    if not container.streams.video or container.streams.video[0].codec_context is None:  # none, or no decoder
         container.close()
-        raise DataError(f"{path} has no video stream; pass a video file")
+        raise DataError(f"{path} has no decodable video stream; the file is not a readable video")
     return _decode_pyav(container, path, sampler, start, end, small_frame_threads)
 
 

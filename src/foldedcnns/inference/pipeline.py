@@ -327,6 +327,8 @@ def run_predict(checkpoint: str | Path | Predictor, inputs: Sequence[str], out: 
     refuses labelled image folders of another task (:func:`check_task_match`). An existing CSV is
     refused unless ``overwrite``.
     """
+    if isinstance(profile_frames, bool) or not isinstance(profile_frames, int) or profile_frames < 0:
+        raise ConfigError(f"--profile-frames must be an integer >= 0, got {profile_frames!r}")
     predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor(
         checkpoint, device=device, backend=backend, precision=precision, batch_size=batch_size)
     crop, sources, outputs = plan_inputs(inputs, out, predictor, crop, task_check, overwrite)
