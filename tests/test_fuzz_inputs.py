@@ -42,6 +42,8 @@ from PIL import Image
 
 from foldedcnns.cli.main import main
 
+pytestmark = pytest.mark.slow  # about a minute of subprocess runs; make test runs it
+
 EXAMPLES = int(os.environ.get("FOLDEDCNNS_FUZZ_EXAMPLES", "0"))
 HEADROOM_BYTES = 6 * 2**30  # address space allowed above the test process's own
 

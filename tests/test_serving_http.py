@@ -197,6 +197,7 @@ def test_32_concurrent_clients_each_get_their_own_answers(shared_server, separab
     assert batches < len(order)  # requests of different clients shared batches
 
 
+@pytest.mark.slow  # starts a real server process
 def test_model_health_ready_and_metrics(shared_server):
     info = httpx.get(f"{shared_server.url}/v1/model").json()
     assert info["task"] == TASK and info["fold"] == 4 and len(info["classes"]) == 11
@@ -246,6 +247,7 @@ def test_bad_inputs_get_their_status_and_a_one_line_error(shared_server, body, k
     assert message in error and "\n" not in error and response.json()["status"] == status
 
 
+@pytest.mark.slow  # starts a real server process
 def test_bad_crop_and_unknown_routes_are_one_line_json(shared_server, test_images):
     png = test_images[0][0].read_bytes()
     for url, status in ((f"{shared_server.url}/v1/predict?crop=1,2", 400),
