@@ -2,6 +2,7 @@
 
 from foldedcnns.core.folding import (
     FoldedClassifier,
+    batch_or_default,
     fold,
     pad_to_multiple,
     round_batch,
@@ -10,4 +11,7 @@ from foldedcnns.core.folding import (
     unfold_logits,
 )
 
-__all__ = ["FoldedClassifier", "fold", "pad_to_multiple", "round_batch", "run_folded", "unfold", "unfold_logits"]
+__all__ = [
+    "FoldedClassifier", "batch_or_default", "fold", "pad_to_multiple", "round_batch", "run_folded", "unfold",
+    "unfold_logits",
+]

@@ -86,12 +86,12 @@ def pad_to_multiple(x: torch.Tensor, f: int) -> tuple[torch.Tensor, int]:
     return torch.cat([x, x.index_select(0, index)], dim=0), pad
 
 
-def round_batch(batch_size: int, f: int, rounding: str = "down") -> int:
+def round_batch(batch_size: int, f: int, rounding: str = "down", option: str = "--batch-size") -> int:
     """A batch size in images that is a multiple of ``f``: the project's one batch-rounding rule.
 
     ``rounding`` is ``"down"`` (never below ``f``: training and evaluation batches), ``"up"`` (the
     benchmark's ``ceil(B/f)*f`` images per call) or ``"exact"`` (a batch that is not a multiple is
-    a :class:`ConfigError` naming the two nearest valid sizes).
+    a :class:`ConfigError` naming ``option`` and the two nearest valid sizes).
     """
     _check_fold(f)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_IMAGES:
@@ -103,10 +103,18 @@ def round_batch(batch_size: int, f: int, rounding: str = "down") -> int:
         return upper
     if rounding == "exact":
         if batch_size % f:
-            raise ConfigError(f"--batch-size {batch_size} is not a multiple of the fold {f}; "
+            raise ConfigError(f"{option} {batch_size} is not a multiple of the fold {f}; "
                               f"pass {lower} or {upper}")
         return batch_size
     raise ValueError(f"rounding must be down, up or exact, got {rounding!r}")
+
+
+def batch_or_default(batch_size: int | None, f: int, default: int, option: str = "--batch-size") -> int:
+    """Images per model call: ``batch_size`` (a multiple of ``f``, else an error naming ``option``), or
+    ``default`` rounded up to a multiple of ``f`` when the caller does not choose."""
+    if batch_size is None:
+        return round_batch(default, f, "up")
+    return round_batch(batch_size, f, "exact", option)
 
 
 def run_folded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, f: int) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from foldedcnns.core.folding import round_batch
+from foldedcnns.core.folding import batch_or_default
 from foldedcnns.data.crop import Crop
 from foldedcnns.errors import ConfigError, ShapeError
 from foldedcnns.inference.preprocess import stack_frames
@@ -88,8 +88,7 @@ class Predictor:
         model, config = (None, read_ir(checkpoint)[1]) if ir else model_from_checkpoint(checkpoint)
         self.config: ModelConfig = config
         self.fold = config.fold
-        self.batch_size = (round_batch(DEFAULT_BATCH_IMAGES, self.fold, "up") if batch_size is None
-                           else round_batch(batch_size, self.fold, "exact"))
+        self.batch_size = batch_or_default(batch_size, self.fold, DEFAULT_BATCH_IMAGES)
         _, self.height, self.width = config.image_size
         if ir:
             if self.device.type != "cpu":

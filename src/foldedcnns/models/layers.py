@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from foldedcnns.errors import ConfigError
+from foldedcnns.errors import ConfigError, first_line
 
 
 def conv3x3(in_channels: int, out_channels: int, *, stride: int = 1, bias: bool = True) -> nn.Conv2d:
@@ -30,7 +30,7 @@ def flat_features(features: nn.Module, input_shape: tuple[int, int, int], where:
         except RuntimeError as exc:
             raise ConfigError(
                 f"{where}: input {input_shape[1]}x{input_shape[2]} is too small for this architecture "
-                f"({exc.args[0].splitlines()[0]}); use a larger out-h/out-w"
+                f"({first_line(exc)}); use a larger out-h/out-w"
             ) from exc
     return int(out[0].numel())
 

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from foldedcnns.core.folding import pad_to_multiple, round_batch
+from foldedcnns.core.folding import batch_or_default, pad_to_multiple
 from foldedcnns.errors import ConfigError, DataError, first_line
 from foldedcnns.inference.predictor import Predictions
 from foldedcnns.serving.errors import BatchFailed, DeadlineExceeded, QueueFull, RequestTooLarge, ShuttingDown
@@ -327,12 +327,7 @@ class DynamicBatcher:
 
 def batch_images(fold: int, max_batch_images: int | None = None) -> int:
     """N: ``max_batch_images``, which must be a multiple of ``fold``, or the default 64 rounded up to one."""
-    if max_batch_images is None:
-        return round_batch(DEFAULT_BATCH_IMAGES, fold, "up")
-    try:
-        return round_batch(max_batch_images, fold, "exact")
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("--batch-size", "--max-batch-images")) from exc
+    return batch_or_default(max_batch_images, fold, DEFAULT_BATCH_IMAGES, "--max-batch-images")
 
 
 def _rows(preds: Predictions, start: int, count: int) -> Predictions:
