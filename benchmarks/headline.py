@@ -37,7 +37,7 @@ from docs_report import (
 from foldedcnns.benchmark.machine import machine_info
 from foldedcnns.benchmark.peak import Peak
 from foldedcnns.benchmark.plots import plot_results
-from foldedcnns.benchmark.profile import PROFILE_BACKENDS, LayerProfile, profile_interleaved
+from foldedcnns.benchmark.profile import LayerProfile, can_profile, profile_interleaved
 from foldedcnns.benchmark.records import BenchRecord, write_csv
 from foldedcnns.benchmark.runner import (
     PreparedCache,
@@ -60,7 +60,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # compile fp32 was slower than onnxruntime fp32 at f = 1 and f = 4 in benchmarks/results/cpu_compile_check.txt,
 # and each compilation costs ~10 s, so the CPU search leaves it out (--exclude "" puts it back)
 CPU_EXCLUDE = "compile:fp32"
-CPU_PRECISIONS = ("fp32", "bf16")
+CPU_PRECISIONS = ("fp32", "bf16", "int8")  # int8: calibrated on random input (throughput only), both sides alike
+# eager and channels-last won no task at any fold in the previous headline (every one of the 40 bests was
+# compile bf16: benchmarks/results/headline_cpu_previous_run.json), so the CPU search times the engines
+CPU_BACKENDS = ("compile", "onnxruntime", "openvino")
 CUDA_PRECISIONS = ("fp32", "fp16", "bf16")
 BATCH_SIZES = (256, 1024, 4096)
 SCREEN_BATCH = 256  # cheapest size for ranking backend x precision; the winners are then swept over sizes
@@ -70,9 +73,9 @@ PROFILE_BATCH = 256
 PROFILE_ITERATIONS = 7
 DETAIL_TASK = "sot/timer3"
 # every fold at the same configurations, so per-layer rates can be compared across folds
-FIXED_PROFILES = {"cpu": (("onnxruntime", "fp32"), ("compile", "bf16")),
+FIXED_PROFILES = {"cpu": (("openvino", "int8"), ("compile", "bf16")),
                   "cuda": (("channels-last", "fp16"),)}
-DETAIL_PROFILE = {"cpu": ("compile", "bf16"), "cuda": ("channels-last", "fp16")}  # DETAIL_TASK's layer tables
+DETAIL_PROFILE = {"cpu": ("openvino", "int8"), "cuda": ("channels-last", "fp16")}  # DETAIL_TASK's layer tables
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -80,8 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tasks", nargs="+", help="default: every game and NoScope task")
     parser.add_argument("--folds", default="1,2,3,4")
-    parser.add_argument("--backends", help="comma-separated (default: per device)")
-    parser.add_argument("--precisions", help="comma-separated (default: fp32,bf16 on CPU; fp32,fp16,bf16 on CUDA)")
+    parser.add_argument("--backends", help=f"comma-separated (default on CPU: {','.join(CPU_BACKENDS)})")
+    parser.add_argument("--precisions", help="comma-separated (default: fp32,bf16,int8 on CPU; fp32,fp16,bf16 on CUDA)")
     parser.add_argument("--exclude", help=f"backend:precision pairs to leave out (default on CPU: {CPU_EXCLUDE})")
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     parser.add_argument("--trials", type=int, default=5)
@@ -121,7 +124,7 @@ def profile_best(best: list[BestRow], device: str, done: list[LayerProfile]) -> 
     have = {(p.model, p.fold, p.backend, p.precision): p for p in done}
     groups: dict[tuple[str, str, str], list[int]] = {}
     for row in best:
-        if row.mode in ("Original", "Folded") and row.backend in PROFILE_BACKENDS:
+        if row.mode in ("Original", "Folded") and can_profile(row.backend, row.precision):
             groups.setdefault((row.model, row.backend, row.precision), []).append(row.fold)
     out = []
     for (model, backend, precision), folds in groups.items():
@@ -232,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dev = resolve_device(args.device)
     cuda = dev.type == "cuda"
-    backends = _names(args.backends, DEFAULT_BACKENDS["cuda" if cuda else "cpu"])
+    backends = _names(args.backends, DEFAULT_BACKENDS["cuda"] if cuda else CPU_BACKENDS)
     precisions = _names(args.precisions, CUDA_PRECISIONS if cuda else CPU_PRECISIONS)
     exclude = parse_pairs(args.exclude if args.exclude is not None else ("" if cuda else CPU_EXCLUDE))
     tasks = args.tasks or default_tasks()

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from foldedcnns.errors import ConfigError
 from foldedcnns.inference.pipeline import run_predict
 
 
@@ -33,3 +34,26 @@ def test_ray_gives_the_same_rows_as_one_machine(tmp_path, tiny_checkpoint, tiny_
         assert Path(r.output).read_text() == Path(ref.output).read_text()
     assert not (tmp_path / "ray" / "b.csv").exists()
     assert not ray.is_initialized()
+
+
+@pytest.mark.slow
+def test_ray_int8_actors_quantize_with_the_calibration_of_the_driver(tmp_path, tiny_checkpoint, tiny_digits_task,
+                                                                       image_files, image_folder):
+    pytest.importorskip("ray")
+    pytest.importorskip("onnxruntime")
+    from foldedcnns.inference.distributed import run_ray_predict
+    from foldedcnns.inference.predictor import Predictor
+
+    ckpt = tiny_checkpoint(2, task=tiny_digits_task)
+    data = image_folder(tiny_digits_task, {"train": 3})
+    image_files(tmp_path / "in" / "a", [f"{i:03d}.png" for i in range(20)])
+    inputs = [str(tmp_path / "in" / "a")]
+    with pytest.raises(ConfigError, match="--data DIR"):
+        run_ray_predict(ckpt, inputs, tmp_path / "none.csv", batch_size=4, backend="onnxruntime", precision="int8")
+    local = Predictor(ckpt, backend="onnxruntime", precision="int8", batch_size=4, data=data)
+    run_predict(local, inputs, tmp_path / "local.csv", profile_frames=0)
+    report = run_ray_predict(ckpt, inputs, tmp_path / "ray.csv", batch_size=4, backend="onnxruntime",
+                             precision="int8", data=data, num_cpus=2, workers=1)
+    assert report.results[0].rows == 20
+    # the same seeded calibration images in the driver and the actor: the same quantized model, the same rows
+    assert (tmp_path / "ray.csv").read_text() == (tmp_path / "local.csv").read_text()

@@ -7,8 +7,9 @@ import pytest
 from foldedcnns.cli.main import main
 from foldedcnns.workflows import demo
 
+# fp32 and int8 (calibrated on the demo's images); bf16 would add torch.compile's minutes and nothing to check
 TINY = demo.DemoSettings(per_class=8, original_epochs=2, epochs=2, slot_warmup=1, bench_batch=16,
-                         bench_seconds=0.05, bench_trials=1, peak_seconds=0.05)
+                         bench_seconds=0.05, bench_trials=1, peak_seconds=0.05, precisions=("fp32", "int8"))
 
 
 class Stop(Exception):
@@ -23,7 +24,7 @@ def test_demo_prints_the_table_and_writes_the_report(tmp_path, monkeypatch, caps
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--task", str(task), "--fold", "2", "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    for header in ("Top-1 %", "images/s", "speedup", "GFLOP/s", "utilization"):
+    for header in ("Top-1 %", "on best engine", "images/s", "speedup", "GFLOP/s", "utilization", "best engine"):
         assert header in printed
     assert "tiny/letters" in printed and "1.00x" in printed
     for name in ("report.md", "demo.png", "bench.csv", "demo.json"):
@@ -31,6 +32,13 @@ def test_demo_prints_the_table_and_writes_the_report(tmp_path, monkeypatch, caps
     report = json.loads((out / "demo.json").read_text())
     assert [r["fold"] for r in report["rows"]] == [1, 2] and report["images"]["test"] == 2
     assert all(r["throughput"] > 0 for r in report["rows"]) and "eager" in report["backends"]
+    assert all(0 <= r["engine_top1"] <= 100 for r in report["rows"])
+    engines = {r["backend"] for r in report["rows"]}
+    assert all(e.split()[1] in ("fp32", "int8") for e in engines)
+    bench = (out / "bench.csv").read_text()
+    if "openvino" in report["backends"] or "onnxruntime" in report["backends"]:
+        assert ",int8," in bench  # an engine that quantizes was searched at int8
+        assert any(n.startswith("int8 is calibrated on") and "train" in n for n in report["notices"])
     assert "| model | fold | Top-1 % |" in (out / "report.md").read_text()
     # The folder is the demo's: a rerun may use it, and keeps the data drawn with the same settings.
     data = out / demo.DATA_DIR / demo.SYNTH_MANIFEST

@@ -3,14 +3,17 @@
 For PyTorch backends (``eager``, ``channels-last``) every leaf module is timed with forward
 pre/post hooks (the device is synchronized inside the hooks on CUDA). For ``onnxruntime`` the
 session's own profiler gives per-node kernel times (ORT fuses Conv+ReLU, so a conv row includes
-its ReLU). For ``compile`` (frozen inductor, CPU) ``torch.profiler`` times every op and generated
-kernel that inductor's code calls: oneDNN convolutions (with their fused ReLU) and the ``cpp_fused_*``
-kernels it writes for pooling, layout copies and other elementwise work (kind ``pool`` when the
-kernel's name has ``max_pool``, else ``fused``). FLOPs per layer come from
-:func:`foldedcnns.analysis.count_flops` (2 x MACs of Conv2d and Linear; pooling, ReLU and flatten
-count zero). Hooks and the profiler add a little overhead per layer, so the shares are the thing to
-read, not the absolute total. :func:`profile_interleaved` profiles several
-models (one task at f = 1..4) with their calls taking turns, so their per-layer rates can be compared.
+its ReLU). For ``openvino`` (fp32, bf16 and int8, NNCF-quantized on random input) the compiled
+model's own performance counters (``PERF_COUNT``) give each executed node's time; OpenVINO fuses
+ReLU and, at int8, the quantize steps into the convolutions. For ``compile`` (frozen inductor, CPU)
+``torch.profiler`` times every op and generated kernel that inductor's code calls: oneDNN
+convolutions (with their fused ReLU) and the ``cpp_fused_*`` kernels it writes for pooling, layout
+copies and other elementwise work (kind ``pool`` when the kernel's name has ``max_pool``, else
+``fused``). FLOPs per layer come from :func:`foldedcnns.analysis.count_flops` (2 x MACs of Conv2d
+and Linear; pooling, ReLU and flatten count zero). Hooks and the profiler add a little overhead per
+layer, so the shares are the thing to read, not the absolute total. :func:`profile_interleaved`
+profiles several models (one task at f = 1..4) with their calls taking turns, so their per-layer
+rates can be compared.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from foldedcnns.errors import ConfigError
 from foldedcnns.runtime.backends import (
     CompileBackend,
     OnnxRuntimeBackend,
+    OpenVinoBackend,
     export_onnx_bytes,
     precision_dtype,
 )
@@ -41,13 +45,25 @@ from foldedcnns.runtime.backends.quantize import is_quantized
 from foldedcnns.runtime.device import resolve_device
 
 TORCH_BACKENDS = ("eager", "channels-last")
-PROFILE_BACKENDS = (*TORCH_BACKENDS, "compile", "onnxruntime")
+PROFILE_BACKENDS = (*TORCH_BACKENDS, "compile", "onnxruntime", "openvino")
+QUANTIZED_PROFILE_BACKENDS = ("openvino",)  # int8 profiles: OpenVINO's counters time the quantized nodes
 COMPILED_CALL = "## Call CompiledFxGraph"  # torch.profiler's event around one call of inductor's code
 COMPILED_CONV_OPS = ("mkldnn::_convolution_pointwise", "aten::convolution", "aten::mkldnn_convolution")
 COMPILED_LINEAR_OPS = ("mkldnn::_linear_pointwise", "mkl::_mkl_linear", "aten::addmm", "aten::mm")
 ORT_KINDS = {"Conv": "conv", "FusedConv": "conv", "Gemm": "linear", "FusedGemm": "linear", "MatMul": "linear",
              "FusedMatMul": "linear", "MaxPool": "pool",
              "Relu": "relu", "Flatten": "flatten", "ReorderInput": "reorder", "ReorderOutput": "reorder"}
+OPENVINO_KINDS = {"Convolution": "conv", "GroupConvolution": "conv", "FullyConnected": "linear", "MatMul": "linear",
+                  "MaxPool": "pool", "Relu": "relu", "Reorder": "reorder", "Reshape": "flatten"}
+OPENVINO_SKIPPED = ("Parameter", "Result", "Constant")  # graph ends and weights: no kernel time
+
+
+def openvino_kind(node_type: str) -> str:
+    """The layer kind of an executed OpenVINO node (``FullyConnectedQuantizedLegacy`` is int8's linear;
+    ``Subgraph`` is a fused elementwise kernel, at int8 the quantization of the input)."""
+    if node_type.startswith("FullyConnected"):
+        return "linear"
+    return OPENVINO_KINDS.get(node_type, node_type.lower())
 TORCH_KINDS = {nn.Conv2d: "conv", nn.Linear: "linear", nn.MaxPool2d: "pool", nn.AvgPool2d: "pool",
                nn.ReLU: "relu", nn.Flatten: "flatten", nn.BatchNorm2d: "norm"}
 
@@ -110,6 +126,11 @@ def _layer_flops(model: nn.Module, inputs: int) -> tuple[dict[str, float], list[
     return by_name, convs, linears
 
 
+def can_profile(backend: str, precision: str) -> bool:
+    """Whether :func:`profile_interleaved` can profile ``backend`` at ``precision``."""
+    return backend in PROFILE_BACKENDS and (not is_quantized(precision) or backend in QUANTIZED_PROFILE_BACKENDS)
+
+
 def profile_layers(model: nn.Module, *, backend: str = "channels-last", precision: str = "fp32",
                    batch_size: int = 1024, device: str = "cpu", warmup: int = 1, iterations: int = 3,
                    seed: int = 0) -> LayerProfile:
@@ -127,14 +148,15 @@ def profile_interleaved(models: Sequence[nn.Module], *, backend: str = "channels
     ``iterations`` rounds, so load changes on the machine hit all of them alike; each layer's time is
     the median over rounds.
     """
-    if backend not in PROFILE_BACKENDS:
-        raise ConfigError(f"per-layer profiles exist for {', '.join(PROFILE_BACKENDS)}, not {backend!r}")
-    if is_quantized(precision):
-        raise ConfigError(f"per-layer profiles of {precision} models are not supported; profile fp32, bf16 or fp16")
+    if not can_profile(backend, precision):
+        if backend not in PROFILE_BACKENDS:
+            raise ConfigError(f"per-layer profiles exist for {', '.join(PROFILE_BACKENDS)}, not {backend!r}")
+        raise ConfigError(f"per-layer profiles of {precision} models exist for "
+                          f"{', '.join(QUANTIZED_PROFILE_BACKENDS)} only; profile {backend} at fp32 or bf16")
     if iterations < 1 or warmup < 0:
         raise ConfigError(f"iterations must be >= 1 and warm-up >= 0, got {iterations} and {warmup}")
     dev = resolve_device(device)
-    profilers: list[_TorchProfiler | _OrtProfiler | _CompileProfiler] = []
+    profilers: list[_TorchProfiler | _OrtProfiler | _CompileProfiler | _OpenVinoProfiler] = []
     for model in models:
         config = model.config
         inputs = folded_inputs(batch_size, config.fold)
@@ -142,6 +164,8 @@ def profile_interleaved(models: Sequence[nn.Module], *, backend: str = "channels
         flops = _layer_flops(model, inputs)
         if backend == "onnxruntime":
             profilers.append(_OrtProfiler(model, x, precision, flops))
+        elif backend == "openvino":
+            profilers.append(_OpenVinoProfiler(model, x, precision, flops))
         elif backend == "compile":
             profilers.append(_CompileProfiler(model, x, precision, dev, flops))
         else:
@@ -332,3 +356,41 @@ class _OrtProfiler:
 
     def close(self) -> None:
         self.tmp.cleanup()
+
+
+class _OpenVinoProfiler:
+    """OpenVINO's per-node performance counters on the model compiled as the ``openvino`` backend does."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, precision: str,
+                 flops: tuple[dict[str, float], list[float], list[float]]) -> None:
+        backend = OpenVinoBackend()
+        ok, reason = backend.is_available("cpu", precision)
+        if not ok:
+            raise ConfigError(f"cannot profile openvino {precision}: {reason}")
+        static = backend.graph(model, x, precision, model.config.fold, None).clone()
+        static.reshape(list(x.shape))
+        self.request = backend.compile(static, precision, {"PERF_COUNT": True}).create_infer_request()
+        self.x = x.numpy()
+        self.convs, self.linears = flops[1], flops[2]
+        self.calls: list[list[tuple[str, str, float]]] = []
+
+    def call(self, record: bool) -> None:
+        self.request.infer({0: self.x})
+        if record:
+            self.calls.append([(i.node_name, i.node_type, i.real_time.total_seconds())
+                               for i in self.request.get_profiling_info()
+                               if i.node_type not in OPENVINO_SKIPPED and str(i.status).endswith("EXECUTED")])
+
+    def layers(self) -> list[LayerTime]:
+        if not self.calls:
+            return []
+        names = [name for name, _, _ in self.calls[0]]
+        durations: dict[str, list[float]] = {n: [] for n in names}
+        for rows in self.calls:
+            for name, _, seconds in rows:
+                durations.setdefault(name, []).append(seconds)
+        kinds = [openvino_kind(kind) for _, kind, _ in self.calls[0]]
+        return _in_order(names, kinds, durations, self.convs, self.linears)
+
+    def close(self) -> None:
+        self.request = None

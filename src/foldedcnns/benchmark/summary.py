@@ -127,10 +127,13 @@ def best_configs(records: Sequence[BenchRecord]) -> list[BestRow]:
     return sorted(out, key=lambda b: (models.index(b.model), order.get(b.mode, 9), b.fold))
 
 
-SUMMARY_HEADERS = ("model", "mode", "f", "batch", "backend", "precision", "img/s", "spread", "GFLOP/s",
+# G(FL)OP/s: GFLOP/s, and for int8 rows giga integer ops/s (records.ops_unit; the CSV's Ops Unit column)
+RATE_HEADER = "G(FL)OP/s"
+RATE_LEGEND = f"{RATE_HEADER}: GFLOP/s; int8 rows count integer ops (GOP/s), as the CSV's Ops Unit column says"
+SUMMARY_HEADERS = ("model", "mode", "f", "batch", "backend", "precision", "img/s", "spread", RATE_HEADER,
                    "TputNorm", "util")
 BEST_HEADERS = ("model", "mode", "f", "best config", "img/s", "vs best original", "vs same-config original",
-                "GFLOP/s", "util")
+                RATE_HEADER, "util")
 
 
 def _ratio(value: float | None) -> str:

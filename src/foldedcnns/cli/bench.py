@@ -22,6 +22,7 @@ from foldedcnns.benchmark.runner import (
 )
 from foldedcnns.benchmark.summary import (
     BEST_HEADERS,
+    RATE_LEGEND,
     SUMMARY_HEADERS,
     best_configs,
     best_table,
@@ -123,6 +124,8 @@ def run_bench(args: argparse.Namespace) -> int:
     print()
     print("Best configuration per model and fold (medians over trials; 'vs best original' = best vs best):")
     print(format_table(BEST_HEADERS, best_table(best_configs(run.records))))
+    if any(is_quantized(r.precision) for r in run.records):
+        print(RATE_LEGEND)
     print()
     for precision, peak in run.peaks.items():
         unit = "GFLOP/s" if peak.unit == "FLOP/s" else "GOP/s (int8 integer ops)"

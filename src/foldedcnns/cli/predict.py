@@ -44,13 +44,14 @@ def model_arg(args: argparse.Namespace) -> str | Predictor:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.ray and (args.data or is_ir_path(args.checkpoint)):
-        raise ConfigError("--ray runs checkpoints without --data; drop --ray for int8 or an OpenVINO IR")
+    if args.ray and is_ir_path(args.checkpoint):
+        raise ConfigError("--ray runs checkpoints, not an OpenVINO IR; pass the .pt checkpoint (with --backend "
+                          "openvino) or drop --ray")
     if args.ray:
         report = run_ray_predict(args.checkpoint, args.inputs, args.out, batch_size=args.batch_size,
                                  backend=args.backend, precision=args.precision, device=args.device, crop=args.crop,
                                  address=args.ray_address, workers=args.workers, task_check=not args.no_task_check,
-                                 progress=not args.no_progress, overwrite=args.overwrite)
+                                 progress=not args.no_progress, overwrite=args.overwrite, data=args.data)
     else:
         report = run_predict(model_arg(args), args.inputs, args.out, batch_size=args.batch_size,
                              backend=args.backend, precision=args.precision, device=args.device, crop=args.crop,

@@ -30,7 +30,7 @@ from foldedcnns.errors import ConfigError
 from foldedcnns.inference.pipeline import PredictionCSV, PredictReport, SourceResult, decode_batches, plan_inputs
 from foldedcnns.inference.predictor import Predictor
 from foldedcnns.inference.sources import VIDEO, Source
-from foldedcnns.runtime.backends import get_backend
+from foldedcnns.runtime.backends import Calibration, get_backend, is_quantized, load_calibration
 from foldedcnns.runtime.checkpoint import load_checkpoint
 
 # CPUs reserved per model actor: fractional, so that decode tasks always find a free CPU
@@ -94,10 +94,10 @@ class PredictActor:
     """Ray actor: holds one :class:`Predictor` and classifies one decoded batch per row."""
 
     def __init__(self, checkpoint: dict[str, Any], device: str, backend: str, precision: str,
-                 batch_size: int) -> None:
+                 batch_size: int, calibration: Calibration | None = None) -> None:
         torch.set_num_threads(ACTOR_THREADS)
         self.predictor = Predictor(checkpoint, device=device, backend=backend, precision=precision,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, calibration=calibration)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         labels, scores, seconds = [], [], []
@@ -131,16 +131,25 @@ def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Pa
                     batch_size: int | None = None, backend: str = "eager", precision: str = "fp32",
                     device: str = "cpu", crop: Crop | str | None = None, address: str | None = None,
                     workers: int | None = None, num_cpus: int | None = None, task_check: bool = True,
-                    progress: bool = False, overwrite: bool = False) -> PredictReport:
+                    progress: bool = False, overwrite: bool = False, data: str | Path | None = None,
+                    ) -> PredictReport:
     """Like :func:`~foldedcnns.inference.pipeline.run_predict`, on Ray Data; one CSV per input.
 
     ``address``: ``"auto"`` or ``HOST:PORT`` of a running cluster; None starts a local Ray with
     ``num_cpus`` CPUs (all by default). ``workers``: model actors (default 2 on CPU, one per GPU).
+    ``int8`` is calibrated once, here, on ``data``'s train (else val) split, and every actor quantizes
+    with those images.
     """
     ray = _import_ray()
     ckpt = load_checkpoint(checkpoint)
     get_backend(backend)  # an unknown name fails here, not in every actor
     local = Predictor(ckpt, batch_size=batch_size)  # checks the checkpoint and batch size, gives sizes and names
+    calibration = None
+    if is_quantized(precision):
+        if data is None:
+            raise ConfigError(f"{precision} must be calibrated on the task's images: pass --data DIR (the data "
+                              "set with DIR/train/<class>/...)")
+        calibration = load_calibration(data, local.config.task)
     crop, sources, outputs = plan_inputs(inputs, out, local, crop, task_check, overwrite)
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
@@ -164,7 +173,8 @@ def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Pa
             PredictActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool),
             num_cpus=ACTOR_CPUS, num_gpus=1 if use_gpu else 0,
             fn_constructor_kwargs={"checkpoint": ckpt, "device": "cuda" if use_gpu else "cpu",
-                                   "backend": backend, "precision": precision, "batch_size": local.batch_size})
+                                   "backend": backend, "precision": precision, "batch_size": local.batch_size,
+                                   "calibration": calibration})
         rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in dataset.iter_rows():
             rows[int(row["source"])].append(row)

@@ -29,10 +29,24 @@ from matplotlib.figure import Figure
 from foldedcnns.benchmark.records import write_csv
 from foldedcnns.benchmark.runner import BenchConfig, BenchRun, run_benchmark
 from foldedcnns.benchmark.summary import BestRow, best_configs, markdown_table, summarize
+from foldedcnns.benchmark.tune import load_test_images, predict
 from foldedcnns.data.synth import generate_synthetic
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import TaskSpec, get_task
-from foldedcnns.runtime.backends import DEFAULT_BACKENDS, available_backends
+from foldedcnns.runtime.backends import (
+    BACKENDS,
+    DEFAULT_BACKENDS,
+    Calibration,
+    available_backends,
+    calibrated_registry,
+    calibration_notice,
+    get_backend,
+    is_quantized,
+    load_calibration,
+)
+from foldedcnns.runtime.checkpoint import model_from_checkpoint
+from foldedcnns.runtime.inputs import to_model_input
+from foldedcnns.runtime.prepare import prepare_model
 from foldedcnns.training.trainer import TrainConfig, TrainResult, evaluate, train
 from foldedcnns.utils.atomic import atomic_save, atomic_write_text
 
@@ -46,7 +60,8 @@ BENCH_CSV, PLOT_PNG, REPORT_MD, REPORT_JSON = "bench.csv", "demo.png", "report.m
 SYNTH_MANIFEST = "synth.json"
 DEMO_MARKER = ".foldedcnns-demo"  # marks a folder the demo owns, so a rerun may replace its runs
 TRAIN_RECIPE = "quick"
-CPU_PRECISIONS = ("fp32",)
+# every precision an engine runs here: int8 is calibrated on the demo's own training images
+CPU_PRECISIONS = ("fp32", "bf16", "int8")
 CUDA_PRECISIONS = ("fp32", "fp16")
 PLOT_SIZE = (10.0, 3.8)  # inches
 PLOT_DPI = 110
@@ -59,7 +74,8 @@ class DemoSettings:
     epochs of the ``quick`` recipe for the original CNN (``original_epochs``) and the FoldedCNN
     (``epochs``, the first ``slot_warmup`` with tied separate slots, :mod:`foldedcnns.training.slots`),
     and the benchmark's batch (images per call), timed seconds per configuration and trial, trials, and
-    peak-measurement seconds."""
+    peak-measurement seconds. ``precisions`` (default: every precision of the device) are searched on
+    every available backend."""
 
     per_class: int
     original_epochs: int
@@ -69,6 +85,7 @@ class DemoSettings:
     bench_seconds: float
     bench_trials: int
     peak_seconds: float
+    precisions: tuple[str, ...] | None = None
 
 
 # Sized for 2 CPU cores (idle machine): FULL trains on 11,550 images, the original CNN for 15 epochs (about
@@ -82,12 +99,14 @@ QUICK = DemoSettings(per_class=80, original_epochs=9, epochs=9, slot_warmup=3, b
 
 @dataclass(frozen=True)
 class DemoRow:
-    """One model of the demo's table. ``speedup`` is best-vs-best throughput over the original."""
+    """One model of the demo's table. ``speedup`` is best-vs-best throughput over the original; ``top1`` is
+    the fp32 model's, ``engine_top1`` the same checkpoint's on its best engine (``backend``, e.g. int8)."""
 
     model: str
     fold: int
     top1: float
     top5: float
+    engine_top1: float
     throughput: float
     speedup: float | None
     flops_per_sec: float
@@ -140,12 +159,13 @@ class DemoReport:
                 "phase_seconds": self.phase_seconds, "files": self.files, "machine": self.machine}
 
 
-TABLE_HEADERS = ("model", "fold", "Top-1 %", "images/s", "speedup", "GFLOP/s", "utilization", "backend")
+TABLE_HEADERS = ("model", "fold", "Top-1 %", "Top-1 % on best engine", "images/s", "speedup", "GFLOP/s",
+                 "utilization", "best engine")
 
 
 def table_rows(report: DemoReport) -> list[list[Any]]:
     """The demo's table (:data:`TABLE_HEADERS`) with numbers formatted for reading."""
-    return [[r.model, r.fold, f"{r.top1:.2f}", f"{r.throughput:,.0f}",
+    return [[r.model, r.fold, f"{r.top1:.2f}", f"{r.engine_top1:.2f}", f"{r.throughput:,.0f}",
              "" if r.speedup is None else f"{r.speedup:.2f}x", f"{r.flops_per_sec / GIGA:.2f}",
              "" if r.utilization is None else f"{100 * r.utilization:.1f}%", r.backend] for r in report.rows]
 
@@ -185,16 +205,36 @@ def _fresh_run_dir(path: Path) -> Path:
     return path
 
 
-def _benchmark(checkpoints: list[Path], device: str, settings: DemoSettings, progress: bool,
-               ) -> tuple[BenchRun, list[str]]:
+def demo_precisions(device: str, settings: DemoSettings) -> tuple[str, ...]:
+    """The precisions the demo searches on ``device``."""
+    if settings.precisions is not None:
+        return settings.precisions
+    return CUDA_PRECISIONS if device.startswith("cuda") else CPU_PRECISIONS
+
+
+def _benchmark(checkpoints: list[Path], device: str, settings: DemoSettings, calibration: Calibration | None,
+               progress: bool) -> tuple[BenchRun, list[str]]:
     backends = available_backends(device)
-    precisions = CUDA_PRECISIONS if device.startswith("cuda") else CPU_PRECISIONS
     candidates = [b for b in DEFAULT_BACKENDS["cuda" if device.startswith("cuda") else "cpu"] if b in backends]
     config = BenchConfig(tasks=tuple(str(c) for c in checkpoints), folds=(1,), batch_sizes=(settings.bench_batch,),
-                         backends=tuple(candidates), precisions=precisions, device=device,
+                         backends=tuple(candidates), precisions=demo_precisions(device, settings), device=device,
                          seconds=settings.bench_seconds, trials=settings.bench_trials,
                          peak_seconds=settings.peak_seconds)
-    return run_benchmark(config, progress=progress), candidates
+    return run_benchmark(config, registry=calibrated_registry(BACKENDS, calibration), progress=progress), candidates
+
+
+def engine_top1(checkpoint: Path, data: Path, backend: str, precision: str, calibration: Calibration | None,
+                device: str, batch_images: int) -> float:
+    """Test Top-1 (percent) of ``checkpoint`` run by ``backend`` at ``precision`` (int8 with ``calibration``)."""
+    model, config = model_from_checkpoint(checkpoint)
+    images, labels = load_test_images(data, config.task.class_names)
+    runner = get_backend(backend).calibrated(calibration)
+    prepared = prepare_model(model, backend=runner, precision=precision, device=device, batch_images=batch_images)
+    try:
+        x = to_model_input(images, config.task, layout="nchw")
+        return 100.0 * float((predict(prepared, x, batch_images) == labels).float().mean())
+    finally:
+        prepared.close()
 
 
 def _best(rows: list[BestRow], mode: str, fold: int) -> BestRow:
@@ -244,9 +284,12 @@ def render_markdown(report: DemoReport, run: BenchRun) -> str:
         "",
         markdown_table(TABLE_HEADERS, table_rows(report)),
         "",
-        f"{report.verdict}. Speedup is the FoldedCNN's throughput on its fastest backend over the "
-        "original's on its fastest backend (median of per-trial ratios); GFLOP/s is the model's FLOPs per "
-        "image times images/s; utilization is GFLOP/s over the measured dense-matmul peak.",
+        f"{report.verdict}. Each model is shown at its own best engine (backend and precision, the last "
+        "column); speedup is the FoldedCNN's throughput there over the original's at its best (median of "
+        "per-trial ratios). 'Top-1 %' is the fp32 model's; 'on best engine' is the same checkpoint run by "
+        "that engine (int8: calibrated on training images). GFLOP/s is the model's FLOPs per image times "
+        "images/s (integer GOP/s for int8); utilization is that over the measured dense-matmul peak of the "
+        "same precision.",
         "",
         f"![accuracy and throughput]({PLOT_PNG})",
         "",
@@ -259,7 +302,8 @@ def render_markdown(report: DemoReport, run: BenchRun) -> str:
         f"starts with {s.slot_warmup} epochs of tied per-image slots (`--slot-warmup`); "
         "best checkpoint by validation Top-1",
         f"- benchmark: batch {s.bench_batch} images, {s.bench_trials} interleaved trials of {s.bench_seconds} s per "
-        f"configuration, backends {', '.join(report.backends)}",
+        f"configuration, backends {', '.join(report.backends)}, precisions "
+        f"{', '.join(demo_precisions(report.device, s))}",
         f"- machine: {report.machine.get('cpu') or platform.processor() or platform.machine()}, "
         f"torch {report.machine.get('torch', '?')}",
         f"- time: {', '.join(f'{k} {v:.0f} s' for k, v in report.phase_seconds.items())}",
@@ -270,7 +314,7 @@ def render_markdown(report: DemoReport, run: BenchRun) -> str:
                        per_backend),
     ]
     if report.notices:
-        lines += ["", "Skipped: " + "; ".join(report.notices)]
+        lines += ["", "Notes: " + "; ".join(report.notices)]
     lines += ["", "## Files", ""] + [f"- `{name}`: {what}" for name, what in (
         (BENCH_CSV, "every timing (the original's CSV columns plus backend, precision, device, utilization)"),
         (PLOT_PNG, "the figure above"), (REPORT_JSON, "everything in this report as JSON"),
@@ -314,19 +358,25 @@ def run_demo(out: str | Path = "demo_out", *, task: str | Path = DEFAULT_TASK, f
     scores = timed("evaluate", "evaluating both on the test split",
                    lambda: [evaluate(r.best_checkpoint, out / DATA_DIR, "test", device=device) for r in results])
     checkpoints = [r.best_checkpoint for r in results]
-    run, backends = timed("benchmark", "benchmarking both on every available backend",
-                          lambda: _benchmark(checkpoints, device, settings, progress))
+    int8 = any(is_quantized(p) for p in demo_precisions(device, settings))
+    calibration = load_calibration(out / DATA_DIR, spec) if int8 else None
+    run, backends = timed("benchmark", "benchmarking both on every available backend and precision",
+                          lambda: _benchmark(checkpoints, device, settings, calibration, progress))
     best = best_configs(run.records)
     rows = []
     for result, score, (mode, f) in zip(results, scores, (("Original", 1), ("Folded", fold)), strict=True):
         b = _best(best, mode, f)
-        rows.append(DemoRow(spec.name, f, float(score["top1"]), float(score["top5"]), b.throughput,
+        on_engine = timed(f"evaluate f={f} on {b.backend} {b.precision}", "evaluating the best engine's Top-1",
+                          lambda b=b, result=result: engine_top1(result.best_checkpoint, out / DATA_DIR, b.backend,
+                                                                 b.precision, calibration, device, b.images))
+        rows.append(DemoRow(spec.name, f, float(score["top1"]), float(score["top5"]), on_engine, b.throughput,
                             1.0 if f == 1 else b.speedup, b.flops_per_sec, b.utilization,
                             f"{b.backend} {b.precision}", str(result.best_checkpoint), result.seconds))
     files = {"bench_csv": str(out / BENCH_CSV), "plot": str(out / PLOT_PNG), "report": str(out / REPORT_MD),
              "json": str(out / REPORT_JSON), "data": str(out / DATA_DIR), "runs": str(out / RUNS_DIR)}
-    report = DemoReport(spec.name, fold, quick, device, settings, images, rows, backends, list(run.notices), phases,
-                        files, run.machine)
+    notices = [n for n in (calibration_notice(demo_precisions(device, settings), calibration),) if n]
+    report = DemoReport(spec.name, fold, quick, device, settings, images, rows, backends, notices + run.notices,
+                        phases, files, run.machine)
     write_csv(out / BENCH_CSV, run.records)
     plot_demo(report, run, out / PLOT_PNG)
     atomic_write_text(out / REPORT_MD, render_markdown(report, run))

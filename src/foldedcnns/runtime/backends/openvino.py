@@ -162,13 +162,14 @@ class OpenVinoBackend(Backend):
         graphs[key] = (weights, calibration, ov_model)
         return ov_model
 
-    def compile(self, ov_model: Any, precision: str) -> Any:
-        """Compile for the CPU at ``precision``'s hint with the thread count of now (or ``threads``)."""
+    def compile(self, ov_model: Any, precision: str, extra: dict[str, Any] | None = None) -> Any:
+        """Compile for the CPU at ``precision``'s hint with the thread count of now (or ``threads``);
+        ``extra``: more properties (the profiler's ``PERF_COUNT``)."""
         if is_quantized(precision):
             precision = self.int8_hint or ("bf16" if "BF16" in cpu_capabilities() else "fp32")
         hint = HINTS[precision]
         config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": self.PERFORMANCE_HINT,
-                  "INFERENCE_NUM_THREADS": int(self.threads or torch.get_num_threads())}
+                  "INFERENCE_NUM_THREADS": int(self.threads or torch.get_num_threads()), **(extra or {})}
         try:
             return ov_core().compile_model(ov_model, "CPU", config)
         except RuntimeError as exc:
