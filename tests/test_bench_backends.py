@@ -1,10 +1,12 @@
 """Backends give the eager model's logits, refuse what they cannot run with a reason, and leave the model alone."""
 
+import importlib.util
+
 import pytest
 import torch
 
 from foldedcnns.analysis import count_flops
-from foldedcnns.benchmark.profile import profile_interleaved, profile_layers
+from foldedcnns.benchmark.profile import can_profile, profile_interleaved, profile_layers
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import build_model
 from foldedcnns.runtime.backends import (
@@ -18,6 +20,7 @@ from foldedcnns.runtime.backends import (
 
 # torch.compile cases are slow: inductor's first compilation alone takes seconds on 2 CPU cores.
 COMPILE = pytest.param("compile", marks=pytest.mark.slow)
+NO_OPENVINO = importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None
 
 
 @pytest.fixture()
@@ -84,11 +87,20 @@ def test_cuda_without_a_gpu_is_refused_with_the_fix(model):
         get_backend("eager").prepare(model, torch.zeros(1, *model.config.input_shape), device="cuda")
 
 
-@pytest.mark.parametrize("backend", ["channels-last", "onnxruntime", COMPILE])
-def test_per_layer_profile_times_every_layer_and_attributes_flops(model, backend):
-    profile = profile_layers(model, backend=backend, batch_size=8, iterations=2)
+NEEDS_OPENVINO = pytest.mark.skipif(NO_OPENVINO, reason="openvino/nncf not installed")
+
+
+@pytest.mark.parametrize("backend,precision", [
+    ("channels-last", "fp32"), ("onnxruntime", "fp32"), pytest.param("compile", "fp32", marks=pytest.mark.slow),
+    pytest.param("openvino", "fp32", marks=NEEDS_OPENVINO), pytest.param("openvino", "int8", marks=NEEDS_OPENVINO)])
+def test_per_layer_profile_times_every_layer_and_attributes_flops(model, backend, precision):
+    profile = profile_layers(model, backend=backend, precision=precision, batch_size=8, iterations=2)
     kinds = [layer.kind for layer in profile.layers]
-    assert kinds.count("conv") == 2 and kinds.count("linear") == 2 and "pool" in kinds
+    assert kinds.count("conv") == 2 and "pool" in kinds
+    if backend == "openvino":  # OpenVINO may fuse the small dense layers (and ReLUs) into one "Subgraph" node
+        assert kinds.count("linear") == 2 or "subgraph" in kinds[kinds.index("pool"):]
+    else:
+        assert kinds.count("linear") == 2
     assert profile.images == 8 and profile.seconds > 0
     conv_flops = sum(layer.flops for layer in profile.layers if layer.kind == "conv")
     report = count_flops(model)
@@ -97,7 +109,17 @@ def test_per_layer_profile_times_every_layer_and_attributes_flops(model, backend
     assert all(layer.flops == 0 for layer in profile.layers if layer.kind == "pool")
 
 
-@pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
+def test_int8_profiles_are_openvinos_counters_only(model):
+    assert can_profile("openvino", "int8") and can_profile("onnxruntime", "fp32")
+    assert not can_profile("onnxruntime", "int8") and not can_profile("cuda-graphs", "fp32")
+    with pytest.raises(ConfigError, match="int8 models exist for openvino only"):
+        profile_layers(model, backend="onnxruntime", precision="int8", batch_size=8)
+    with pytest.raises(ConfigError, match="per-layer profiles exist for"):
+        profile_layers(model, backend="cuda-graphs", batch_size=8)
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime",
+                                     pytest.param("openvino", marks=NEEDS_OPENVINO)])
 def test_interleaved_profiles_keep_each_models_layers_apart(tiny_noscope_task, backend):
     models = [build_model(tiny_noscope_task, fold=f).eval() for f in (1, 2)]
     one, two = profile_interleaved(models, backend=backend, batch_size=4, iterations=3, warmup=1)

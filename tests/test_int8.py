@@ -29,6 +29,7 @@ from foldedcnns.runtime.backends import (
 from foldedcnns.runtime.backends.quantize import RANDOM_SOURCE, folded_calibration
 from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
 from foldedcnns.runtime.threads import torch_threads
+from foldedcnns.training.trainer import evaluate
 
 ENGINES = ("openvino", "onnxruntime")
 MISSING = {"openvino": ("openvino", "nncf"), "onnxruntime": ("onnxruntime", "onnx")}
@@ -201,6 +202,9 @@ def test_tune_reports_int8_accuracy_beside_bf16_and_applies_the_limit(trained: t
     costs = {(c.backend, c.precision): c for c in result.costs}
     assert {("openvino", "int8"), ("onnxruntime", "int8"), ("openvino", "bf16")} <= set(costs)
     assert costs["openvino", "int8"].agreement >= 0.99 and costs["onnxruntime", "int8"].agreement >= 0.99
+    # measured on the f=2 checkpoint's trained weights (not on the random-weight original tuned beside it)
+    assert costs["openvino", "int8"].fp32_accuracy == pytest.approx(evaluate(ckpt, data, "test")["top1"] / 100)
+    assert costs["openvino", "int8"].fp32_accuracy >= 0.9
     assert any("int8 is calibrated on 120 images of" in n for n in notices)
     # every precision lost more than -1 points, so only fp32 is left in the search
     assert {r.precision for r in result.final} == {"fp32"}

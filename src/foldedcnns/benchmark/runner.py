@@ -108,6 +108,7 @@ class ModelEntry:
     config: ModelConfig
     build: Callable[[], nn.Module] = field(compare=False, repr=False)
     label: str = ""
+    trained: bool = False  # a checkpoint's own weights (accuracy means something), not a seeded random init
 
     @property
     def model(self) -> str:
@@ -182,7 +183,7 @@ def is_checkpoint(task: str) -> bool:
 def checkpoint_entry(path: str | Path) -> ModelEntry:
     """A checkpoint's model (its own fold and multiplier) as a benchmark entry."""
     model, config = model_from_checkpoint(path)
-    return ModelEntry(config, lambda: model, label=f"{Path(path).name} f={config.fold}")
+    return ModelEntry(config, lambda: model, label=f"{Path(path).name} f={config.fold}", trained=True)
 
 
 def model_entries(tasks: Sequence[str], folds: Sequence[int], seed: int = 0) -> list[ModelEntry]:

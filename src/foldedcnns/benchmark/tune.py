@@ -252,7 +252,9 @@ def tune(config: TuneConfig, *, registry: Mapping[str, Backend] | None = None, p
         if config.data is not None:
             pairs = [(b, p) for b in config.resolved_backends() for p in config.precisions
                      if p != "fp32" and (b, p) not in config.exclude]
-            costs = precision_costs(entries[0], pairs, config.resolved_screen_batch(), cache, Path(config.data))
+            # the checkpoint's own entry: beside a folded one, entries[0] is the task's random-weight Original
+            trained = next(e for e in entries if e.trained)
+            costs = precision_costs(trained, pairs, config.resolved_screen_batch(), cache, Path(config.data))
         excluded = frozenset((c.backend, c.precision) for c in costs
                              if config.max_accuracy_drop is not None and c.accuracy_drop > config.max_accuracy_drop)
         screen, final = search(entries, cache, config, progress=progress, excluded=excluded)

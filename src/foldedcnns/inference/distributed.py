@@ -30,7 +30,7 @@ from foldedcnns.errors import ConfigError
 from foldedcnns.inference.pipeline import PredictionCSV, PredictReport, SourceResult, decode_batches, plan_inputs
 from foldedcnns.inference.predictor import Predictor
 from foldedcnns.inference.sources import VIDEO, Source
-from foldedcnns.runtime.backends import Calibration, get_backend, is_quantized, load_calibration
+from foldedcnns.runtime.backends import Calibration, get_backend, required_calibration
 from foldedcnns.runtime.checkpoint import load_checkpoint
 
 # CPUs reserved per model actor: fractional, so that decode tasks always find a free CPU
@@ -144,12 +144,7 @@ def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Pa
     ckpt = load_checkpoint(checkpoint)
     get_backend(backend)  # an unknown name fails here, not in every actor
     local = Predictor(ckpt, batch_size=batch_size)  # checks the checkpoint and batch size, gives sizes and names
-    calibration = None
-    if is_quantized(precision):
-        if data is None:
-            raise ConfigError(f"{precision} must be calibrated on the task's images: pass --data DIR (the data "
-                              "set with DIR/train/<class>/...)")
-        calibration = load_calibration(data, local.config.task)
+    calibration = required_calibration(precision, local.config.task, data)
     crop, sources, outputs = plan_inputs(inputs, out, local, crop, task_check, overwrite)
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")

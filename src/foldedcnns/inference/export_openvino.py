@@ -35,7 +35,7 @@ from foldedcnns.inference.export import (
     ExportReport,
 )
 from foldedcnns.models.registry import ModelConfig
-from foldedcnns.runtime.backends import BackendUnavailable, is_quantized, load_calibration
+from foldedcnns.runtime.backends import BackendUnavailable, required_calibration
 from foldedcnns.runtime.backends.openvino import (
     IR_SUFFIX,
     OpenVinoBackend,
@@ -93,11 +93,8 @@ def export_openvino(checkpoint: str | Path | dict[str, Any], out: str | Path, *,
     ok, reason = OpenVinoBackend().is_available("cpu", precision)
     if not ok:
         raise ConfigError(f"cannot export to OpenVINO {precision}: {reason}")
-    if is_quantized(precision) and data is None:
-        raise ConfigError("an int8 IR must be calibrated on the task's images: pass --data DIR "
-                          "(the data set with DIR/train/<class>/...)")
     model, config = model_from_checkpoint(checkpoint)
-    calibration = load_calibration(data, config.task) if is_quantized(precision) else None
+    calibration = required_calibration(precision, config.task, data)
     started = time.perf_counter()
     example = torch.rand(2, *config.input_shape, generator=torch.Generator().manual_seed(CHECK_SEED))
     try:

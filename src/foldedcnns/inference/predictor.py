@@ -31,7 +31,7 @@ from foldedcnns.errors import ConfigError, ShapeError
 from foldedcnns.inference.preprocess import stack_frames
 from foldedcnns.models.registry import ModelConfig
 from foldedcnns.runtime import model_from_checkpoint, prepare_model, resolve_device, to_model_input
-from foldedcnns.runtime.backends import Calibration, get_backend, is_quantized, load_calibration
+from foldedcnns.runtime.backends import Calibration, get_backend, is_quantized, required_calibration
 from foldedcnns.runtime.backends.openvino import is_ir_path, prepare_ir, read_ir
 
 # Images per model call when the caller does not choose (rounded up to a multiple of the fold).
@@ -99,10 +99,7 @@ class Predictor:
         self.backend, self.precision = backend, precision
         runner = get_backend(backend)
         if is_quantized(precision):
-            if calibration is None and data is None:
-                raise ConfigError(f"{precision} must be calibrated on the task's images: pass --data DIR (the data "
-                                  "set with DIR/train/<class>/...)")
-            runner = runner.calibrated(calibration or load_calibration(data, config.task))
+            runner = runner.calibrated(required_calibration(precision, config.task, data, calibration))
         self._runner = prepare_model(model, backend=runner, precision=precision, device=self.device,
                                      batch_images=self.batch_size)
 

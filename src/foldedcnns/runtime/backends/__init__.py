@@ -38,6 +38,7 @@ from foldedcnns.runtime.backends.quantize import (
     calibration_notice,
     is_quantized,
     load_calibration,
+    required_calibration,
 )
 from foldedcnns.runtime.backends.torch_backends import (
     COMPILE_RECOMPILE_LIMIT,
@@ -93,4 +94,5 @@ __all__ = [
     "is_quantized",
     "load_calibration",
     "precision_dtype",
+    "required_calibration",
 ]

@@ -100,6 +100,21 @@ def load_calibration(data: str | Path, task: TaskSpec, *, images: int = DEFAULT_
     return Calibration(x, f"{len(picked)} images of {folder}")
 
 
+def required_calibration(precision: str, task: TaskSpec, data: str | Path | None,
+                         calibration: Calibration | None = None) -> Calibration | None:
+    """The calibration images that ``precision`` needs to be deployed (``None`` unless int8): ``calibration``,
+    else :func:`load_calibration` of ``data``. Predictions, exports and the Ray path never quantize on
+    random input, so int8 without either is a one-line :class:`ConfigError` naming ``--data``."""
+    if not is_quantized(precision):
+        return None
+    if calibration is not None:
+        return calibration
+    if data is None:
+        raise ConfigError(f"{precision} must be calibrated on the task's images: pass --data DIR (the data set "
+                          "with DIR/train/<class>/...)")
+    return load_calibration(data, task)
+
+
 def folded_calibration(calibration: Calibration | None, example: torch.Tensor, f: int) -> np.ndarray:
     """Calibration inputs shaped like ``example`` ``(G, f*C, H, W)``: the images folded in groups of f
     (the last group padded with its own images), or seeded uniform random inputs without images.
