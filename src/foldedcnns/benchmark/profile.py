@@ -11,9 +11,8 @@ convolutions (with their fused ReLU) and the ``cpp_fused_*`` kernels it writes f
 copies and other elementwise work (kind ``pool`` when the kernel's name has ``max_pool``, else
 ``fused``). FLOPs per layer come from :func:`foldedcnns.analysis.count_flops` (2 x MACs of Conv2d
 and Linear; pooling, ReLU and flatten count zero). Hooks and the profiler add a little overhead per
-layer, so the shares are the thing to read, not the absolute total. :func:`profile_interleaved`
-profiles several models (one task at f = 1..4) with their calls taking turns, so their per-layer
-rates can be compared.
+layer, so the shares are the thing to read, not the absolute total. :func:`profile_interleaved` profiles
+several models (one task at f = 1..4) with their calls taking turns: their per-layer rates compare.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -242,6 +241,17 @@ class _TorchProfiler:
             handle.remove()
 
 
+BackendT = TypeVar("BackendT", OnnxRuntimeBackend, OpenVinoBackend)
+
+
+def _runnable(backend: BackendT, precision: str) -> BackendT:
+    """``backend`` if it runs ``precision`` on the CPU here, else a one-line :class:`ConfigError`."""
+    ok, reason = backend.is_available("cpu", precision)
+    if not ok:
+        raise ConfigError(f"cannot profile {backend.name} {precision}: {reason}")
+    return backend
+
+
 def _in_order(names: Sequence[str], kinds: Sequence[str], durations: dict[str, list[float]],
               convs: Sequence[float], linears: Sequence[float]) -> list[LayerTime]:
     """Rows in call order; conv and linear rows take the model's conv and linear FLOPs in order."""
@@ -317,10 +327,7 @@ class _OrtProfiler:
                  flops: tuple[dict[str, float], list[float], list[float]]) -> None:
         import onnxruntime as ort
 
-        backend = OnnxRuntimeBackend()
-        ok, reason = backend.is_available("cpu", precision)
-        if not ok:
-            raise ConfigError(f"cannot profile onnxruntime {precision}: {reason}")
+        backend = _runnable(OnnxRuntimeBackend(), precision)
         dtype = precision_dtype(precision)
         cpu_model = copy.deepcopy(model).to(dtype=dtype).eval()
         self.feed = {"x": x.to(dtype).numpy()}
@@ -363,10 +370,7 @@ class _OpenVinoProfiler:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, precision: str,
                  flops: tuple[dict[str, float], list[float], list[float]]) -> None:
-        backend = OpenVinoBackend()
-        ok, reason = backend.is_available("cpu", precision)
-        if not ok:
-            raise ConfigError(f"cannot profile openvino {precision}: {reason}")
+        backend = _runnable(OpenVinoBackend(), precision)
         static = backend.graph(model, x, precision, model.config.fold, None).clone()
         static.reshape(list(x.shape))
         self.request = backend.compile(static, precision, {"PERF_COUNT": True}).create_infer_request()
