@@ -1,12 +1,13 @@
 """The foundation commands end to end, in-process: models, flops, intensity, and their errors."""
 
+import argparse
 import csv
 import io
 import json
 
 import pytest
 
-from foldedcnns.cli.main import main
+from foldedcnns.cli.main import build_parser, main
 
 
 def run(capsys, *argv):
@@ -92,3 +93,25 @@ def test_argument_errors_exit_2_in_one_line(capsys, argv):
         main(argv)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "error" in err
+
+
+def _subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path of ``parser`` (``("data", "synth")``, ...)."""
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out.append((*prefix, name))
+                out += _subcommands(sub, (*prefix, name))
+    return out
+
+
+def test_every_commands_help_renders(capsys: pytest.CaptureFixture[str]) -> None:
+    # argparse expands '%' in help texts: a bare '%' in one of them is a ValueError, only at --help time
+    paths = _subcommands(build_parser())
+    assert ("train",) in paths and ("data", "synth") in paths
+    for path in paths:
+        with pytest.raises(SystemExit) as done:
+            main([*path, "--help"])
+        assert done.value.code == 0, path
+        assert "usage: foldedcnns " + " ".join(path) in capsys.readouterr().out
