@@ -17,8 +17,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                              f"{RECOMMENDED_EPOCHS} epochs, no curriculum, and for f > 1 slot warm-up for 1/4 of "
                              "the epochs plus a blend of another 1/4, at any --epochs; it is the default because "
                              "it trains f = 2 and f = 4 to within about 1 point of f = 1's Top-1 at equal epochs "
-                             "(real digits, 100 epochs, mean of 2 seeds: f = 1 99.17 %%, f = 2 98.33 %%, f = 4 98.67 %%; "
-                             "docs/training.md). 'original': the original "
+                             "(real digits, 100 epochs, mean of 2 seeds: f = 1 99.17 %%, f = 2 98.33 %%, "
+                             "f = 4 98.67 %%; docs/training.md). 'original': the original "
                              "release's recipe for the task's family (game: Adam 1e-4, 1,500 epochs, curriculum "
                              "when folded; noscope; cifar10/cifar100), also by name; 'quick': 30-epoch CPU runs")
     parser.add_argument("--epochs", type=int,
