@@ -99,7 +99,13 @@ def test_int8_agrees_with_fp32_on_a_trained_models_test_images(trained: tuple[Pa
     int8 = prepare_model(model, backend=BACKENDS[engine].calibrated(calibration), precision="int8",
                          batch_images=64)
     assert int8.calibration == calibration.source
-    assert float((int8.classify(x).argmax(1) == fp32).float().mean()) >= 0.99
+    int8_pred = int8.classify(x).argmax(1)
+    assert float((int8_pred == fp32).float().mean()) >= 0.99
+    # evaluate() runs the checkpoint as deployed: the same engine, precision and calibration
+    deployed = evaluate(ckpt, data, "test", device="cpu", batch_size=64, backend=engine, precision="int8",
+                        calibration=calibration)
+    assert deployed["top1"] == pytest.approx(100 * float((int8_pred == labels).float().mean()), abs=1.5)
+    assert deployed["images"] == len(labels)
 
 
 @pytest.mark.slow

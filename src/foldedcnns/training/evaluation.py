@@ -19,7 +19,7 @@ from torch import nn
 from foldedcnns.core.folding import round_batch
 from foldedcnns.errors import ConfigError
 from foldedcnns.models.spec import TaskSpec
-from foldedcnns.runtime.backends import Prepared
+from foldedcnns.runtime.backends import Calibration, Prepared, get_backend
 from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint
 from foldedcnns.runtime.device import resolve_device
 from foldedcnns.runtime.inputs import to_model_input
@@ -109,12 +109,15 @@ def evaluate_split(runner: Prepared, split: SplitData, task: TaskSpec, *, batch_
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", *, device: str = "auto",
-             batch_size: int = DEFAULT_EVAL_BATCH, amp: bool | None = None, progress: bool = False) -> dict[str, Any]:
+             batch_size: int = DEFAULT_EVAL_BATCH, amp: bool | None = None, progress: bool = False,
+             backend: str | None = None, precision: str = "fp32", calibration: Calibration | None = None,
+             ) -> dict[str, Any]:
     """Top-1, Top-5 (percent), mean cross-entropy and image count of a checkpoint on one split.
 
     Everything needed (task, classes, fold, input size, normalisation, validation split) comes from
     the checkpoint. The model runs in fp32 (as validation during training does); ``amp=True`` runs
-    it in fp16 instead (CUDA only).
+    it in fp16 instead (CUDA only). ``backend`` runs it as deployed instead: that runtime backend at
+    ``precision`` (int8 quantized with ``calibration``).
     """
     ckpt = load_checkpoint(checkpoint)
     model, config = model_from_checkpoint(ckpt)
@@ -124,7 +127,11 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", *, d
     recipe = (ckpt.get("train_config") or {}).get("recipe") or {}
     val_split = recipe.get("val_split", 0.1)
     split_data = load_split(data, config.task, split, config.image_size, val_split)
-    runner = prepare_for_eval(model, dev, batch_size, precision="fp16" if amp else "fp32")
+    if backend is None:
+        runner = prepare_for_eval(model, dev, batch_size, precision="fp16" if amp else "fp32")
+    else:
+        runner = prepare_model(model, backend=get_backend(backend).calibrated(calibration), precision=precision,
+                               device=dev, batch_images=batch_size)
     outputs = evaluate_split(runner, split_data, config.task, batch_size=batch_size, epoch=ckpt.get("epoch") or 0,
                              name=split, progress=progress)
     return {"checkpoint": str(checkpoint), "task": ckpt.get("task", config.name), "fold": config.fold,

@@ -29,7 +29,6 @@ from matplotlib.figure import Figure
 from foldedcnns.benchmark.records import write_csv
 from foldedcnns.benchmark.runner import BenchConfig, BenchRun, run_benchmark
 from foldedcnns.benchmark.summary import BestRow, best_configs, markdown_table, summarize
-from foldedcnns.benchmark.tune import load_test_images, predict
 from foldedcnns.data.synth import generate_synthetic
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import TaskSpec, get_task
@@ -40,13 +39,9 @@ from foldedcnns.runtime.backends import (
     available_backends,
     calibrated_registry,
     calibration_notice,
-    get_backend,
     is_quantized,
     load_calibration,
 )
-from foldedcnns.runtime.checkpoint import model_from_checkpoint
-from foldedcnns.runtime.inputs import to_model_input
-from foldedcnns.runtime.prepare import prepare_model
 from foldedcnns.training.trainer import TrainConfig, TrainResult, evaluate, train
 from foldedcnns.utils.atomic import atomic_save, atomic_write_text
 
@@ -212,29 +207,15 @@ def demo_precisions(device: str, settings: DemoSettings) -> tuple[str, ...]:
     return CUDA_PRECISIONS if device.startswith("cuda") else CPU_PRECISIONS
 
 
-def _benchmark(checkpoints: list[Path], device: str, settings: DemoSettings, calibration: Calibration | None,
-               progress: bool) -> tuple[BenchRun, list[str]]:
+def _benchmark(checkpoints: list[Path], device: str, settings: DemoSettings, precisions: tuple[str, ...],
+               calibration: Calibration | None, progress: bool) -> tuple[BenchRun, list[str]]:
     backends = available_backends(device)
     candidates = [b for b in DEFAULT_BACKENDS["cuda" if device.startswith("cuda") else "cpu"] if b in backends]
     config = BenchConfig(tasks=tuple(str(c) for c in checkpoints), folds=(1,), batch_sizes=(settings.bench_batch,),
-                         backends=tuple(candidates), precisions=demo_precisions(device, settings), device=device,
+                         backends=tuple(candidates), precisions=precisions, device=device,
                          seconds=settings.bench_seconds, trials=settings.bench_trials,
                          peak_seconds=settings.peak_seconds)
     return run_benchmark(config, registry=calibrated_registry(BACKENDS, calibration), progress=progress), candidates
-
-
-def engine_top1(checkpoint: Path, data: Path, backend: str, precision: str, calibration: Calibration | None,
-                device: str, batch_images: int) -> float:
-    """Test Top-1 (percent) of ``checkpoint`` run by ``backend`` at ``precision`` (int8 with ``calibration``)."""
-    model, config = model_from_checkpoint(checkpoint)
-    images, labels = load_test_images(data, config.task.class_names)
-    runner = get_backend(backend).calibrated(calibration)
-    prepared = prepare_model(model, backend=runner, precision=precision, device=device, batch_images=batch_images)
-    try:
-        x = to_model_input(images, config.task, layout="nchw")
-        return 100.0 * float((predict(prepared, x, batch_images) == labels).float().mean())
-    finally:
-        prepared.close()
 
 
 def _best(rows: list[BestRow], mode: str, fold: int) -> BestRow:
@@ -358,25 +339,26 @@ def run_demo(out: str | Path = "demo_out", *, task: str | Path = DEFAULT_TASK, f
     scores = timed("evaluate", "evaluating both on the test split",
                    lambda: [evaluate(r.best_checkpoint, out / DATA_DIR, "test", device=device) for r in results])
     checkpoints = [r.best_checkpoint for r in results]
-    int8 = any(is_quantized(p) for p in demo_precisions(device, settings))
-    calibration = load_calibration(out / DATA_DIR, spec) if int8 else None
+    precisions = demo_precisions(device, settings)
+    calibration = load_calibration(out / DATA_DIR, spec) if any(is_quantized(p) for p in precisions) else None
     run, backends = timed("benchmark", "benchmarking both on every available backend and precision",
-                          lambda: _benchmark(checkpoints, device, settings, calibration, progress))
+                          lambda: _benchmark(checkpoints, device, settings, precisions, calibration, progress))
     best = best_configs(run.records)
     rows = []
     for result, score, (mode, f) in zip(results, scores, (("Original", 1), ("Folded", fold)), strict=True):
         b = _best(best, mode, f)
         on_engine = timed(f"evaluate f={f} on {b.backend} {b.precision}", "evaluating the best engine's Top-1",
-                          lambda b=b, result=result: engine_top1(result.best_checkpoint, out / DATA_DIR, b.backend,
-                                                                 b.precision, calibration, device, b.images))
-        rows.append(DemoRow(spec.name, f, float(score["top1"]), float(score["top5"]), on_engine, b.throughput,
-                            1.0 if f == 1 else b.speedup, b.flops_per_sec, b.utilization,
+                          lambda b=b, result=result: evaluate(result.best_checkpoint, out / DATA_DIR, "test",
+                                                              device=device, batch_size=b.images, backend=b.backend,
+                                                              precision=b.precision, calibration=calibration))
+        rows.append(DemoRow(spec.name, f, float(score["top1"]), float(score["top5"]), float(on_engine["top1"]),
+                            b.throughput, 1.0 if f == 1 else b.speedup, b.flops_per_sec, b.utilization,
                             f"{b.backend} {b.precision}", str(result.best_checkpoint), result.seconds))
     files = {"bench_csv": str(out / BENCH_CSV), "plot": str(out / PLOT_PNG), "report": str(out / REPORT_MD),
              "json": str(out / REPORT_JSON), "data": str(out / DATA_DIR), "runs": str(out / RUNS_DIR)}
-    notices = [n for n in (calibration_notice(demo_precisions(device, settings), calibration),) if n]
-    report = DemoReport(spec.name, fold, quick, device, settings, images, rows, backends, notices + run.notices,
-                        phases, files, run.machine)
+    int8_notice = calibration_notice(precisions, calibration)
+    report = DemoReport(spec.name, fold, quick, device, settings, images, rows, backends,
+                        ([int8_notice] if int8_notice else []) + run.notices, phases, files, run.machine)
     write_csv(out / BENCH_CSV, run.records)
     plot_demo(report, run, out / PLOT_PNG)
     atomic_write_text(out / REPORT_MD, render_markdown(report, run))
