@@ -11,9 +11,15 @@ calls of one fixed random folded input for ``--seconds``):
 * ``plain``: a plain OpenVINO script: ``ov.convert_model`` + ``nncf.quantize`` (int8, 32 random inputs)
   + ``reshape`` to the static batch + ``core.compile_model`` with the same hints + one ``InferRequest``
   and ``request.infer(x)`` in a loop (input copied, the documented default);
-* ``plain-call``: the same compiled model called as ``compiled(x)`` (OpenVINO's own request).
+* ``plain-call``: the same compiled model called as ``compiled(x)`` (OpenVINO's own request);
+* ``streams``: the ``openvino-streams`` backend (throughput hint, the call split over one stream per thread);
+* ``plain-streams``: the plain script's way to do that: the same graph compiled with the throughput hint
+  and ``NUM_STREAMS`` at a static batch of one part, an ``ov.AsyncInferQueue`` with one job per part,
+  ``start_async`` per part and ``wait_all``.
 
-It prints median images/s per way and ``backend / plain``: the Done-when of issue 11 asks for >= 0.90.
+It prints median images/s per way, ``backend / plain`` (the Done-when of issue 11 asks for >= 0.90),
+``streams / plain-streams`` (the same check for the streams backend) and ``streams / backend`` (which
+way of running OpenVINO wins here).
 """
 
 from __future__ import annotations
@@ -31,14 +37,16 @@ import torch
 from foldedcnns.benchmark.timing import folded_inputs, images_per_call, time_calls
 from foldedcnns.models import build_model
 from foldedcnns.runtime.backends import get_backend, is_quantized
+from foldedcnns.runtime.backends.openvino import streams_for
 from foldedcnns.runtime.threads import torch_threads
 
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-WAYS = ("backend", "plain", "plain-call")
+WAYS = ("backend", "plain", "plain-call", "streams", "plain-streams")
 
 
-def plain_openvino(model: torch.nn.Module, x: torch.Tensor, precision: str, threads: int) -> Any:
-    """What a user writes: convert, (quantize), compile with the hints, no foldedcnns code."""
+def plain_openvino(model: torch.nn.Module, x: torch.Tensor, precision: str, threads: int, streams: int = 0) -> Any:
+    """What a user writes: convert, (quantize), compile with the hints, no foldedcnns code; ``streams``:
+    the throughput hint with that many streams, at a static batch of ``len(x) // streams``."""
     import nncf
     import openvino as ov
 
@@ -50,9 +58,27 @@ def plain_openvino(model: torch.nn.Module, x: torch.Tensor, precision: str, thre
         calibration = [rng.random((1, *x.shape[1:]), dtype=np.float32) for _ in range(32)]
         ov_model = nncf.quantize(ov_model, nncf.Dataset(calibration), subset_size=len(calibration))
         hint = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "fp32"
-    ov_model.reshape(list(x.shape))  # a static shape per batch size, as the backend compiles
-    return core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": HINTS[hint], "PERFORMANCE_HINT": "LATENCY",
-                                                "INFERENCE_NUM_THREADS": threads})
+    ov_model.reshape([len(x) // max(streams, 1), *x.shape[1:]])  # a static shape per batch size, as the backend
+    config = {"INFERENCE_PRECISION_HINT": HINTS[hint], "PERFORMANCE_HINT": "THROUGHPUT" if streams else "LATENCY",
+              "INFERENCE_NUM_THREADS": threads}
+    if streams:
+        config["NUM_STREAMS"] = streams
+    return core.compile_model(ov_model, "CPU", config)
+
+
+def plain_streams(compiled: Any, parts: int) -> Callable[[np.ndarray], None]:
+    """An ``AsyncInferQueue`` call of ``parts`` equal slices of the input."""
+    import openvino as ov
+
+    queue = ov.AsyncInferQueue(compiled, parts)
+
+    def call(a: np.ndarray) -> None:
+        for part in np.split(a, parts):
+            queue.start_async({0: part}, share_inputs=True)
+        queue.wait_all()
+
+    call.queue = queue  # type: ignore[attr-defined]  # kept alive with the runner
+    return call
 
 
 def runners(task: str, fold: int, batch: int, precision: str, threads: int) -> dict[str, tuple[Callable, Any]]:
@@ -61,12 +87,16 @@ def runners(task: str, fold: int, batch: int, precision: str, threads: int) -> d
         model = build_model(task, fold=fold).eval()
     x = torch.rand(folded_inputs(batch, fold), *model.config.input_shape, generator=torch.Generator().manual_seed(0))
     prepared = get_backend("openvino").prepare(model, x, precision=precision)
+    streams = get_backend("openvino-streams").prepare(model, x, precision=precision)
+    parts = streams_for(len(x), threads)
     compiled = plain_openvino(model, x, precision, threads)
     request = compiled.create_infer_request()
     feed = x.numpy()
     return {"backend": (prepared.run, prepared.prepare_input(x)),
             "plain": (lambda a: request.infer({0: a}), feed),
-            "plain-call": (lambda a: compiled(a), feed)}
+            "plain-call": (lambda a: compiled(a), feed),
+            "streams": (streams.run, streams.prepare_input(x)),
+            "plain-streams": (plain_streams(plain_openvino(model, x, precision, threads, parts), parts), feed)}
 
 
 def main() -> int:
@@ -105,18 +135,22 @@ def main() -> int:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    print(f"{'task':26s} {'f':>2s} {'B':>5s} {'prec':5s} " + " ".join(f"{w:>11s}" for w in WAYS)
-          + "  backend/plain")
-    worst = float("inf")
+    print(f"{'task':26s} {'f':>2s} {'B':>5s} {'prec':5s} " + " ".join(f"{w:>13s}" for w in WAYS)
+          + "  backend/plain  streams/plain-streams  streams/backend")
+    worst = {"backend/plain": float("inf"), "streams/plain-streams": float("inf")}
     for c in configs:
         med = {w: statistics.median(r["images_per_s"] for r in rows
                                     if (r["task"], r["fold"], r["batch"], r["precision"], r["way"]) == (*c, w))
                for w in WAYS}
-        ratio = med["backend"] / med["plain"]
-        worst = min(worst, ratio)
-        print(f"{c[0]:26s} {c[1]:2d} {c[2]:5d} {c[3]:5s} " + " ".join(f"{med[w]:11,.0f}" for w in WAYS)
-              + f"  {ratio:6.3f}")
-    print(f"worst backend/plain: {worst:.3f} ({threads} threads, {args.trials} interleaved trials of "
+        ratios = {"backend/plain": med["backend"] / med["plain"],
+                  "streams/plain-streams": med["streams"] / med["plain-streams"]}
+        for name, ratio in ratios.items():
+            worst[name] = min(worst[name], ratio)
+        print(f"{c[0]:26s} {c[1]:2d} {c[2]:5d} {c[3]:5s} " + " ".join(f"{med[w]:13,.0f}" for w in WAYS)
+              + f"  {ratios['backend/plain']:13.3f}  {ratios['streams/plain-streams']:21.3f}"
+              + f"  {med['streams'] / med['backend']:15.3f}")
+    print(f"worst backend/plain: {worst['backend/plain']:.3f}, worst streams/plain-streams: "
+          f"{worst['streams/plain-streams']:.3f} ({threads} threads, {args.trials} interleaved trials of "
           f"{args.seconds:g} s each)")
     return 0
 

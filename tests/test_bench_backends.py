@@ -67,7 +67,8 @@ def test_unsupported_combinations_say_why():
         CudaGraphsBackend().prepare(torch.nn.Linear(2, 2), torch.zeros(1, 2))
     with pytest.raises(ConfigError, match="unknown backend"):
         get_backend("tensorrt")
-    assert set(BACKENDS) == {"eager", "channels-last", "compile", "onnxruntime", "cuda-graphs", "openvino"}
+    assert set(BACKENDS) == {"eager", "channels-last", "compile", "onnxruntime", "cuda-graphs", "openvino",
+                             "openvino-streams"}
 
 
 def test_a_kernel_that_fails_in_the_check_call_makes_the_backend_unavailable():

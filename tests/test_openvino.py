@@ -18,7 +18,13 @@ from foldedcnns.inference.export_openvino import export_openvino
 from foldedcnns.inference.predictor import Predictor
 from foldedcnns.models import TaskSpec
 from foldedcnns.runtime import prepare_model
-from foldedcnns.runtime.backends import BACKENDS, DEFAULT_BACKENDS, OpenVinoBackend, available_backends
+from foldedcnns.runtime.backends import (
+    BACKENDS,
+    DEFAULT_BACKENDS,
+    OpenVinoBackend,
+    OpenVinoStreamsBackend,
+    available_backends,
+)
 from foldedcnns.runtime.backends import openvino as ov_backend
 from foldedcnns.runtime.threads import torch_threads
 
@@ -29,6 +35,18 @@ def test_openvino_is_registered_and_searched_on_the_cpu() -> None:
     assert isinstance(BACKENDS["openvino"], OpenVinoBackend)
     assert "openvino" in DEFAULT_BACKENDS["cpu"] and "openvino" not in DEFAULT_BACKENDS["cuda"]
     assert BACKENDS["openvino"].static_shapes
+
+
+def test_openvino_streams_is_registered_and_searched_on_the_cpu() -> None:
+    assert isinstance(BACKENDS["openvino-streams"], OpenVinoStreamsBackend)
+    assert "openvino-streams" in DEFAULT_BACKENDS["cpu"] and "openvino-streams" not in DEFAULT_BACKENDS["cuda"]
+    assert BACKENDS["openvino-streams"].PERFORMANCE_HINT == "THROUGHPUT"
+
+
+@pytest.mark.parametrize(("inputs", "threads", "streams"), [(64, 2, 2), (7, 2, 1), (9, 4, 3), (1, 8, 1), (12, 8, 6),
+                                                             (5, 1, 1)])
+def test_streams_split_a_call_into_equal_parts(inputs: int, threads: int, streams: int) -> None:
+    assert ov_backend.streams_for(inputs, threads) == streams
 
 
 def test_missing_openvino_is_unavailable_with_one_reason(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,6 +93,27 @@ def test_fp32_equals_eager_on_a_full_size_cnn() -> None:
     with torch.inference_mode():
         expected = model(x)
     torch.testing.assert_close(BACKENDS["openvino"].prepare(model, x).folded(x), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+@needs_openvino
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_streams_run_each_part_on_its_own_request_and_equal_one_request(tiny_task: TaskSpec, precision: str) -> None:
+    model = build_model(tiny_task).eval()
+    x = torch.rand(6, *model.config.input_shape, generator=torch.Generator().manual_seed(3))
+    with torch_threads(2):
+        streams = BACKENDS["openvino-streams"].prepare(model, x, precision=precision, calibration=x)
+        single = BACKENDS["openvino"].prepare(model, x, precision=precision, calibration=x)
+    compiled, *requests = streams._keep
+    assert int(compiled.get_property("NUM_STREAMS")) == 2 and len(requests) == 2
+    assert compiled.inputs[0].get_shape()[0] == 3  # each request runs half of the call
+    out = streams.folded(x)
+    torch.testing.assert_close(out, single.folded(x), atol=1e-4 if precision == "fp32" else 1e-2, rtol=0)
+    if precision == "fp32":
+        with torch.inference_mode():
+            torch.testing.assert_close(out, model(x), atol=1e-4, rtol=0)
+    torch.testing.assert_close(streams.folded(x[:2]), out[:2])  # a smaller call is padded to the static shape
+    torch.testing.assert_close(streams.folded(torch.cat([x, x])), torch.cat([out, out]))  # a larger one cut
 
 
 @pytest.mark.slow

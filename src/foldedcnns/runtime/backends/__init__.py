@@ -6,6 +6,7 @@
 * ``onnxruntime``: the module exported to ONNX in memory and run by ONNX Runtime.
 * ``cuda-graphs``: the channels-last module captured once into a CUDA graph and replayed (CUDA only).
 * ``openvino``: the module converted to OpenVINO in memory and compiled for the CPU (static shapes).
+* ``openvino-streams``: the same, each call's batch split over one stream per thread, run concurrently.
 
 ``int8`` is post-training quantization by ``openvino`` (NNCF) and ``onnxruntime`` (static QDQ),
 calibrated on images of the task (:mod:`~foldedcnns.runtime.backends.quantize`).
@@ -30,7 +31,7 @@ from foldedcnns.runtime.backends.base import (
 )
 from foldedcnns.runtime.backends.cuda_graphs import CudaGraphsBackend
 from foldedcnns.runtime.backends.onnxruntime import ONNX_OPSET, OnnxRuntimeBackend, export_onnx_bytes
-from foldedcnns.runtime.backends.openvino import OpenVinoBackend
+from foldedcnns.runtime.backends.openvino import OpenVinoBackend, OpenVinoStreamsBackend
 from foldedcnns.runtime.backends.quantize import (
     QUANTIZED_PRECISIONS,
     Calibration,
@@ -49,9 +50,10 @@ from foldedcnns.runtime.backends.torch_backends import (
 )
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (EagerBackend(), ChannelsLastBackend(), CompileBackend(),
-                                                   OnnxRuntimeBackend(), CudaGraphsBackend(), OpenVinoBackend())}
+                                                   OnnxRuntimeBackend(), CudaGraphsBackend(), OpenVinoBackend(),
+                                                   OpenVinoStreamsBackend())}
 DEFAULT_BACKENDS: dict[str, tuple[str, ...]] = {
-    "cpu": ("eager", "channels-last", "compile", "onnxruntime", "openvino"),
+    "cpu": ("eager", "channels-last", "compile", "onnxruntime", "openvino", "openvino-streams"),
     "cuda": ("eager", "channels-last", "onnxruntime", "cuda-graphs"),
 }
 
@@ -84,6 +86,7 @@ __all__ = [
     "EagerBackend",
     "OnnxRuntimeBackend",
     "OpenVinoBackend",
+    "OpenVinoStreamsBackend",
     "Prepared",
     "available_backends",
     "calibrated_registry",

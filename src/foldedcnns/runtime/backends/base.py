@@ -31,7 +31,7 @@ from foldedcnns.runtime.backends.quantize import Calibration, is_quantized
 # The dtype the model and input are cast to; int8 stays float32 (the engine quantizes the graph itself).
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
                                       "int8": torch.float32}
-QUANTIZING_BACKENDS = ("openvino", "onnxruntime")
+QUANTIZING_BACKENDS = ("openvino", "openvino-streams", "onnxruntime")
 
 
 class BackendUnavailable(FoldedCNNsError):

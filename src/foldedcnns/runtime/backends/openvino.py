@@ -12,6 +12,12 @@ has it (about 15 % faster than f32 for goldnumber-fraction f=4 on an AMX Xeon), 
 converted (and quantized) graph is cached per module and weights, so another batch size only reshapes
 and compiles again. :func:`save_ir` / :func:`prepare_ir` write and run the IR files of
 ``foldedcnns export --format openvino``.
+
+``openvino-streams`` is the same engine run the other way OpenVINO offers: the throughput hint with one
+stream per thread, each call's batch split into equal parts that run concurrently on their own
+``InferRequest`` (``start_async`` / ``wait``). A stream's layers then run on one thread with no
+synchronisation between threads, which pays off for the many small layers of these CNNs at some batch
+sizes and not at others (docs/engines.md), so the benchmark searches both.
 """
 
 from __future__ import annotations
@@ -146,6 +152,10 @@ class OpenVinoBackend(Backend):
             return False, f"this CPU has no {precision} in OpenVINO ({', '.join(capabilities)})"
         return True, ""
 
+    def parts(self, inputs: int) -> int:
+        """Into how many concurrent requests one call of ``inputs`` folded inputs is split: 1 here."""
+        return 1
+
     def graph(self, model: nn.Module, example: torch.Tensor, precision: str, fold: int,
               calibration: Calibration | None) -> Any:
         """The converted (int8: quantized) dynamic-batch graph of ``model``, cached per module and weights."""
@@ -185,29 +195,56 @@ class OpenVinoBackend(Backend):
         start = time.perf_counter()
         f = model_fold(model) if fold is None else fold
         calib = as_calibration(calibration) if calibration is not None else self.calibration
+        parts = self.parts(int(example.shape[0]))
         static = self.graph(model, example, precision, f, calib).clone()
-        static.reshape([int(example.shape[0]), *example.shape[1:]])
-        compiled = self.compile(static, precision)
-        prepared = runner(self.name, precision, compiled)
+        static.reshape([int(example.shape[0]) // parts, *example.shape[1:]])
+        compiled = self.compile(static, precision, {"NUM_STREAMS": parts} if parts > 1 else None)
+        prepared = runner(self.name, precision, compiled, parts)
         if is_quantized(precision):
             prepared.calibration = calib.source if calib is not None else RANDOM_SOURCE
         return self._finish(prepared, model, example, fold, start)
 
 
-def runner(name: str, precision: str, compiled: Any) -> Prepared:
-    """A :class:`Prepared` around one reused ``InferRequest`` of ``compiled`` (input shared, not copied)."""
-    request = compiled.create_infer_request()
+class OpenVinoStreamsBackend(OpenVinoBackend):
+    name = "openvino-streams"
+    description = "OpenVINO, each call split over one stream per thread (throughput hint, concurrent requests)"
+    PERFORMANCE_HINT: ClassVar[str] = "THROUGHPUT"
+
+    def parts(self, inputs: int) -> int:
+        """One part per thread, fewer where the call's folded inputs do not split evenly."""
+        return streams_for(inputs, int(self.threads or torch.get_num_threads()))
+
+
+def streams_for(inputs: int, threads: int) -> int:
+    """The most streams, at most ``threads``, that split ``inputs`` folded inputs into equal parts."""
+    return max(s for s in range(1, max(1, min(threads, inputs)) + 1) if inputs % s == 0)
+
+
+def runner(name: str, precision: str, compiled: Any, parts: int = 1) -> Prepared:
+    """A :class:`Prepared` around reused ``InferRequest`` s of ``compiled`` (input shared, not copied):
+    one, called synchronously, or ``parts``, each given an equal slice of the call's batch and run
+    concurrently (``compiled`` then has a static batch of one part)."""
+    requests = [compiled.create_infer_request() for _ in range(parts)]
 
     def prepare_input(x: torch.Tensor) -> np.ndarray:
         return x.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
 
     def run(x: np.ndarray) -> np.ndarray:
-        return request.infer({0: x}, share_inputs=True, share_outputs=True)[0]
+        if parts == 1:
+            return requests[0].infer({0: x}, share_inputs=True, share_outputs=True)[0]
+        for request, part in zip(requests, np.split(x, parts), strict=True):
+            request.start_async({0: part}, share_inputs=True)
+        for request in requests:
+            request.wait()
+        return np.concatenate([request.get_output_tensor(0).data for request in requests])
 
     def to_tensor(y: np.ndarray) -> torch.Tensor:
-        return torch.tensor(y)  # a copy: the shared output buffer is overwritten by the next call
+        # one request: a copy, since the shared output buffer is overwritten by the next call;
+        # several: np.concatenate has already copied
+        return torch.tensor(y) if parts == 1 else torch.from_numpy(y)
 
-    return Prepared(name, precision, torch.device("cpu"), run, prepare_input, to_tensor, keep=[compiled, request])
+    return Prepared(name, precision, torch.device("cpu"), run, prepare_input, to_tensor,
+                    keep=[compiled, *requests])
 
 
 # -- OpenVINO IR files (.xml + .bin): written by `foldedcnns export --format openvino` ------------------
