@@ -37,9 +37,10 @@ def test_openvino_is_registered_and_searched_on_the_cpu() -> None:
     assert BACKENDS["openvino"].static_shapes
 
 
-def test_openvino_streams_is_registered_and_searched_on_the_cpu() -> None:
+def test_openvino_streams_is_registered_and_chosen_by_name() -> None:
     assert isinstance(BACKENDS["openvino-streams"], OpenVinoStreamsBackend)
-    assert "openvino-streams" in DEFAULT_BACKENDS["cpu"] and "openvino-streams" not in DEFAULT_BACKENDS["cuda"]
+    assert "openvino-streams" not in DEFAULT_BACKENDS["cpu"]  # measured no faster on 2 cores: chosen by name
+    assert BACKENDS["openvino-streams"].is_available("cuda", "fp32")[0] is False
     assert BACKENDS["openvino-streams"].PERFORMANCE_HINT == "THROUGHPUT"
 
 

@@ -6,7 +6,8 @@
 * ``onnxruntime``: the module exported to ONNX in memory and run by ONNX Runtime.
 * ``cuda-graphs``: the channels-last module captured once into a CUDA graph and replayed (CUDA only).
 * ``openvino``: the module converted to OpenVINO in memory and compiled for the CPU (static shapes).
-* ``openvino-streams``: the same, each call's batch split over one stream per thread, run concurrently.
+* ``openvino-streams``: the same, each call's batch split over one stream per thread, run concurrently
+  (not searched by default: no faster than ``openvino`` on 2 cores, docs/engines.md).
 
 ``int8`` is post-training quantization by ``openvino`` (NNCF) and ``onnxruntime`` (static QDQ),
 calibrated on images of the task (:mod:`~foldedcnns.runtime.backends.quantize`).
@@ -53,7 +54,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (EagerBackend(), ChannelsLast
                                                    OnnxRuntimeBackend(), CudaGraphsBackend(), OpenVinoBackend(),
                                                    OpenVinoStreamsBackend())}
 DEFAULT_BACKENDS: dict[str, tuple[str, ...]] = {
-    "cpu": ("eager", "channels-last", "compile", "onnxruntime", "openvino", "openvino-streams"),
+    "cpu": ("eager", "channels-last", "compile", "onnxruntime", "openvino"),
     "cuda": ("eager", "channels-last", "onnxruntime", "cuda-graphs"),
 }
 

@@ -16,8 +16,8 @@ and compiles again. :func:`save_ir` / :func:`prepare_ir` write and run the IR fi
 ``openvino-streams`` is the same engine run the other way OpenVINO offers: the throughput hint with one
 stream per thread, each call's batch split into equal parts that run concurrently on their own
 ``InferRequest`` (``start_async`` / ``wait``). A stream's layers then run on one thread with no
-synchronisation between threads, which pays off for the many small layers of these CNNs at some batch
-sizes and not at others (docs/engines.md), so the benchmark searches both.
+synchronisation between threads; on the 2-core development machine that was no faster than the latency
+hint (docs/engines.md), so it is chosen by name, not searched by default.
 """
 
 from __future__ import annotations
