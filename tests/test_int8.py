@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from foldedcnns.runtime.backends import (
 from foldedcnns.runtime.backends.quantize import RANDOM_SOURCE, folded_calibration
 from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
 from foldedcnns.runtime.threads import torch_threads
+from foldedcnns.training.evaluation import eval_order
 from foldedcnns.training.trainer import evaluate
 
 ENGINES = ("openvino", "onnxruntime")
@@ -193,6 +195,25 @@ def test_predictor_int8_needs_calibration_images(trained: tuple[Path, Path]) -> 
     frames = images[:50].permute(0, 2, 3, 1).numpy()  # RGB frames (N, H, W, 3), as a video decoder gives them
     assert int8.calibration is not None and "train" in int8.calibration
     assert (int8.predict(frames).labels == fp32.predict(frames).labels).mean() >= 0.98
+
+
+@pytest.mark.slow
+def test_tune_folds_test_images_in_evaluates_order_not_class_by_class(trained: tuple[Path, Path],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt, data = trained
+    seen: list[torch.Tensor] = []
+    tune_module = importlib.import_module("foldedcnns.benchmark.tune")  # the package exports tune() by that name
+    real = tune_module.predict
+    monkeypatch.setattr(tune_module, "predict", lambda prepared, x, n: seen.append(x) or real(prepared, x, n))
+    config = TuneConfig(target=str(ckpt), backends=("eager",), precisions=("fp32", "bf16"), batch_sizes=(32,),
+                        trials=1, screen_seconds=0.05, final_seconds=0.05, final_warmup=1, peak_seconds=0,
+                        data=str(data))
+    tune(config, on_notice=lambda _: None)
+    _, config_ = model_from_checkpoint(ckpt)
+    images, labels = load_test_images(data, config_.task.class_names)
+    order = eval_order(len(labels), config_.fold)
+    assert seen and not torch.equal(order, torch.arange(len(labels)))  # the folder lists images class by class
+    torch.testing.assert_close(seen[0], to_model_input(images[order], config_.task, layout="nchw"))
 
 
 @pytest.mark.slow

@@ -61,6 +61,7 @@ from foldedcnns.runtime.backends import (
 from foldedcnns.runtime.device import resolve_device
 from foldedcnns.runtime.inputs import to_model_input
 from foldedcnns.runtime.threads import torch_threads
+from foldedcnns.training.evaluation import eval_order
 
 TUNE_BATCH_SIZES: tuple[int, ...] = (256, 1024, 4096)
 TUNE_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
@@ -288,6 +289,8 @@ def precision_costs(entry: ModelEntry, pairs: Sequence[tuple[str, str]], batch_s
                     data: Path) -> list[PrecisionCost]:
     """Accuracy of the checkpoint's model at each (backend, reduced precision) vs fp32 eager on the test split."""
     images, labels = load_test_images(data, entry.config.task.class_names)
+    order = eval_order(len(labels), entry.config.fold)  # folded as evaluate() folds them, not class by class
+    images, labels = images[order], labels[order]
     x = to_model_input(images, entry.config.task, layout="nchw")
     reference = Candidate(entry, "eager", "fp32", batch_size)
     ref_prepared = cache.get(reference)
