@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from foldedcnns import build_model
 from foldedcnns.benchmark.peak import INT_MM_KERNEL, OPENVINO_INT8_KERNEL, measure_peak
 from foldedcnns.benchmark.records import CSV_COLUMNS, REQUIRED_COLUMNS, BenchRecord, read_csv, write_csv
 from foldedcnns.cli.main import main
+from foldedcnns.cli.predict import model_arg
 from foldedcnns.errors import ConfigError, DataError
 from foldedcnns.inference.export_openvino import export_openvino
 from foldedcnns.inference.predictor import Predictor
@@ -215,3 +217,15 @@ def test_int8_peak_is_an_integer_matmul_and_says_which() -> None:
     assert peak.kernel in (INT_MM_KERNEL, OPENVINO_INT8_KERNEL) and peak.unit == "int8 OP/s"
     assert peak.flops_per_sec > 0 and peak.to_dict()["kernel"] == peak.kernel
     assert measure_peak("cpu", "fp32", sizes=(64,), seconds=0.01).unit == "FLOP/s"
+
+
+@pytest.mark.slow
+@needs_openvino
+@pytest.mark.parametrize("backend", ["openvino", "openvino-streams"])
+def test_predict_prepares_openvino_engines_with_the_models_share_of_the_cores(tiny_checkpoint, backend: str) -> None:
+    ckpt = tiny_checkpoint()
+    args = argparse.Namespace(checkpoint=str(ckpt), data=None, backend=backend, device="cpu", threads=1,
+                              precision="fp32", batch_size=8)
+    made = model_arg(args)
+    assert isinstance(made, Predictor) and made.backend == backend
+    assert model_arg(argparse.Namespace(**{**vars(args), "backend": "eager"})) == str(ckpt)  # prepared later

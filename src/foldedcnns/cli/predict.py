@@ -11,7 +11,7 @@ from foldedcnns.inference.pipeline import PROFILE_FRAMES, PredictReport, model_t
 from foldedcnns.inference.predictor import Predictor
 from foldedcnns.runtime import BACKENDS, DEVICE_CHOICES, resolve_device, torch_threads
 from foldedcnns.runtime.backends import PRECISIONS
-from foldedcnns.runtime.backends.openvino import is_ir_path
+from foldedcnns.runtime.backends.openvino import OpenVinoBackend, is_ir_path
 
 
 def format_report(report: PredictReport) -> str:
@@ -34,8 +34,9 @@ def format_report(report: PredictReport) -> str:
 
 def model_arg(args: argparse.Namespace) -> str | Predictor:
     """The checkpoint, or a :class:`Predictor` made here for an engine that fixes its thread count when
-    it is prepared (openvino, an IR) or is calibrated on ``--data``: with the model's share of the cores."""
-    if not (args.data or args.backend == "openvino" or is_ir_path(args.checkpoint)):
+    it is prepared (openvino and openvino-streams, an IR) or is calibrated on ``--data``: with the model's
+    share of the cores."""
+    if not (args.data or isinstance(BACKENDS.get(args.backend), OpenVinoBackend) or is_ir_path(args.checkpoint)):
         return args.checkpoint
     device = resolve_device(args.device)
     with torch_threads(model_threads(device, args.threads)):
