@@ -58,7 +58,7 @@ def plain_openvino(model: torch.nn.Module, x: torch.Tensor, precision: str, thre
         calibration = [rng.random((1, *x.shape[1:]), dtype=np.float32) for _ in range(32)]
         ov_model = nncf.quantize(ov_model, nncf.Dataset(calibration), subset_size=len(calibration))
         hint = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "fp32"
-    ov_model.reshape([len(x) // max(streams, 1), *x.shape[1:]])  # a static shape per batch size, as the backend
+    ov_model.reshape([len(x) // max(streams, 1), *x.shape[1:]])  # static, one part's batch, as the backends do
     config = {"INFERENCE_PRECISION_HINT": HINTS[hint], "PERFORMANCE_HINT": "THROUGHPUT" if streams else "LATENCY",
               "INFERENCE_NUM_THREADS": threads}
     if streams:
@@ -77,8 +77,7 @@ def plain_streams(compiled: Any, parts: int) -> Callable[[np.ndarray], None]:
             queue.start_async({0: part}, share_inputs=True)
         queue.wait_all()
 
-    call.queue = queue  # type: ignore[attr-defined]  # kept alive with the runner
-    return call
+    return call  # the closure keeps the queue alive
 
 
 def runners(task: str, fold: int, batch: int, precision: str, threads: int) -> dict[str, tuple[Callable, Any]]:
