@@ -13,7 +13,8 @@ from typing import Any
 
 from foldedcnns.benchmark.peak import Peak
 from foldedcnns.benchmark.profile import LayerProfile
-from foldedcnns.benchmark.summary import RATE_HEADER, BestRow, markdown_table
+from foldedcnns.benchmark.summary import RATE_HEADER, BestRow
+from foldedcnns.utils.text import markdown_table
 
 SPEEDUP_TARGET = 1.5  # best folded vs best original, game and NoScope tasks (issue 11)
 UTILIZATION_TARGET = 0.70  # folded FLOPs/sec over the measured peak of its precision

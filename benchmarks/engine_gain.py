@@ -21,7 +21,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from foldedcnns.benchmark.records import BenchRecord, read_csv
-from foldedcnns.benchmark.summary import best_configs, markdown_table, summarize
+from foldedcnns.benchmark.summary import best_configs, summarize
+from foldedcnns.utils.text import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1.5  # best folded / best original

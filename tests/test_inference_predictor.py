@@ -10,7 +10,7 @@ from foldedcnns.errors import ConfigError, DataError, ShapeError
 from foldedcnns.inference import Predictor
 from foldedcnns.models.spec import spec_from_dict
 from foldedcnns.runtime.checkpoint import model_from_checkpoint
-from foldedcnns.runtime.inputs import to_model_input
+from foldedcnns.data.model_input import to_model_input
 
 
 @pytest.fixture

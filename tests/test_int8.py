@@ -30,7 +30,7 @@ from foldedcnns.runtime.backends import (
 from foldedcnns.runtime.backends.quantize import RANDOM_SOURCE, folded_calibration
 from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
 from foldedcnns.runtime.threads import torch_threads
-from foldedcnns.training.evaluation import eval_order
+from foldedcnns.core.folding import eval_order
 from foldedcnns.training.trainer import evaluate
 
 ENGINES = ("openvino", "onnxruntime")

@@ -13,7 +13,7 @@ from foldedcnns.cli.main import main
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import build_model, get_task, load_description
 from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
-from foldedcnns.runtime.inputs import to_model_input
+from foldedcnns.data.model_input import to_model_input
 from foldedcnns.training import distill
 from foldedcnns.training.config import TrainConfig, check_resume, plan_run
 from foldedcnns.training.curriculum import CurriculumSchedule, curriculum_schedule, fit_schedule

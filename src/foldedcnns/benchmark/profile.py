@@ -17,6 +17,8 @@ several models (one task at f = 1..4) with their calls taking turns: their per-l
 
 from __future__ import annotations
 
+from statistics import median
+
 import copy
 import json
 import tempfile
@@ -30,7 +32,6 @@ import torch
 from torch import nn
 
 from foldedcnns.analysis import count_flops
-from foldedcnns.benchmark.runner import median
 from foldedcnns.benchmark.timing import folded_inputs
 from foldedcnns.errors import ConfigError
 from foldedcnns.runtime.backends import (

@@ -385,11 +385,3 @@ def run_benchmark(config: BenchConfig, *, registry: Mapping[str, Backend] | None
         return BenchRun(add_utilization(records, final_peaks), cache.notices, final_peaks,
                         machine_info(str(device)), config)
 
-
-def median(values: Sequence[float]) -> float:
-    """Median of a non-empty sequence (mean of the two middle values for an even count)."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])

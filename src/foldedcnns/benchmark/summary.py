@@ -9,12 +9,13 @@ median over trials of (best folded throughput / best Original throughput in the 
 
 from __future__ import annotations
 
+from statistics import median
+
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from foldedcnns.benchmark.records import ORIGINAL, BenchRecord
-from foldedcnns.benchmark.runner import median
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,3 @@ def best_table(rows: Sequence[BestRow]) -> list[list[Any]]:
              _ratio(r.same_config_speedup), f"{r.flops_per_sec / 1e9:.2f}", _pct(r.utilization)] for r in rows]
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)

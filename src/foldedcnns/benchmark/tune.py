@@ -59,9 +59,9 @@ from foldedcnns.runtime.backends import (
     load_calibration,
 )
 from foldedcnns.runtime.device import resolve_device
-from foldedcnns.runtime.inputs import to_model_input
+from foldedcnns.data.model_input import to_model_input
 from foldedcnns.runtime.threads import torch_threads
-from foldedcnns.training.evaluation import eval_order
+from foldedcnns.core.folding import eval_order
 
 TUNE_BATCH_SIZES: tuple[int, ...] = (256, 1024, 4096)
 TUNE_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")

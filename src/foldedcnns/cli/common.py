@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from foldedcnns.errors import ConfigError
+from foldedcnns.utils.text import format_table
+
+__all__ = ["add_json_option", "add_task_options", "format_table", "parse_int_list", "print_json", "resolve_task_arg"]
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:
@@ -51,23 +53,3 @@ def parse_int_list(text: str, what: str = "value") -> list[int]:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain text table with right-aligned numbers."""
-    cells = [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row, raw in zip(cells, rows, strict=True):
-        lines.append("  ".join(c.rjust(w) if isinstance(v, (int, float)) else c.ljust(w)
-                               for c, w, v in zip(row, widths, raw, strict=True)))
-    return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)

@@ -3,6 +3,7 @@
 from foldedcnns.core.folding import (
     FoldedClassifier,
     batch_or_default,
+    eval_order,
     fold,
     pad_to_multiple,
     round_batch,
@@ -12,6 +13,6 @@ from foldedcnns.core.folding import (
 )
 
 __all__ = [
-    "FoldedClassifier", "batch_or_default", "fold", "pad_to_multiple", "round_batch", "run_folded", "unfold",
-    "unfold_logits",
+    "FoldedClassifier", "batch_or_default", "eval_order", "fold", "pad_to_multiple", "round_batch", "run_folded",
+    "unfold", "unfold_logits",
 ]

@@ -17,6 +17,7 @@ from foldedcnns.errors import ConfigError, ShapeError
 # Beyond these a value is a typo (and its tensors would not fit in memory or in C integers).
 MAX_FOLD = 1024
 MAX_BATCH_IMAGES = 2**24
+EVAL_ORDER_SEED = 19  # the original's seed for shuffling validation and test images before folding
 
 
 def _check_fold(f: int) -> None:
@@ -115,6 +116,18 @@ def batch_or_default(batch_size: int | None, f: int, default: int, option: str =
     if batch_size is None:
         return round_batch(default, f, "up")
     return round_batch(batch_size, f, "exact", option)
+
+
+def eval_order(n: int, f: int) -> torch.Tensor:
+    """The order a data set's ``n`` images are folded in: a fixed shuffle (seed 19) for f > 1, else as listed.
+
+    Image folders list images class by class; folding them in that order would put f images of one
+    class into one input, unlike training and deployment. Evaluation and tune's accuracy check both
+    fold in this order, so their figures agree. Shapes: ``-> (n,)`` int64, a permutation.
+    """
+    if f > 1:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(EVAL_ORDER_SEED))
+    return torch.arange(n)
 
 
 def run_folded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, f: int) -> torch.Tensor:

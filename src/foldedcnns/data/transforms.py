@@ -5,7 +5,7 @@ Random transforms draw all their numbers from the ``torch.Generator`` they are g
 generator's device, then moved), so a seeded generator gives the same result on every run and
 every device. The CIFAR recipe of the original is random crop 32 with padding 4 and a horizontal
 flip (on uint8, so the padding is black), then normalisation with :data:`CIFAR_MEAN` and
-:data:`CIFAR_STD` (:func:`foldedcnns.runtime.inputs.to_model_input`).
+:data:`CIFAR_STD` (:func:`foldedcnns.data.model_input.to_model_input`).
 """
 
 from __future__ import annotations

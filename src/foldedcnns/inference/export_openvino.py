@@ -35,17 +35,11 @@ from foldedcnns.inference.export import (
     ExportReport,
 )
 from foldedcnns.models.registry import ModelConfig
-from foldedcnns.runtime.backends import BackendUnavailable, required_calibration
-from foldedcnns.runtime.backends.openvino import (
-    IR_SUFFIX,
-    OpenVinoBackend,
-    convert_openvino,
-    quantize_openvino,
-    read_ir,
-    runner,
-    write_ir,
-)
+from foldedcnns.inference.openvino_ir import IR_SUFFIX, prepare_ov_model, read_ir, write_ir
+from foldedcnns.runtime.backends import BackendUnavailable
+from foldedcnns.runtime.backends.openvino import convert_openvino, quantize_openvino
 from foldedcnns.runtime.backends.quantize import folded_calibration
+from foldedcnns.runtime.engine import Engine
 from foldedcnns.runtime.checkpoint import model_from_checkpoint
 from foldedcnns.utils.outputs import check_output, describe_os_error
 
@@ -53,16 +47,14 @@ from foldedcnns.utils.outputs import check_output, describe_os_error
 def check_openvino(xml: str | Path, model: nn.Module, config: ModelConfig, precision: str,
                    batches: tuple[int, ...] = CHECK_BATCHES, seed: int = CHECK_SEED) -> tuple[float, float]:
     """(largest |OpenVINO - PyTorch| logit, top-1 agreement per image) of the IR on random folded inputs."""
-    backend = OpenVinoBackend()
+    engine = Engine("openvino", precision, "cpu")
     generator = torch.Generator().manual_seed(seed)
     worst, agree, total = 0.0, 0, 0
     k = config.task.num_classes
     saved = read_ir(xml)[0]
     model = model.eval().cpu()
     for batch in batches:
-        ov_model = saved.clone()
-        ov_model.reshape([batch, *config.input_shape])
-        prepared = runner(backend.name, precision, backend.compile(ov_model, precision))
+        prepared = prepare_ov_model(saved, config, engine, batch)
         x = torch.rand(batch, *config.input_shape, generator=generator)
         with torch.inference_mode():
             expected = model(x)
@@ -76,25 +68,31 @@ def check_openvino(xml: str | Path, model: nn.Module, config: ModelConfig, preci
     return worst, agree / total
 
 
-def export_openvino(checkpoint: str | Path | dict[str, Any], out: str | Path, *, precision: str = "fp32",
+def export_openvino(checkpoint: str | Path | dict[str, Any], out: str | Path, *, engine: Engine | None = None,
                     data: str | Path | None = None, check: bool = True, tolerance: float = CHECK_TOLERANCE,
                     overwrite: bool = False) -> ExportReport:
     """Export a checkpoint's model to an OpenVINO IR (``out`` ``.xml`` and its ``.bin``).
 
-    ``int8`` needs ``data`` (a data set with ``train/`` or ``val/``) to calibrate on. fp32 that differs
-    from PyTorch by more than ``tolerance`` is an :class:`ExportError` and nothing is written.
+    ``engine``: an ``openvino`` engine (default ``Engine("openvino")``, fp32) whose precision the IR
+    stores. ``int8`` is calibrated on the engine's ``calibration``, else on ``data`` (a data set with
+    ``train/`` or ``val/``). fp32 that differs from PyTorch by more than ``tolerance`` is an
+    :class:`ExportError` and nothing is written.
     """
+    engine = engine or Engine("openvino")
+    if engine.backend != "openvino" or engine.device != "cpu":
+        raise ConfigError(f"an OpenVINO IR is written by the openvino engine on the CPU, got {engine}")
+    precision = engine.precision
     if precision not in OPENVINO_PRECISIONS:
         raise ConfigError(f"an OpenVINO IR is {', '.join(OPENVINO_PRECISIONS)}, got --precision {precision!r}")
     xml = check_output(out, overwrite=overwrite)
     if xml.suffix != IR_SUFFIX:
         raise ConfigError(f"--out of an OpenVINO IR is the .xml file (the .bin goes beside it), got {xml}")
     check_output(xml.with_suffix(".bin"), overwrite=overwrite)
-    ok, reason = OpenVinoBackend().is_available("cpu", precision)
+    ok, reason = engine.is_available()
     if not ok:
         raise ConfigError(f"cannot export to OpenVINO {precision}: {reason}")
     model, config = model_from_checkpoint(checkpoint)
-    calibration = required_calibration(precision, config.task, data)
+    calibration = engine.for_deployment(config.task, data).calibration if engine.quantized else None
     started = time.perf_counter()
     example = torch.rand(2, *config.input_shape, generator=torch.Generator().manual_seed(CHECK_SEED))
     try:

@@ -28,7 +28,7 @@ from foldedcnns.errors import ConfigError, DataError, FoldedCNNsError
 from foldedcnns.inference.csvout import PredictionCSV, output_paths
 from foldedcnns.inference.predictor import Predictor
 from foldedcnns.inference.sources import VIDEO, Source, check_task_match, iter_source, resolve_inputs
-from foldedcnns.runtime.inputs import RGB_CHANNELS
+from foldedcnns.data.model_input import RGB_CHANNELS
 from foldedcnns.runtime.threads import torch_threads
 
 # Cores left to the decoding worker (and the decoder's own threads) when the model runs on the CPU.

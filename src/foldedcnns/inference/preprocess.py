@@ -1,7 +1,7 @@
 """Frame preprocessing for inference: crop, resize to the model's input, stack, normalise.
 
 Frames travel as RGB ``uint8`` arrays of shape ``(H, W, 3)`` until the model's input:
-:func:`foldedcnns.runtime.inputs.to_model_input` turns a stack ``(N, H, W, 3)`` into the float
+:func:`foldedcnns.data.model_input.to_model_input` turns a stack ``(N, H, W, 3)`` into the float
 tensor ``(N, C, H, W)`` the model reads. Resizing and scaling are the data
 pipeline's own (:mod:`foldedcnns.data.imageio`, :mod:`foldedcnns.data.transforms`): nearest-neighbour
 resizing with OpenCV's rule, as the training frames were prepared, so a model sees at inference
@@ -17,7 +17,7 @@ import numpy as np
 from foldedcnns.data.crop import Crop
 from foldedcnns.data.imageio import resize_nearest
 from foldedcnns.errors import DataError
-from foldedcnns.runtime.inputs import RGB_CHANNELS
+from foldedcnns.data.model_input import RGB_CHANNELS
 
 
 def check_rgb(frame: np.ndarray, where: str) -> np.ndarray:

@@ -8,7 +8,6 @@ builder; new families register with :func:`register_family`, new tasks with :fun
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from foldedcnns.models.spec import (
     spec_from_dict,
 )
 from foldedcnns.models.validate import ArchitectureCheck, check_param_count, known_families, register_check
+from foldedcnns.utils.text import did_you_mean
 
 FamilyBuilder = Callable[..., nn.Module]
 COMPOUND_PREFIX = "compound/"
@@ -100,10 +100,9 @@ def get_task(task: str | Path | TaskSpec) -> TaskSpec:
         return _tasks()[name]
     if name.endswith(".json") or Path(name).is_file():
         return load_description(name)
-    close = difflib.get_close_matches(name, list(_tasks()), n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
     raise ConfigError(
-        f"unknown task {name!r}{hint}; run 'foldedcnns models' to list tasks or pass --description FILE"
+        f"unknown task {name!r}{did_you_mean(name, _tasks())}; run 'foldedcnns models' to list tasks "
+        "or pass --description FILE"
     )
 
 

@@ -9,12 +9,12 @@ also lists the known keys at that level and the closest match. Upper bounds on e
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from foldedcnns.errors import ConfigError
+from foldedcnns.utils.text import did_you_mean
 
 MAX_SIDE = 2048  # out-h, out-w: these CNNs classify small crops and frames
 MAX_IN_CHANNELS = 64  # chan-in
@@ -41,11 +41,6 @@ _CHECKS: dict[str, ArchitectureCheck | None] = {}
 def key_path(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
-    close = difflib.get_close_matches(str(word), sorted(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def check_keys(obj: Mapping[str, Any], known: Iterable[str], where: str, path: str = "") -> None:

@@ -7,6 +7,23 @@ import torch
 from foldedcnns.errors import ConfigError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_HELP = "auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:i"
+
+
+def check_device(device: str | torch.device) -> str:
+    """``device`` as a string after checking its form only (``auto``, ``cpu``, ``cuda``, ``cuda:i``), so an
+    engine for a GPU worker can be described on a machine without one; :func:`resolve_device` checks the
+    device is there."""
+    name = str(device)
+    if name == "auto":
+        return name
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}; pass --device {DEVICE_HELP}") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {dev.type!r} is not supported; pass --device {DEVICE_HELP}")
+    return str(dev)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -14,15 +31,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
     CUDA without a visible GPU and any other device type are a one-line :class:`ConfigError`.
     """
-    name = str(device)
+    name = check_device(device)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {name!r}; pass --device {', '.join(DEVICE_CHOICES)}") from exc
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {dev.type!r} is not supported; pass --device {', '.join(DEVICE_CHOICES)}")
+    dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("CUDA is not available on this machine (no GPU is visible); pass --device cpu")
     return dev

@@ -14,12 +14,19 @@ from foldedcnns.errors import ConfigError
 MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Use ``threads`` intra-op threads inside the block (unchanged when ``None``); restored after."""
+def check_threads(threads: int | None) -> int | None:
+    """``threads`` (None: PyTorch's count), or a one-line :class:`ConfigError` unless an integer from 1 to
+    :data:`MAX_THREADS`."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or not 1 <= threads <= MAX_THREADS):
         raise ConfigError(f"--threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
+    return threads
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` intra-op threads inside the block (unchanged when ``None``); restored after."""
+    check_threads(threads)
     saved = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

@@ -20,7 +20,7 @@ from foldedcnns.models.registry import ModelConfig
 from foldedcnns.models.spec import TaskSpec
 from foldedcnns.runtime.backends import Prepared
 from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint
-from foldedcnns.runtime.inputs import to_model_input
+from foldedcnns.data.model_input import to_model_input
 from foldedcnns.runtime.prepare import prepare_model
 from foldedcnns.utils.atomic import atomic_save
 

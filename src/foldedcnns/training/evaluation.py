@@ -16,19 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from foldedcnns.core.folding import round_batch
+from foldedcnns.core.folding import eval_order, round_batch
 from foldedcnns.errors import ConfigError
 from foldedcnns.models.spec import TaskSpec
 from foldedcnns.runtime.backends import Calibration, Prepared, get_backend
 from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint
 from foldedcnns.runtime.device import resolve_device
-from foldedcnns.runtime.inputs import to_model_input
+from foldedcnns.data.model_input import to_model_input
 from foldedcnns.runtime.prepare import prepare_model
-from foldedcnns.training.metrics import MetricAccumulator, ProgressLine, empty_summary, json_safe, topk_correct
+from foldedcnns.utils.text import json_safe
+from foldedcnns.training.metrics import MetricAccumulator, ProgressLine, empty_summary, topk_correct
 from foldedcnns.training.splits import SplitData, load_split
 
 DEFAULT_EVAL_BATCH = 512
-EVAL_ORDER_SEED = 19  # the original's seed for shuffling validation and test images before folding
 
 
 @dataclass
@@ -62,15 +62,6 @@ def prepare_for_eval(model: nn.Module, device: torch.device | str, batch_size: i
     return prepare_model(model, backend=eval_backend(channels_last), precision=precision, device=device,
                          batch_images=batch_size)
 
-
-def eval_order(n: int, fold: int) -> torch.Tensor:
-    """The order images are folded in: a fixed shuffle (seed 19) for a folded model, else as listed.
-
-    Image folders list images class by class; folding them in that order would put f images of one
-    class into one input, unlike training and deployment.
-    """
-    return torch.randperm(n, generator=torch.Generator().manual_seed(EVAL_ORDER_SEED)) if fold > 1 \
-        else torch.arange(n)
 
 
 def evaluate_split(runner: Prepared, split: SplitData, task: TaskSpec, *, batch_size: int = DEFAULT_EVAL_BATCH,

@@ -26,7 +26,7 @@ from foldedcnns.data.transforms import random_crop, random_hflip
 from foldedcnns.errors import ConfigError
 from foldedcnns.models.registry import build_model
 from foldedcnns.runtime.checkpoint import make_checkpoint
-from foldedcnns.runtime.inputs import to_model_input
+from foldedcnns.data.model_input import to_model_input
 from foldedcnns.training.callbacks import Callback
 from foldedcnns.training.config import RunPlan
 from foldedcnns.training.distill import cached_teacher_logits, distill_loss

@@ -123,16 +123,6 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
-def json_safe(value: Any) -> Any:
-    """NaN/inf become None (JSON has no NaN); containers are converted recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
 
 def format_progress(epoch: int, split: str, summary: Mapping[str, float | int]) -> str:
     """The original's progress line: ``Epoch 3. train. Top-1=97.50, Top-5=100.00, Loss=0.0812``."""

@@ -37,6 +37,7 @@ from typing import Any
 
 from foldedcnns.errors import ConfigError
 from foldedcnns.models.spec import TaskSpec
+from foldedcnns.utils.text import did_you_mean
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 LR_SCHEDULES = ("none", "step", "cosine")
@@ -204,7 +205,7 @@ def recipe_for(spec: TaskSpec, fold: int, name: str | None = None) -> Recipe:
             recipe = apply_overrides(recipe, {**RECOMMENDED_FAMILY.get(spec.family, {}),
                                               **RECOMMENDED_TASK.get(spec.name, {})})
     else:
-        raise ConfigError(f"unknown recipe {name!r}{_did_you_mean(name, list_recipes())}; choose one of "
+        raise ConfigError(f"unknown recipe {name!r}{did_you_mean(name, list_recipes())}; choose one of "
                           f"{', '.join(list_recipes())}")
     own = spec.extra.get("recipe")
     if own is not None:
@@ -214,10 +215,6 @@ def recipe_for(spec: TaskSpec, fold: int, name: str | None = None) -> Recipe:
         recipe = apply_overrides(recipe, own, where=f"{where}: 'recipe'")
     return recipe
 
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def scaled_slot_warmup(epochs: int, fraction: float, fold: int) -> int:
@@ -261,7 +258,7 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any], where: str = "
     prefix = f"{where}: " if where else ""
     for key in overrides:
         if key not in known:
-            raise ConfigError(f"{prefix}unknown recipe field '{key}'{_did_you_mean(key, known)}; "
+            raise ConfigError(f"{prefix}unknown recipe field '{key}'{did_you_mean(key, known)}; "
                               f"known: {', '.join(known)}")
     values = {k: v for k, v in overrides.items() if v is not None}
     for key, value in values.items():

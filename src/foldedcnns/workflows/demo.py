@@ -28,7 +28,8 @@ from matplotlib.figure import Figure
 
 from foldedcnns.benchmark.records import write_csv
 from foldedcnns.benchmark.runner import BenchConfig, BenchRun, run_benchmark
-from foldedcnns.benchmark.summary import BestRow, best_configs, markdown_table, summarize
+from foldedcnns.benchmark.summary import BestRow, best_configs, summarize
+from foldedcnns.utils.text import markdown_table
 from foldedcnns.data.synth import generate_synthetic
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import TaskSpec, get_task

@@ -1,4 +1,4 @@
-"""Execution backends: one small class per way of running a model, behind one interface.
+"""Execution backends: one small class per way of running a model, behind one interface, in one registry.
 
 * ``eager``: the PyTorch module, NCHW.
 * ``channels-last``: the module and input in ``torch.channels_last`` (NHWC) memory format.
@@ -7,41 +7,34 @@
 * ``cuda-graphs``: the channels-last module captured once into a CUDA graph and replayed (CUDA only).
 * ``openvino``: the module converted to OpenVINO in memory and compiled for the CPU (static shapes).
 * ``openvino-streams``: the same, each call's batch split over one stream per thread, run concurrently
-  (not searched by default: no faster than ``openvino`` on 2 cores, docs/engines.md).
+  (chosen by name, not searched by default: docs/engines.md).
 
-``int8`` is post-training quantization by ``openvino`` (NNCF) and ``onnxruntime`` (static QDQ),
-calibrated on images of the task (:mod:`~foldedcnns.runtime.backends.quantize`).
-
-``DEFAULT_BACKENDS[device_type]`` is the one list of backends that tune, the demo and the
-benchmark scripts search by default on that kind of device.
+``int8`` is post-training quantization by the backends with ``quantizes = True`` (``openvino``,
+``openvino-streams``, ``onnxruntime``), calibrated on images of the task carried by the
+:class:`~foldedcnns.runtime.engine.Engine`. A new backend is one module and one :func:`register_backend`
+line below (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 
-from foldedcnns.errors import ConfigError
 from foldedcnns.runtime.backends.base import (
+    BACKENDS,
     PRECISIONS,
     Backend,
     BackendUnavailable,
     Prepared,
+    Runner,
+    get_backend,
     precision_dtype,
+    quantizing_backends,
+    register_backend,
 )
 from foldedcnns.runtime.backends.cuda_graphs import CudaGraphsBackend
 from foldedcnns.runtime.backends.onnxruntime import ONNX_OPSET, OnnxRuntimeBackend, export_onnx_bytes
 from foldedcnns.runtime.backends.openvino import OpenVinoBackend, OpenVinoStreamsBackend
-from foldedcnns.runtime.backends.quantize import (
-    QUANTIZED_PRECISIONS,
-    Calibration,
-    calibrated_registry,
-    calibration_notice,
-    is_quantized,
-    load_calibration,
-    required_calibration,
-)
+from foldedcnns.runtime.backends.quantize import QUANTIZED_PRECISIONS, calibration_notice, is_quantized
 from foldedcnns.runtime.backends.torch_backends import (
     COMPILE_RECOMPILE_LIMIT,
     ChannelsLastBackend,
@@ -50,20 +43,9 @@ from foldedcnns.runtime.backends.torch_backends import (
     compile_limits,
 )
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (EagerBackend(), ChannelsLastBackend(), CompileBackend(),
-                                                   OnnxRuntimeBackend(), CudaGraphsBackend(), OpenVinoBackend(),
-                                                   OpenVinoStreamsBackend())}
-DEFAULT_BACKENDS: dict[str, tuple[str, ...]] = {
-    "cpu": ("eager", "channels-last", "compile", "onnxruntime", "openvino"),
-    "cuda": ("eager", "channels-last", "onnxruntime", "cuda-graphs"),
-}
-
-
-def get_backend(name: str, registry: Mapping[str, Backend] | None = None) -> Backend:
-    registry = BACKENDS if registry is None else registry
-    if name not in registry:
-        raise ConfigError(f"unknown backend {name!r}; use one of {', '.join(registry)}")
-    return registry[name]
+for _backend in (EagerBackend, ChannelsLastBackend, CompileBackend, OnnxRuntimeBackend, CudaGraphsBackend,
+                 OpenVinoBackend, OpenVinoStreamsBackend):
+    register_backend(_backend)
 
 
 def available_backends(device: str | torch.device = "cpu", precision: str = "fp32") -> list[str]:
@@ -74,13 +56,11 @@ def available_backends(device: str | torch.device = "cpu", precision: str = "fp3
 __all__ = [
     "BACKENDS",
     "COMPILE_RECOMPILE_LIMIT",
-    "DEFAULT_BACKENDS",
     "ONNX_OPSET",
     "PRECISIONS",
     "QUANTIZED_PRECISIONS",
     "Backend",
     "BackendUnavailable",
-    "Calibration",
     "ChannelsLastBackend",
     "CompileBackend",
     "CudaGraphsBackend",
@@ -89,14 +69,14 @@ __all__ = [
     "OpenVinoBackend",
     "OpenVinoStreamsBackend",
     "Prepared",
+    "Runner",
     "available_backends",
-    "calibrated_registry",
     "calibration_notice",
     "compile_limits",
     "export_onnx_bytes",
     "get_backend",
     "is_quantized",
-    "load_calibration",
     "precision_dtype",
-    "required_calibration",
+    "quantizing_backends",
+    "register_backend",
 ]

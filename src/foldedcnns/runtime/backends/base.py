@@ -1,17 +1,20 @@
-"""The backend interface and :class:`Prepared`, the runner every model run goes through.
+"""The backend interface, its registry, and :class:`Prepared`, the runner every model run goes through.
 
-Every backend answers :meth:`Backend.is_available` (``(ok, reason)``: is it installed, does it run
-on this device at this precision) and :meth:`Backend.prepare`, which turns an eval-mode model and
-an example folded input ``(G, f*C, H, W)`` into a :class:`Prepared` runner. Preparing does all
-one-off work (casting, layout change, compilation, ONNX export, CUDA-graph capture) and one
-check call, so an unsupported kernel shows up there as :class:`BackendUnavailable` (a one-line
-reason), never in the middle of a timed loop.
+A backend is one way of running a model (PyTorch eager, ``torch.compile``, ONNX Runtime, OpenVINO,
+...). :meth:`Backend.prepare` is a template: it checks that the backend runs here
+(:meth:`Backend.is_available`: the shared device and precision checks, then the backend's own
+:meth:`Backend.available`), calls the backend's one build step :meth:`Backend.build` under the engine's
+thread count, makes one check call (so an unsupported kernel is a :class:`BackendUnavailable` with a
+one-line reason, never a crash in a timed loop), and returns a complete :class:`Prepared`.
 
-Precisions (``PRECISIONS``): ``fp32``, ``bf16`` and ``fp16``. A reduced precision casts the weights
-and the input, so every layer runs in that type; logits come back as float32. ``int8`` is no cast: the
-model and input stay float32 and a quantizing engine (``openvino``, ``onnxruntime``) quantizes the graph
-after calibrating it (:mod:`foldedcnns.runtime.backends.quantize`); the PyTorch backends report it
-unavailable.
+Adding an engine: one module with a :class:`Backend` subclass that sets ``name`` (and ``quantizes``,
+``static_shapes``, ``devices`` where they differ) and implements ``build``, plus one
+:func:`register_backend` line (docs/architecture.md).
+
+Precisions (``PRECISIONS``): ``fp32``, ``bf16`` and ``fp16`` cast the weights and the input, so every
+layer runs in that type; logits come back as float32. ``int8`` is no cast: the model and input stay
+float32 and a quantizing engine (``quantizes = True``) quantizes the graph after calibrating it
+(:mod:`foldedcnns.runtime.backends.quantize`); the others report it unavailable.
 """
 
 from __future__ import annotations
@@ -19,19 +22,23 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from foldedcnns.core.folding import run_folded
 from foldedcnns.errors import ConfigError, FoldedCNNsError, ShapeError, first_line
-from foldedcnns.runtime.backends.quantize import Calibration, is_quantized
+from foldedcnns.runtime.backends.quantize import calibration_source, is_quantized
+from foldedcnns.runtime.threads import torch_threads
+from foldedcnns.utils.text import did_you_mean
+
+if TYPE_CHECKING:
+    from foldedcnns.runtime.engine import Engine
 
 # The dtype the model and input are cast to; int8 stays float32 (the engine quantizes the graph itself).
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
                                       "int8": torch.float32}
-QUANTIZING_BACKENDS = ("openvino", "openvino-streams", "onnxruntime")
 
 
 class BackendUnavailable(FoldedCNNsError):
@@ -40,7 +47,8 @@ class BackendUnavailable(FoldedCNNsError):
 
 def precision_dtype(precision: str) -> torch.dtype:
     if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}"
+                          f"{did_you_mean(precision, PRECISIONS)}")
     return PRECISIONS[precision]
 
 
@@ -50,46 +58,66 @@ def model_fold(model: nn.Module) -> int:
     return int(getattr(config, "fold", 1) or 1)
 
 
+class Runner(NamedTuple):
+    """What a backend's build step returns: the raw call and the conversions around it.
+
+    ``run(prepare_input(x))`` is the engine's call on folded float input ``x`` ``(G, f*C, H, W)``;
+    ``to_tensor`` turns its output into a torch tensor ``(G, f*K)``. ``module``: the backend's own cast
+    copy of a PyTorch model (None for other engines); ``keep``: objects the runner needs alive.
+    """
+
+    run: Callable[[Any], Any]
+    prepare_input: Callable[[torch.Tensor], Any]
+    to_tensor: Callable[[Any], torch.Tensor]
+    module: nn.Module | None = None
+    keep: tuple[Any, ...] = ()
+
+
 class Prepared:
-    """A model made ready by one backend at one precision on one device.
+    """A model made ready by one engine (backend, precision, device, threads, calibration).
 
     Three levels of call:
 
     * ``run(prepare_input(x))``: the backend's raw call on an input already in its dtype, layout
       and device (a NumPy array for ONNX Runtime); this is what a benchmark times.
     * ``folded(x)``: float folded inputs ``(G, f*C, H, W) -> (G, f*K)`` float32 logits on the device.
-      A static-shape backend (compile, cuda-graphs) was prepared for ``static_inputs`` folded inputs:
-      a smaller call is padded to that shape by repeating its last folded input and a larger one is
-      cut into calls of that shape, so it never compiles or captures again.
+      A static-shape backend (compile, cuda-graphs, openvino) was prepared for ``static_inputs`` folded
+      inputs: a smaller call is padded to that shape by repeating its last folded input and a larger
+      one is cut into calls of that shape, so it never compiles or captures again.
     * ``classify(images)`` (also ``__call__``): per-image float input ``(N, C, H, W) -> (N, K)``:
       the last partial group is padded by the project's one rule, folded, run, unfolded and the
       padded rows dropped (:func:`foldedcnns.core.run_folded`).
     """
 
-    def __init__(self, backend: str, precision: str, device: torch.device, run: Callable[[Any], Any],
-                 prepare_input: Callable[[torch.Tensor], Any], to_tensor: Callable[[Any], torch.Tensor], *,
-                 fold: int = 1, static_inputs: int | None = None, module: nn.Module | None = None,
-                 keep: list[Any] | None = None) -> None:
-        self.backend = backend
-        self.precision = precision
-        self.device = device
-        self.run = run
-        self.prepare_input = prepare_input
-        self.to_tensor = to_tensor
+    def __init__(self, engine: Engine, runner: Runner, *, fold: int, static_inputs: int | None,
+                 setup_seconds: float) -> None:
+        self.engine = engine
+        self.run = runner.run
+        self.prepare_input = runner.prepare_input
+        self.to_tensor = runner.to_tensor
+        self.module = runner.module
         self.fold = fold
         self.static_inputs = static_inputs
-        self.module = module  # the backend's own cast copy of a PyTorch model (None for other engines)
-        self.setup_seconds = 0.0
-        self.calibration: str | None = None  # int8: what the engine was calibrated on
-        self._keep = list(keep or [])  # objects the runner needs alive (models, sessions, graphs)
+        self.setup_seconds = setup_seconds
+        # int8: what the engine was calibrated on
+        self.calibration = calibration_source(engine.calibration) if is_quantized(engine.precision) else None
+        self._keep = list(runner.keep)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.backend
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.engine.device)
 
     def __repr__(self) -> str:
         return (f"Prepared(backend={self.backend!r}, precision={self.precision!r}, device={str(self.device)!r}, "
                 f"fold={self.fold}, static_inputs={self.static_inputs})")
-
-    def keep(self, *objects: Any) -> None:
-        """Keep ``objects`` alive as long as the runner."""
-        self._keep.extend(objects)
 
     def close(self) -> None:
         """Release what the runner holds (compiled code, sessions, graphs); it cannot run afterwards."""
@@ -128,70 +156,115 @@ class Prepared:
     __call__ = classify
 
 
-def device_precision_check(device: torch.device, precision: str, *, quantizes: bool = False) -> tuple[bool, str]:
-    """The checks every backend shares; ``quantizes``: the backend quantizes int8 itself."""
-    precision_dtype(precision)
-    if is_quantized(precision) and not quantizes:
-        return False, (f"{precision} is post-training quantization by an engine; use a backend of "
-                       f"{', '.join(QUANTIZING_BACKENDS)}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return False, "CUDA is not available on this machine; use --device cpu"
-    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
-        return False, "this GPU has no bf16 support"
-    return True, ""
-
-
-def check_call(prepared: Prepared, example: torch.Tensor) -> Prepared:
-    """Run once so a missing kernel is a :class:`BackendUnavailable`, not a crash in a timed loop."""
+def check_call(runner: Runner, example: Any,
+               errors: tuple[type[BaseException], ...] = (RuntimeError,)) -> None:
+    """Run once so a missing kernel is a :class:`BackendUnavailable`, not a crash in a timed loop. ``errors``:
+    what the engine raises for a kernel it cannot run (RuntimeError covers NotImplementedError and
+    dynamo/inductor failures)."""
     try:
-        out = prepared.to_tensor(prepared.run(prepared.prepare_input(example)))
-    except RuntimeError as exc:  # also NotImplementedError and dynamo/inductor failures
+        out = runner.to_tensor(runner.run(runner.prepare_input(example)))
+    except errors as exc:
         raise BackendUnavailable(first_line(exc)) from exc
     if out.shape[0] != example.shape[0]:
         raise BackendUnavailable(f"returned {out.shape[0]} rows for {example.shape[0]} inputs")
-    return prepared
 
 
 class Backend:
-    """Interface: ``is_available(device, precision)`` and ``prepare(model, example, ...)``."""
+    """One way of running a model. Subclasses set the class attributes and implement :meth:`build`
+    (and :meth:`available` for their own requirements); :meth:`prepare` does the rest."""
 
-    name: str = ""
-    description: str = ""
-    static_shapes: bool = False  # True: one preparation per input shape (compilation, graph capture)
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    static_shapes: ClassVar[bool] = False  # True: one preparation per input shape (compilation, graph capture)
+    quantizes: ClassVar[bool] = False  # True: quantizes int8 itself (the one list of quantizing engines)
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")  # device types it runs on
+
+    def available(self, device: torch.device, precision: str) -> tuple[bool, str]:
+        """The backend's own requirements (installed packages, supported precisions); shared checks come first."""
+        return True, ""
+
+    def build(self, model: nn.Module, example: torch.Tensor, engine: Engine, fold: int) -> Runner:
+        """The one-off work (cast, export, compile, capture) for inputs shaped like ``example``
+        ``(G, f*C, H, W)`` on ``engine``'s device at its precision; never changes ``model``."""
+        raise NotImplementedError
+
+    def call_errors(self) -> tuple[type[BaseException], ...]:
+        """The exception types this engine raises for a graph or kernel it cannot run."""
+        return (RuntimeError,)
 
     def is_available(self, device: str | torch.device = "cpu", precision: str = "fp32") -> tuple[bool, str]:
-        return device_precision_check(torch.device(device), precision)
+        """``(ok, reason)``: the shared checks (device type, precision, int8 needs a quantizing engine,
+        CUDA present, bf16 on this GPU), then :meth:`available`."""
+        dev = torch.device(device)
+        precision_dtype(precision)
+        if dev.type not in self.devices:
+            return False, f"the {self.name} backend runs on {' or '.join(self.devices)}; use --device {self.devices[0]}"
+        if is_quantized(precision) and not self.quantizes:
+            return False, (f"{precision} is post-training quantization by an engine; use a backend of "
+                           f"{', '.join(quantizing_backends())}")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            return False, "CUDA is not available on this machine; use --device cpu"
+        if dev.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+            return False, "this GPU has no bf16 support"
+        return self.available(dev, precision)
 
-    def prepare(self, model: nn.Module, example: torch.Tensor, *, precision: str = "fp32",
-                device: str | torch.device = "cpu", fold: int | None = None) -> Prepared:
-        """A runner of ``model`` for inputs shaped like ``example`` ``(G, f*C, H, W)``.
+    def prepare(self, model: nn.Module, example: torch.Tensor, engine: Engine, *, fold: int | None = None) -> Prepared:
+        """A runner of ``model`` on ``engine`` for inputs shaped like ``example`` ``(G, f*C, H, W)``.
 
         ``fold`` defaults to the model's own (``model.config.fold``, 1 for a plain module).
         """
-        raise NotImplementedError
-
-    def calibrated(self, calibration: Calibration | None) -> Backend:
-        """This backend with int8 calibration images (a quantizing backend returns a copy; others ``self``)."""
-        return self
-
-    def _require(self, device: torch.device, precision: str) -> None:
-        ok, reason = self.is_available(device, precision)
+        ok, reason = self.is_available(engine.device, engine.precision)
         if not ok:
             raise BackendUnavailable(reason)
+        f = model_fold(model) if fold is None else fold
+        started = time.perf_counter()
+        with torch_threads(engine.threads):
+            runner = self.build(model, example, engine, f)
+        return finish(engine, runner, example, fold=f, static=self.static_shapes, started=started,
+                      errors=self.call_errors())
 
-    def _finish(self, prepared: Prepared, model: nn.Module, example: torch.Tensor, fold: int | None,
-                started: float) -> Prepared:
-        """Set the fold and static shape, make the check call, record the set-up time."""
-        prepared.fold = model_fold(model) if fold is None else fold
-        prepared.static_inputs = int(example.shape[0]) if self.static_shapes else None
-        check_call(prepared, example)
-        prepared.setup_seconds = time.perf_counter() - started
-        return prepared
+
+def finish(engine: Engine, runner: Runner, example: torch.Tensor, *, fold: int, static: bool, started: float,
+           errors: tuple[type[BaseException], ...] = (RuntimeError,)) -> Prepared:
+    """The end of every preparation: the check call under the engine's threads, then the complete
+    :class:`Prepared` (static-shape runners keep ``example``'s folded-input count), timed from ``started``."""
+    with torch_threads(engine.threads):
+        check_call(runner, example, errors)
+    return Prepared(engine, runner, fold=fold, static_inputs=int(example.shape[0]) if static else None,
+                    setup_seconds=time.perf_counter() - started)
+
+
+# -- the registry: name -> backend, in registration order ---------------------------------------------------
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend | type[Backend]) -> Any:
+    """Register ``backend`` (an instance, or a class to instantiate; usable as a class decorator) under its
+    ``name``, so every entry point (``Engine``, bench, tune, predict, serve, the CLI) can use it. A name
+    taken already is a :class:`ConfigError`. Returns what it was given."""
+    instance = backend() if isinstance(backend, type) else backend
+    if not instance.name:
+        raise ConfigError(f"{type(instance).__name__} has no name; set the class attribute name")
+    if instance.name in BACKENDS:
+        raise ConfigError(f"a backend named {instance.name!r} is registered already")
+    BACKENDS[instance.name] = instance
+    return backend
+
+
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}{did_you_mean(name, BACKENDS)}")
+    return BACKENDS[name]
+
+
+def quantizing_backends() -> list[str]:
+    """The registered backends that quantize int8 themselves."""
+    return [name for name, b in BACKENDS.items() if b.quantizes]
 
 
 def torch_model(model: nn.Module, device: torch.device, precision: str, channels_last: bool) -> nn.Module:
     """A cast copy of ``model``: preparing never changes the caller's module."""
-    _no_quantized_cast(precision)
     model = copy.deepcopy(model).to(device=device, dtype=precision_dtype(precision)).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -199,7 +272,6 @@ def torch_model(model: nn.Module, device: torch.device, precision: str, channels
 
 
 def torch_input(device: torch.device, precision: str, channels_last: bool) -> Callable[[torch.Tensor], Any]:
-    _no_quantized_cast(precision)
     dtype = precision_dtype(precision)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -207,9 +279,3 @@ def torch_input(device: torch.device, precision: str, channels_last: bool) -> Ca
         return x.to(device=device, dtype=dtype).contiguous(memory_format=fmt)
 
     return prepare_input
-
-
-def _no_quantized_cast(precision: str) -> None:
-    if is_quantized(precision):
-        raise BackendUnavailable(f"a PyTorch backend cannot run {precision}; use a backend of "
-                                 f"{', '.join(QUANTIZING_BACKENDS)}")

@@ -2,39 +2,27 @@
 
 from __future__ import annotations
 
-import time
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from foldedcnns.errors import first_line
-from foldedcnns.runtime.backends.base import (
-    Backend,
-    BackendUnavailable,
-    Prepared,
-    device_precision_check,
-    torch_input,
-    torch_model,
-)
+from foldedcnns.runtime.backends.base import Backend, BackendUnavailable, Runner, torch_input, torch_model
+
+if TYPE_CHECKING:
+    from foldedcnns.runtime.engine import Engine
 
 
 class CudaGraphsBackend(Backend):
     name = "cuda-graphs"
     description = "channels-last module captured into a CUDA graph and replayed (CUDA only)"
     static_shapes = True
+    devices = ("cuda",)
     WARMUP_STREAM_CALLS = 3  # calls on a side stream before capture, as the CUDA-graph docs require
 
-    def is_available(self, device: str | torch.device = "cpu", precision: str = "fp32") -> tuple[bool, str]:
-        dev = torch.device(device)
-        if dev.type != "cuda":
-            return False, "CUDA graphs need --device cuda"
-        return device_precision_check(dev, precision)
-
-    def prepare(self, model: nn.Module, example: torch.Tensor, *, precision: str = "fp32",
-                device: str | torch.device = "cpu", fold: int | None = None) -> Prepared:
-        device = torch.device(device)
-        self._require(device, precision)
-        start = time.perf_counter()
+    def build(self, model: nn.Module, example: torch.Tensor, engine: Engine, fold: int) -> Runner:
+        device, precision = torch.device(engine.device), engine.precision
         torch.backends.cudnn.benchmark = True
         cast = torch_model(model, device, precision, channels_last=True)
         prepare_input = torch_input(device, precision, True)
@@ -65,6 +53,4 @@ class CudaGraphsBackend(Backend):
             graph.replay()
             return static_out
 
-        prepared = Prepared(self.name, precision, device, run, graph_input, lambda y: y.clone(),
-                            module=cast, keep=[graph, static_in, static_out])
-        return self._finish(prepared, model, static_in, fold, start)
+        return Runner(run, graph_input, lambda y: y.clone(), module=cast, keep=(graph, static_in, static_out))

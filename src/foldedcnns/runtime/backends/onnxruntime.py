@@ -13,31 +13,20 @@ import importlib.util
 import io
 import logging
 import tempfile
-import time
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from foldedcnns.errors import first_line
-from foldedcnns.runtime.backends.base import (
-    Backend,
-    BackendUnavailable,
-    Prepared,
-    device_precision_check,
-    model_fold,
-    precision_dtype,
-)
-from foldedcnns.runtime.backends.quantize import (
-    RANDOM_SOURCE,
-    Calibration,
-    as_calibration,
-    folded_calibration,
-    is_quantized,
-)
+from foldedcnns.runtime.backends.base import Backend, BackendUnavailable, Runner, precision_dtype
+from foldedcnns.runtime.backends.quantize import folded_calibration, is_quantized
+
+if TYPE_CHECKING:
+    from foldedcnns.runtime.engine import Engine
 
 ONNX_OPSET = 17
 CALIBRATION_BATCH = 32  # folded inputs per calibration call
@@ -101,52 +90,40 @@ def quantize_onnx_int8(onnx_bytes: bytes, inputs: np.ndarray) -> bytes:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime (CPU provider, or CUDA provider with I/O binding)"
+    quantizes = True
     SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("fp32", "fp16", "int8"), "cuda": ("fp32", "fp16")}
 
-    def __init__(self, threads: int | None = None, calibration: Calibration | None = None) -> None:
-        self.threads = threads
-        self.calibration = calibration
-
-    def calibrated(self, calibration: Calibration | None) -> OnnxRuntimeBackend:
-        twin = copy.copy(self)
-        twin.calibration = calibration
-        return twin
-
-    def is_available(self, device: str | torch.device = "cpu", precision: str = "fp32") -> tuple[bool, str]:
-        dev = torch.device(device)
+    def available(self, device: torch.device, precision: str) -> tuple[bool, str]:
         for module in ("onnxruntime", "onnx"):
             if importlib.util.find_spec(module) is None:
                 return False, f"{module} is not installed (pip install 'foldedcnns[onnx]')"
         import onnxruntime as ort  # optional dependency, present (checked above)
 
-        if dev.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             return False, "this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
-        if precision not in self.SUPPORTED.get(dev.type, ()):
-            return False, f"ONNX Runtime has no {precision} convolution on {dev.type}"
-        return device_precision_check(dev, precision, quantizes=True)
+        if precision not in self.SUPPORTED.get(device.type, ()):
+            return False, f"ONNX Runtime has no {precision} convolution on {device.type}"
+        return True, ""
 
-    def session_options(self) -> Any:
-        """Intra-op threads = torch's; no spin-waiting, so PyTorch runs at full speed after an ORT call."""
+    @staticmethod
+    def session_options(threads: int | None = None) -> Any:
+        """Intra-op threads = ``threads`` else torch's; no spin-waiting, so PyTorch runs at full speed
+        after an ORT call."""
         import onnxruntime as ort  # optional dependency
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         return options
 
-    def prepare(self, model: nn.Module, example: torch.Tensor, *, precision: str = "fp32",
-                device: str | torch.device = "cpu", fold: int | None = None,
-                session_options: Any = None, calibration: Calibration | torch.Tensor | None = None) -> Prepared:
-        """``calibration`` (int8): images to measure activation ranges on, default the backend's own
-        (:meth:`calibrated`), else random input (throughput only)."""
-        device = torch.device(device)
-        self._require(device, precision)
+    def build(self, model: nn.Module, example: torch.Tensor, engine: Engine, fold: int) -> Runner:
+        """int8: activation ranges measured on ``engine.calibration``, else random input (throughput only)."""
         import onnxruntime as ort  # optional dependency
 
-        start = time.perf_counter()
+        device, precision = torch.device(engine.device), engine.precision
         dtype = precision_dtype(precision)
         cpu_model = copy.deepcopy(model).to(device="cpu", dtype=dtype).eval()
         cpu_example = example.to(device="cpu", dtype=dtype)
@@ -154,57 +131,52 @@ class OnnxRuntimeBackend(Backend):
             onnx_bytes = export_onnx_bytes(cpu_model, cpu_example)
         except (RuntimeError, torch.onnx.OnnxExporterError) as exc:
             raise BackendUnavailable(f"ONNX export failed: {first_line(exc)}") from exc
-        calib = as_calibration(calibration) if calibration is not None else self.calibration
         if is_quantized(precision):
-            f = model_fold(model) if fold is None else fold
             try:
-                onnx_bytes = quantize_onnx_int8(onnx_bytes, folded_calibration(calib, cpu_example, f))
+                onnx_bytes = quantize_onnx_int8(onnx_bytes, folded_calibration(engine.calibration, cpu_example, fold))
             except ort_errors() as exc:
                 raise BackendUnavailable(f"ONNX Runtime int8 quantization failed: {first_line(exc)}") from exc
-        options = session_options or self.session_options()
         providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
         try:
-            session = ort.InferenceSession(onnx_bytes, options, providers=providers)
+            session = ort.InferenceSession(onnx_bytes, self.session_options(engine.threads), providers=providers)
         except ort_errors() as exc:
             raise BackendUnavailable(f"ONNX Runtime rejected the model: {first_line(exc)}") from exc
-        prepared = (self._cuda_runner(session, device, dtype) if device.type == "cuda"
-                    else self._cpu_runner(session, dtype))
-        prepared.precision = precision
-        prepared.keep(session)
-        if is_quantized(precision):
-            prepared.calibration = calib.source if calib is not None else RANDOM_SOURCE
-        try:
-            return self._finish(prepared, model, example, fold, start)
-        except ort_errors() as exc:
-            raise BackendUnavailable(f"ONNX Runtime failed: {first_line(exc)}") from exc
+        runner = cuda_runner(session, device, dtype) if device.type == "cuda" else cpu_runner(session, dtype)
+        return runner._replace(keep=(session,))
 
-    def _cpu_runner(self, session: Any, dtype: torch.dtype) -> Prepared:
-        def prepare_input(x: torch.Tensor) -> Any:
-            return x.detach().to(device="cpu", dtype=dtype).contiguous().numpy()
+    def call_errors(self) -> tuple[type[BaseException], ...]:
+        return (RuntimeError, *ort_errors())
 
-        def run(x: Any) -> Any:
-            return session.run(None, {"x": x})[0]
 
-        return Prepared(self.name, "", torch.device("cpu"), run, prepare_input, torch.from_numpy)
 
-    def _cuda_runner(self, session: Any, device: torch.device, dtype: torch.dtype) -> Prepared:
-        """I/O binding on torch CUDA tensors: no host copies inside the timed call."""
-        np_type = np.float16 if dtype == torch.float16 else np.float32
-        out_cache: dict[tuple[int, ...], torch.Tensor] = {}
-        num_outputs = session.get_outputs()[0].shape[1]
+def cpu_runner(session: Any, dtype: torch.dtype) -> Runner:
+    def prepare_input(x: torch.Tensor) -> Any:
+        return x.detach().to(device="cpu", dtype=dtype).contiguous().numpy()
 
-        def prepare_input(x: torch.Tensor) -> torch.Tensor:
-            return x.to(device=device, dtype=dtype).contiguous()
+    def run(x: Any) -> Any:
+        return session.run(None, {"x": x})[0]
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            shape = (x.shape[0], num_outputs)
-            out = out_cache.get(shape)
-            if out is None:
-                out = out_cache[shape] = torch.empty(shape, dtype=dtype, device=device)
-            binding = session.io_binding()
-            binding.bind_input("x", "cuda", device.index or 0, np_type, tuple(x.shape), x.data_ptr())
-            binding.bind_output("y", "cuda", device.index or 0, np_type, shape, out.data_ptr())
-            session.run_with_iobinding(binding)
-            return out
+    return Runner(run, prepare_input, torch.from_numpy)
 
-        return Prepared(self.name, "", device, run, prepare_input, lambda y: y.clone())
+
+def cuda_runner(session: Any, device: torch.device, dtype: torch.dtype) -> Runner:
+    """I/O binding on torch CUDA tensors: no host copies inside the timed call."""
+    np_type = np.float16 if dtype == torch.float16 else np.float32
+    out_cache: dict[tuple[int, ...], torch.Tensor] = {}
+    num_outputs = session.get_outputs()[0].shape[1]
+
+    def prepare_input(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=device, dtype=dtype).contiguous()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        shape = (x.shape[0], num_outputs)
+        out = out_cache.get(shape)
+        if out is None:
+            out = out_cache[shape] = torch.empty(shape, dtype=dtype, device=device)
+        binding = session.io_binding()
+        binding.bind_input("x", "cuda", device.index or 0, np_type, tuple(x.shape), x.data_ptr())
+        binding.bind_output("y", "cuda", device.index or 0, np_type, shape, out.data_ptr())
+        session.run_with_iobinding(binding)
+        return out
+
+    return Runner(run, prepare_input, lambda y: y.clone())

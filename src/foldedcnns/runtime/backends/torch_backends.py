@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from foldedcnns.runtime.backends.base import Backend, Prepared, device_precision_check, torch_input, torch_model
+from foldedcnns.runtime.backends.base import Backend, Runner, torch_input, torch_model
+
+if TYPE_CHECKING:
+    from foldedcnns.runtime.engine import Engine
 
 # Dynamo recompiles a shared ``forward`` once per model and input shape; the default limit (8) would
 # silently fall back to eager in a sweep, so a benchmark raises it and makes hitting it an error.
 COMPILE_RECOMPILE_LIMIT = 1024
+
+
+def _same(y: torch.Tensor) -> torch.Tensor:
+    return y
 
 
 def _inference(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -29,17 +36,12 @@ class EagerBackend(Backend):
     description = "PyTorch eager, NCHW"
     channels_last = False
 
-    def prepare(self, model: nn.Module, example: torch.Tensor, *, precision: str = "fp32",
-                device: str | torch.device = "cpu", fold: int | None = None) -> Prepared:
-        device = torch.device(device)
-        self._require(device, precision)
-        start = time.perf_counter()
-        cast = torch_model(model, device, precision, self.channels_last)
+    def build(self, model: nn.Module, example: torch.Tensor, engine: Engine, fold: int) -> Runner:
+        device = torch.device(engine.device)
+        cast = torch_model(model, device, engine.precision, self.channels_last)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        prepared = Prepared(self.name, precision, device, _inference(cast),
-                            torch_input(device, precision, self.channels_last), lambda y: y, module=cast)
-        return self._finish(prepared, model, example, fold, start)
+        return Runner(_inference(cast), torch_input(device, engine.precision, self.channels_last), _same, module=cast)
 
 
 class ChannelsLastBackend(EagerBackend):
@@ -96,17 +98,14 @@ class CompileBackend(Backend):
         self.mode = mode
         self.freeze = freeze
 
-    def is_available(self, device: str | torch.device = "cpu", precision: str = "fp32") -> tuple[bool, str]:
+    def available(self, device: torch.device, precision: str) -> tuple[bool, str]:
         if not hasattr(torch, "compile"):
             return False, "this torch has no torch.compile"
-        return device_precision_check(torch.device(device), precision)
+        return True, ""
 
-    def prepare(self, model: nn.Module, example: torch.Tensor, *, precision: str = "fp32",
-                device: str | torch.device = "cpu", fold: int | None = None) -> Prepared:
-        device = torch.device(device)
-        self._require(device, precision)
-        start = time.perf_counter()
-        cast = torch_model(model, device, precision, channels_last=True)
+    def build(self, model: nn.Module, example: torch.Tensor, engine: Engine, fold: int) -> Runner:
+        device = torch.device(engine.device)
+        cast = torch_model(model, device, engine.precision, channels_last=True)
         compiled = torch.compile(cast, mode=self.mode, dynamic=False)
         freeze = self.freeze
 
@@ -114,6 +113,5 @@ class CompileBackend(Backend):
             with compile_limits(), inductor_freezing(freeze), torch.inference_mode():  # a new shape compiles
                 return compiled(x)
 
-        prepared = Prepared(self.name, precision, device, run, torch_input(device, precision, True),
-                            lambda y: y, module=cast, keep=[compiled])
-        return self._finish(prepared, model, example, fold, start)  # compiles; failures -> unavailable
+        # the check call compiles; a failure there is BackendUnavailable
+        return Runner(run, torch_input(device, engine.precision, True), _same, module=cast, keep=(compiled,))
