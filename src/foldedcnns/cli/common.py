@@ -8,9 +8,13 @@ import sys
 from typing import Any
 
 from foldedcnns.errors import ConfigError
+from foldedcnns.runtime.backends import BACKENDS, PRECISIONS, quantizing_backends
+from foldedcnns.runtime.device import DEVICE_HELP
+from foldedcnns.runtime.engine import DEFAULT_BACKEND, DEFAULT_DEVICE, DEFAULT_PRECISION, Engine
 from foldedcnns.utils.text import format_table
 
-__all__ = ["add_json_option", "add_task_options", "format_table", "parse_int_list", "print_json", "resolve_task_arg"]
+__all__ = ["add_device_option", "add_engine_options", "add_json_option", "add_task_options", "engine_from_args",
+           "format_table", "parse_int_list", "print_json", "resolve_task_arg"]
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:
@@ -53,3 +57,30 @@ def parse_int_list(text: str, what: str = "value") -> list[int]:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def add_device_option(parser: argparse.ArgumentParser, default: str = DEFAULT_DEVICE) -> None:
+    """``--device``: the one rule for every command (``auto``, ``cpu``, ``cuda``, ``cuda:i``; checked by
+    :func:`foldedcnns.runtime.device.check_device` when the command runs)."""
+    parser.add_argument("--device", default=default, help=f"{DEVICE_HELP} (default: {default})")
+
+
+def add_engine_options(parser: argparse.ArgumentParser, *, device: str = DEFAULT_DEVICE, calibration: bool = True,
+                       threads_help: str = "intra-op threads for the model (default: PyTorch's)") -> None:
+    """The engine of a command that runs one model: ``--backend``, ``--precision``, ``--device``, ``--threads``
+    and, with ``calibration``, ``--data DIR`` (int8 calibration images). :func:`engine_from_args` reads them."""
+    parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=list(BACKENDS),
+                        help=f"how the model runs (default: {DEFAULT_BACKEND}; docs/engines.md compares them)")
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
+                        help=f"default: {DEFAULT_PRECISION}; int8 is quantized by {', '.join(quantizing_backends())}")
+    add_device_option(parser, device)
+    parser.add_argument("--threads", type=int, default=None, help=threads_help)
+    if calibration:
+        parser.add_argument("--data", metavar="DIR", help="int8: the data set whose DIR/train (else DIR/val) images "
+                                                          "calibrate the engine (up to 300 seeded images)")
+
+
+def engine_from_args(args: argparse.Namespace) -> Engine:
+    """The :class:`Engine` of the options :func:`add_engine_options` added (calibration images are loaded by
+    the entry point, which knows the task: ``engine.for_deployment(task, args.data)``)."""
+    return Engine(args.backend, args.precision, args.device, args.threads)
