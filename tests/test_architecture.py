@@ -172,3 +172,26 @@ def test_the_checker_sees_function_level_and_upward_imports():
 def test_modules_stay_focused(module, path):
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{module} has {lines} lines; split it by responsibility"
+
+
+def test_the_docs_map_names_every_package_in_its_tier():
+    root = PACKAGE.parent.parent
+    table = (root / "docs" / "architecture.md").read_text(encoding="utf-8")
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):readme.index("## Documentation")]
+    for tier, packages in TIERS.items():
+        for package in packages:
+            name = f"{package}.py" if package == "errors" else f"{package}/"
+            assert f"| {tier} | `{name}`" in table or f"`, `{name}`" in table and f"| {tier} |" in table, (
+                f"docs/architecture.md: put {name} in the {tier} row")
+            line = next((ln for ln in layout.splitlines() if f" {name} " in f"{ln} "), "")
+            assert line, f"README layout does not name {name}"
+    current = None
+    for ln in layout.splitlines():  # the README's tier labels stand beside the first package of each tier
+        label = ln[:15].strip()
+        if label in TIERS:
+            current = label
+        words = ln.split()
+        package = next((w.rstrip("/").removesuffix(".py") for w in words if w.endswith("/") or w == "errors.py"), None)
+        if current and package in TIER_OF and package != "src":
+            assert TIER_OF[package] == list(TIERS).index(current), f"README puts {package} under {current}"
