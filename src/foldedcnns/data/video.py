@@ -191,7 +191,7 @@ def _decode_pyav(container: Any, path: Path, sampler: _Sampler, start: int,
     import av
 
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"  # frame threads: the main speed-up on 2 cores
+    stream.thread_type = "AUTO"  # frame and slice threads: FFmpeg decodes several frames at once
     pixels = stream.codec_context.width * stream.codec_context.height
     if small_frame_threads is not None and pixels <= SMALL_FRAME_PIXELS:
         stream.thread_count = small_frame_threads
