@@ -119,7 +119,7 @@ def synth(work: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def test_images(synth: Path) -> tuple[list[Path], list[int]]:
+def labelled_images(synth: Path) -> tuple[list[Path], list[int]]:
     paths = sorted((synth / "test").glob("*/*.png"))
     classes = sorted(p.name for p in (synth / "test").iterdir())
     return paths, [classes.index(p.parent.name) for p in paths]
@@ -148,16 +148,16 @@ def npy(images: np.ndarray) -> bytes:
 
 
 @pytest.mark.slow
-def test_the_separable_checkpoint_ignores_its_group(separable, tiny_checkpoint, test_images):
-    frames = [read_image(p) for p in test_images[0][:9]]
+def test_the_separable_checkpoint_ignores_its_group(separable, tiny_checkpoint, labelled_images):
+    frames = [read_image(p) for p in labelled_images[0][:9]]
     folded, original = Predictor(separable), Predictor(tiny_checkpoint(1, task=TASK))
     np.testing.assert_allclose(folded.predict(frames).scores, original.predict(frames).scores, atol=1e-5)
     np.testing.assert_allclose(folded.predict(frames[::-1]).scores[::-1], folded.predict(frames).scores, atol=1e-5)
 
 
 @pytest.mark.slow
-def test_32_concurrent_clients_each_get_their_own_answers(shared_server, separable, synth, test_images, work):
-    paths, truth = test_images
+def test_32_concurrent_clients_each_get_their_own_answers(shared_server, separable, synth, labelled_images, work):
+    paths, truth = labelled_images
     order = [i for _ in range(2) for i in range(len(paths))]  # every test image twice: 66 requests
     bodies = [p.read_bytes() for p in paths]
 
@@ -186,7 +186,7 @@ def test_32_concurrent_clients_each_get_their_own_answers(shared_server, separab
         assert abs(got["score"] - float(offline.scores[i])) < 1e-5
     served = np.array([answers[n]["predictions"][0]["label"] for n in range(len(paths))])
     top1 = 100 * float(np.mean(served == np.array(truth)))
-    assert abs(top1 - evaluate(separable, synth, "test", device="cpu")["top1"]) <= 0.5
+    assert abs(top1 - evaluate(separable, synth, "test")["top1"]) <= 0.5
     run_predict(separable, [str(synth / "test")], work / "predict.csv", profile_frames=0, task_check=False)
     with open(work / "predict.csv", newline="") as handle:
         rows = {Path(r["path"]).name + Path(r["path"]).parent.name: int(r["label"]) for r in csv.DictReader(handle)}
@@ -213,8 +213,8 @@ def test_model_health_ready_and_metrics(shared_server):
 
 
 @pytest.mark.slow
-def test_multipart_and_npy_requests_answer_in_order(shared_server, separable, test_images):
-    paths = test_images[0][:6]
+def test_multipart_and_npy_requests_answer_in_order(shared_server, separable, labelled_images):
+    paths = labelled_images[0][:6]
     frames = [read_image(p) for p in paths]
     offline = Predictor(separable).predict(frames)
     files = [(f"image{i}", (p.name, p.read_bytes(), "image/png")) for i, p in enumerate(paths)]
@@ -248,8 +248,8 @@ def test_bad_inputs_get_their_status_and_a_one_line_error(shared_server, body, k
 
 
 @pytest.mark.slow  # starts a real server process
-def test_bad_crop_and_unknown_routes_are_one_line_json(shared_server, test_images):
-    png = test_images[0][0].read_bytes()
+def test_bad_crop_and_unknown_routes_are_one_line_json(shared_server, labelled_images):
+    png = labelled_images[0][0].read_bytes()
     for url, status in ((f"{shared_server.url}/v1/predict?crop=1,2", 400),
                         (f"{shared_server.url}/v1/predict?crop=40,0,30,30", 400)):
         response = httpx.post(url, content=png, headers={"content-type": "image/png"})
@@ -271,9 +271,9 @@ def test_loadtest_reports_levels(shared_server, synth):
 
 
 @pytest.mark.slow
-def test_isolated_requests_get_exactly_the_predictor_scores(tiny_checkpoint, test_images):
+def test_isolated_requests_get_exactly_the_predictor_scores(tiny_checkpoint, labelled_images):
     checkpoint = tiny_checkpoint(4, task=TASK)  # random weights: the answers depend strongly on the group
-    frames = [read_image(p) for p in test_images[0][:12]]
+    frames = [read_image(p) for p in labelled_images[0][:12]]
     requests = [frames[0:4], frames[4:8], frames[8:11], frames[11:12]]
     offline = [Predictor(checkpoint).predict(r) for r in requests]
     with serving(checkpoint, "--isolate-requests", "--max-delay-ms", "200") as server:
@@ -293,8 +293,8 @@ def test_isolated_requests_get_exactly_the_predictor_scores(tiny_checkpoint, tes
 
 
 @pytest.mark.slow
-def test_a_burst_past_the_queue_gets_503_at_once_and_a_late_deadline_504(separable, test_images):
-    paths = test_images[0]
+def test_a_burst_past_the_queue_gets_503_at_once_and_a_late_deadline_504(separable, labelled_images):
+    paths = labelled_images[0]
     offline = Predictor(separable).predict([read_image(p) for p in paths])
     with serving(separable, "--max-queue-images", "8", "--max-delay-ms", "1500") as server:
         async def burst() -> tuple[list, list[int]]:
@@ -332,9 +332,9 @@ def test_a_burst_past_the_queue_gets_503_at_once_and_a_late_deadline_504(separab
 
 
 @pytest.mark.slow
-def test_sigterm_with_100_requests_in_flight_answers_all_and_exits_0(tiny_checkpoint, test_images):
+def test_sigterm_with_100_requests_in_flight_answers_all_and_exits_0(tiny_checkpoint, labelled_images):
     checkpoint = tiny_checkpoint(4, task=TASK)
-    frames = np.stack([read_image(p) for p in test_images[0]])
+    frames = np.stack([read_image(p) for p in labelled_images[0]])
     batch = frames[:8]
     want = Predictor(checkpoint).predict(batch).labels.tolist()  # 8 = 2 whole groups: the same groups served
     body = npy(batch)

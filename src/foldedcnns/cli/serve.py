@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from foldedcnns.runtime import BACKENDS, DEVICE_CHOICES
-from foldedcnns.runtime.backends import PRECISIONS
+from foldedcnns.cli.common import add_engine_options, engine_from_args
 from foldedcnns.runtime.threads import torch_threads
 from foldedcnns.serving import build_service, serve, serve_ray
 from foldedcnns.serving.batcher import DEFAULT_DELAY_MS, DEFAULT_QUEUE_IMAGES
@@ -17,13 +16,14 @@ DEFAULT_TIMEOUT_MS = 30_000.0
 
 
 def run(args: argparse.Namespace) -> int:
-    common = {"backend": args.backend, "precision": args.precision, "device": args.device,
-              "max_batch_images": args.max_batch_images, "max_delay_ms": args.max_delay_ms,
-              "max_queue_images": args.max_queue_images, "max_body_mb": args.max_body_mb}
+    engine = engine_from_args(args)
+    common = {"engine": engine, "data": args.data, "max_batch_images": args.max_batch_images,
+              "max_delay_ms": args.max_delay_ms, "max_queue_images": args.max_queue_images,
+              "max_body_mb": args.max_body_mb}
     if args.ray:
         return serve_ray(args.checkpoint, host=args.host, port=args.port, address=args.ray_address,
                          num_cpus=args.ray_cpus, replicas=args.replicas, replica_cpus=args.replica_cpus, **common)
-    with torch_threads(args.threads):
+    with torch_threads(engine.threads):
         service = build_service(args.checkpoint, request_timeout_ms=args.request_timeout_ms or None,
                                 isolate_requests=args.isolate_requests, **common)
         return serve(service, host=args.host, port=args.port, drain_timeout_s=args.drain_timeout_s,
@@ -41,10 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by 'foldedcnns train'")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
-    parser.add_argument("--backend", default="eager", choices=list(BACKENDS), help="default: eager")
-    parser.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS), help="default: fp32")
-    parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="default: cpu")
-    parser.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's)")
+    add_engine_options(parser, threads_help="intra-op threads for the model (default: PyTorch's; with --ray: "
+                                            "each replica's --replica-cpus, rounded)")
     batching = parser.add_argument_group("batching")
     batching.add_argument("--max-batch-images", type=int, default=None, metavar="N",
                           help="images per model batch, a multiple of the fold (default: 64 rounded up to one)")

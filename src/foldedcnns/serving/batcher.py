@@ -183,9 +183,7 @@ class DynamicBatcher:
             raise ShuttingDown("the server is shutting down; retry on another replica")
         if n == 0:
             return Predictions.concatenate([], self.predictor.class_names)
-        if n > self.max_queue_images:
-            raise RequestTooLarge(f"a request of {n} images exceeds --max-queue-images {self.max_queue_images}; "
-                                  "send fewer images per request")
+        check_request_images(n, self.max_queue_images)
         if self._queued + n > self.max_queue_images:
             raise QueueFull(f"queue full ({self._queued} of {self.max_queue_images} images waiting); retry later")
         loop = asyncio.get_running_loop()
@@ -328,6 +326,13 @@ class DynamicBatcher:
 def batch_images(fold: int, max_batch_images: int | None = None) -> int:
     """N: ``max_batch_images``, which must be a multiple of ``fold``, or the default 64 rounded up to one."""
     return batch_or_default(max_batch_images, fold, DEFAULT_BATCH_IMAGES, "--max-batch-images")
+
+
+def check_request_images(images: int, max_queue_images: int) -> None:
+    """A request larger than the whole queue can never be taken: :class:`RequestTooLarge` (413) at once."""
+    if images > max_queue_images:
+        raise RequestTooLarge(f"a request of {images} images exceeds --max-queue-images {max_queue_images}; "
+                              "send fewer images per request")
 
 
 def _rows(preds: Predictions, start: int, count: int) -> Predictions:

@@ -9,13 +9,17 @@
 Every image is decoded by :func:`foldedcnns.data.imageio.read_image`, then cropped and resized by
 :func:`foldedcnns.inference.preprocess.stack_frames`, exactly as ``foldedcnns predict`` prepares files.
 Problems are :class:`ServingError` with the HTTP status (400, 413, 415) and a one-line message.
+:func:`decode_request` is the whole path from a request to images, shared by the native server and the
+Ray Serve replica.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -32,6 +36,27 @@ MULTIPART = "multipart/form-data"
 DEFAULT_MAX_BODY_MB = 16.0
 MAX_PARTS = 4096
 MEDIA_TYPES = "image/png, image/jpeg (any image/*), multipart/form-data or application/x-npy"
+
+
+def body_limit(max_body_mb: float) -> int:
+    """``--max-body-mb`` in bytes."""
+    return int(max_body_mb * 1024 * 1024)
+
+
+async def decode_request(headers: Mapping[str, str], chunks: AsyncIterator[bytes], query: Mapping[str, str],
+                         hw: tuple[int, int], *, max_body: int, executor: Executor | None = None) -> np.ndarray:
+    """The images of one ``POST /v1/predict`` as uint8 ``(N, H, W, 3)`` at ``hw``: media type checked (415),
+    body read up to ``max_body`` bytes (413), a multipart body split into its file parts (its ``crop``
+    field used unless the query has one), then decoded, cropped and resized on ``executor`` (None: the
+    loop's default), off the event loop (400 for what cannot be decoded)."""
+    kind = check_media_type(headers.get("content-type"))
+    body = await read_body(chunks, max_body, headers.get("content-length"))
+    crop = query.get("crop")
+    payload: bytes | list[bytes] = body
+    if kind == MULTIPART:
+        payload, form_crop = await split_multipart(headers, body, max_body)
+        crop = crop or form_crop
+    return await asyncio.get_running_loop().run_in_executor(executor, decode_images, kind, payload, hw, crop)
 
 
 def media_type(content_type: str | None) -> str:

@@ -1,11 +1,19 @@
-"""Errors the server answers with an HTTP status: each has ``status`` and a one-line message.
+"""Errors the server answers with an HTTP status, and the one mapping from an exception to its answer.
 
-``retry_after`` (seconds) goes into a ``Retry-After`` header: 503s say when to come back.
+Each :class:`ServingError` has ``status`` and a one-line message; ``retry_after`` (seconds) goes into
+a ``Retry-After`` header: 503s say when to come back. :func:`reply_for` is the mapping both servers
+(native and Ray Serve) use, so a request that fails gets the same answer from either.
 """
 
 from __future__ import annotations
 
-from foldedcnns.errors import FoldedCNNsError
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from foldedcnns.errors import FoldedCNNsError, first_line
+
+LOG = logging.getLogger("foldedcnns.serving")
 
 
 class ServingError(FoldedCNNsError):
@@ -41,3 +49,31 @@ class DeadlineExceeded(ServingError):
 
 class BatchFailed(ServingError):
     status = 500
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer, free of any web framework: the status, the JSON body and extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error_reply(status: int, message: str, retry_after: int | None = None) -> Reply:
+    """``{"error": "<one line>", "status": N}``, with ``Retry-After`` when ``retry_after`` is given."""
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    return Reply(status, {"error": " ".join(message.split()), "status": status}, headers)
+
+
+def reply_for(exc: Exception) -> Reply:
+    """The answer to a request that raised ``exc``: a :class:`ServingError` its own status (and
+    ``Retry-After``); any other :class:`FoldedCNNsError` 400 (the request's fault: a bad crop, wrong
+    images); anything else 500 with its type and first line (a bug: logged with its traceback, and the
+    server goes on)."""
+    if isinstance(exc, ServingError):
+        return error_reply(exc.status, str(exc), exc.retry_after)
+    if isinstance(exc, FoldedCNNsError):
+        return error_reply(400, first_line(exc, 300))
+    LOG.error("unexpected error in /v1/predict", exc_info=exc)
+    return error_reply(500, f"{type(exc).__name__}: {first_line(exc)}")

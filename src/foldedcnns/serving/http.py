@@ -1,6 +1,7 @@
 """The native server: a Starlette app over a :class:`~foldedcnns.serving.service.Service`, run by uvicorn.
 
-Routes: ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+Routes (:data:`~foldedcnns.serving.service.ROUTES`): ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``,
+``GET /readyz``, ``GET /metrics``.
 Every error is JSON ``{"error": "<one line>", "status": N}``.
 
 Shutdown: the first SIGTERM (or Ctrl-C) starts a drain instead of uvicorn's immediate stop: ``/readyz``
@@ -18,8 +19,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from foldedcnns.serving.errors import Reply, error_reply
 from foldedcnns.serving.metrics import require
-from foldedcnns.serving.service import Reply, Service, error_reply
+from foldedcnns.serving.service import ROUTES, Service
 
 LOG = logging.getLogger("foldedcnns.serving")
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
@@ -63,11 +65,8 @@ def build_app(service: Service) -> Any:
         finally:
             await service.stop()
 
-    routes = [routing.Route("/v1/predict", predict, methods=["POST"]),
-              routing.Route("/v1/model", model, methods=["GET"]),
-              routing.Route("/healthz", healthz, methods=["GET"]),
-              routing.Route("/readyz", readyz, methods=["GET"]),
-              routing.Route("/metrics", metrics, methods=["GET"])]
+    handlers = {"predict": predict, "model": model, "healthz": healthz, "readyz": readyz, "metrics": metrics}
+    routes = [routing.Route(r.path, handlers[r.endpoint], methods=[r.method]) for r in ROUTES]
     return applications.Starlette(routes=routes, lifespan=lifespan,
                                   exception_handlers={exceptions.HTTPException: http_error})
 

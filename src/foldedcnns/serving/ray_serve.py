@@ -4,13 +4,18 @@ Each replica holds a :class:`~foldedcnns.inference.Predictor` and batches with `
 ``max_batch_size`` is N images (a multiple of the fold f; requests are counted in images by
 ``batch_size_fn``, and a request larger than N is cut into pieces of at most N images), and
 ``batch_wait_timeout_s`` is D. A partial batch is padded by the project's one rule inside
-``Predictor.predict_batch``. Requests are decoded by :mod:`foldedcnns.serving.decode`, exactly as on
-the native server. Ray's proxy sheds load past ``max_queued_requests`` (503).
+``Predictor.predict_batch``. A request takes the native server's path: the same routes
+(:data:`~foldedcnns.serving.service.ROUTES`), decoding (:func:`~foldedcnns.serving.decode.decode_request`)
+and error answers (:func:`~foldedcnns.serving.errors.reply_for`). Ray's proxy sheds load past
+``max_queued_requests`` (503).
 
 Differences from the native server: no ``--isolate-requests`` and no per-request deadline (Ray Serve
-has its own request timeout, ``RAY_SERVE_REQUEST_PROCESSING_TIMEOUT_S``), and ``/metrics`` is Ray's own
-(the Ray metrics export port), not this package's. The checkpoint is read by path on every replica,
-so on a cluster it must be on a shared file system, and every node needs foldedcnns installed.
+has its own request timeout, ``RAY_SERVE_REQUEST_PROCESSING_TIMEOUT_S``), ``/metrics`` is Ray's own
+(the Ray metrics export port), not this package's, and ``/readyz`` is ``/healthz`` (Ray tracks which
+replicas are ready). The checkpoint is read by path on every replica, so on a cluster it must be on a
+shared file system, and every node needs foldedcnns installed. The engine is settled on the driver:
+int8 calibrated once (its images travel with the engine), threads default to the replica's CPU share,
+and each replica on a GPU gets one of its own (so ``--device cuda``, not an index).
 """
 
 from __future__ import annotations
@@ -19,29 +24,26 @@ import asyncio
 import signal
 import threading
 import time
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from foldedcnns.errors import ConfigError, FoldedCNNsError, first_line
+from foldedcnns.errors import ConfigError
+from foldedcnns.inference.predictor import Predictor
 from foldedcnns.models.registry import ModelConfig
 from foldedcnns.runtime.checkpoint import load_checkpoint
-from foldedcnns.serving.batcher import DEFAULT_DELAY_MS, DEFAULT_QUEUE_IMAGES, batch_images
-from foldedcnns.serving.decode import (
-    DEFAULT_MAX_BODY_MB,
-    MULTIPART,
-    check_media_type,
-    decode_images,
-    read_body,
-    split_multipart,
-)
-from foldedcnns.serving.errors import ServingError
-from foldedcnns.serving.service import error_reply, load_predictor, model_info, predictions_json
+from foldedcnns.runtime.engine import Engine
+from foldedcnns.serving.batcher import DEFAULT_DELAY_MS, DEFAULT_QUEUE_IMAGES, batch_images, check_request_images
+from foldedcnns.serving.decode import DEFAULT_MAX_BODY_MB, body_limit, decode_request
+from foldedcnns.serving.errors import Reply, error_reply, reply_for
+from foldedcnns.serving.service import ROUTES, find_route, load_predictor, model_info, predictions_json
 
 APP_NAME = "foldedcnns"
 DEFAULT_REPLICA_CPUS = 1.0
+REPLICA_ROUTES = tuple(r for r in ROUTES if r.endpoint != "metrics")  # /metrics is Ray's own
 
 
 def _import_serve() -> tuple[Any, Any]:
@@ -53,90 +55,108 @@ def _import_serve() -> tuple[Any, Any]:
     return ray, serve
 
 
-def checkpoint_batch(checkpoint: str, max_batch_images: int | None) -> int:
-    """N for the checkpoint's fold: the default rounded up to a multiple of f, a given N checked exactly."""
-    return batch_images(ModelConfig.from_dict(load_checkpoint(checkpoint)["model_config"]).fold, max_batch_images)
+class Replica:
+    """The endpoints of one replica, free of Ray: :func:`build_application` deploys a subclass whose
+    :meth:`classify` is batched across requests by ``@serve.batch``."""
+
+    def __init__(self, predictor: Predictor, *, max_batch_images: int, max_delay_ms: float = DEFAULT_DELAY_MS,
+                 max_queue_images: int = DEFAULT_QUEUE_IMAGES, max_body_mb: float = DEFAULT_MAX_BODY_MB) -> None:
+        self.predictor = predictor
+        self.max_batch_images, self.max_delay_ms = max_batch_images, max_delay_ms
+        self.max_queue_images, self.max_body = max_queue_images, body_limit(max_body_mb)
+
+    async def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
+        """One piece of at most N images, alone (the deployment's override batches pieces of many requests)."""
+        return (await self.classify_many([images]))[0]
+
+    async def classify_many(self, chunks: list[np.ndarray]) -> list[list[dict[str, Any]]]:
+        """One model batch of the pieces ``chunks``, off the event loop; the answer rows of each piece."""
+        batch = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        preds = await asyncio.get_running_loop().run_in_executor(None, self.predictor.predict_batch, batch)
+        rows = predictions_json(preds)
+        out, start = [], 0
+        for chunk in chunks:
+            out.append(rows[start:start + len(chunk)])
+            start += len(chunk)
+        return out
+
+    async def predict(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes],
+                      query: Mapping[str, str]) -> Reply:
+        try:
+            images = await decode_request(headers, chunks, query, self.predictor.input_hw, max_body=self.max_body)
+            check_request_images(len(images), self.max_queue_images)
+            n = self.max_batch_images
+            parts = await asyncio.gather(*(self.classify(images[i:i + n]) for i in range(0, len(images), n)))
+            return Reply(200, {"predictions": [row for part in parts for row in part]})
+        except Exception as exc:  # an error status; a model fault is this request's answer, the replica goes on
+            return reply_for(exc)
+
+    def model(self) -> Reply:
+        batcher = {"ray_serve": True, "max_batch_images": self.max_batch_images, "max_delay_ms": self.max_delay_ms}
+        return Reply(200, {**model_info(self.predictor), "batcher": batcher})
+
+    def healthz(self) -> Reply:
+        return Reply(200, {"status": "ok"})
+
+    def readyz(self) -> Reply:
+        return self.healthz()
+
+    async def answer(self, request: Any) -> Reply:
+        """The reply to a Starlette ``request`` by :data:`REPLICA_ROUTES`; 404 for any other method or path."""
+        route = find_route(REPLICA_ROUTES, request.method, request.url.path)
+        if route is None:
+            path = request.url.path.rstrip("/") or "/"
+            return error_reply(404, f"{request.method} {path}: not found (Ray Serve path: "
+                                    f"{', '.join(r.path for r in REPLICA_ROUTES)})")
+        if route.endpoint == "predict":
+            return await self.predict(request.headers, request.stream(), request.query_params)
+        return getattr(self, route.endpoint)()
 
 
-def build_application(checkpoint: str, *, replicas: int = 1, replica_cpus: float = DEFAULT_REPLICA_CPUS,
-                      backend: str = "eager", precision: str = "fp32", device: str = "cpu",
+def replica_engine(engine: Engine, replica_cpus: float) -> Engine:
+    """The engine a replica runs: ``threads`` default to its CPU share; a GPU is the one Ray gives it."""
+    device = engine.device
+    if device.startswith("cuda:") and device != "cuda:0":
+        raise ConfigError(f"on Ray Serve each replica uses the one GPU Ray gives it: pass --device cuda, not {device}")
+    return engine.replace(threads=engine.threads or max(1, round(replica_cpus)))
+
+
+def build_application(checkpoint: str | Path, *, engine: Engine | None = None, data: str | Path | None = None,
+                      replicas: int = 1, replica_cpus: float = DEFAULT_REPLICA_CPUS,
                       max_batch_images: int | None = None, max_delay_ms: float = DEFAULT_DELAY_MS,
                       max_queue_images: int = DEFAULT_QUEUE_IMAGES, max_body_mb: float = DEFAULT_MAX_BODY_MB) -> Any:
-    """The bound Ray Serve application (``serve.run`` it); one replica class per call."""
+    """The bound Ray Serve application (``serve.run`` it); one replica class per call. ``engine`` defaults
+    to eager fp32 on the CPU; int8 is calibrated here, once, on ``data`` unless it carries its calibration."""
     _, serve = _import_serve()
     checkpoint = str(Path(checkpoint).resolve())
-    n = checkpoint_batch(checkpoint, max_batch_images)
-    gpus = 1 if device.startswith("cuda") else 0
-    max_body = int(max_body_mb * 1024 * 1024)
+    config = ModelConfig.from_dict(load_checkpoint(checkpoint)["model_config"])
+    n = batch_images(config.fold, max_batch_images)
+    engine = replica_engine((engine or Engine()).for_deployment(config.task, data), replica_cpus)
+    on_gpu = engine.device.startswith("cuda") or (engine.device == "auto" and torch.cuda.is_available())
 
     def count_images(items: list[np.ndarray]) -> int:
         return sum(len(item) for item in items)
 
     @serve.deployment(name="FoldedCNN", num_replicas=replicas, max_ongoing_requests=2 * n,
                       max_queued_requests=max_queue_images,
-                      ray_actor_options={"num_cpus": replica_cpus, "num_gpus": gpus})
-    class FoldedReplica:
+                      ray_actor_options={"num_cpus": replica_cpus, "num_gpus": 1 if on_gpu else 0})
+    class FoldedReplica(Replica):
         def __init__(self) -> None:
-            torch.set_num_threads(max(1, round(replica_cpus)))
-            self.predictor = load_predictor(checkpoint, backend=backend, precision=precision, device=device,
-                                            max_batch_images=n)
+            torch.set_num_threads(engine.threads)
+            super().__init__(load_predictor(checkpoint, engine=engine, max_batch_images=n), max_batch_images=n,
+                             max_delay_ms=max_delay_ms, max_queue_images=max_queue_images, max_body_mb=max_body_mb)
 
         @serve.batch(max_batch_size=n, batch_wait_timeout_s=max_delay_ms / 1000.0, batch_size_fn=count_images)
         async def classify(self, chunks: list[np.ndarray]) -> list[list[dict[str, Any]]]:
-            batch = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-            preds = await asyncio.get_running_loop().run_in_executor(None, self.predictor.predict_batch, batch)
-            rows = predictions_json(preds)
-            out, start = [], 0
-            for chunk in chunks:
-                out.append(rows[start:start + len(chunk)])
-                start += len(chunk)
-            return out
-
-        async def predict(self, request: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
-            try:
-                kind = check_media_type(request.headers.get("content-type"))
-                body = await read_body(request.stream(), max_body, request.headers.get("content-length"))
-                crop, payload = request.query_params.get("crop"), body
-                if kind == MULTIPART:
-                    payload, form_crop = await split_multipart(request.headers, body, max_body)
-                    crop = crop or form_crop
-                images = await asyncio.get_running_loop().run_in_executor(
-                    None, decode_images, kind, payload, self.predictor.input_hw, crop)
-                if len(images) > max_queue_images:
-                    return _error(413, f"a request of {len(images)} images exceeds --max-queue-images "
-                                       f"{max_queue_images}; send fewer images per request")
-                parts = await asyncio.gather(*(self.classify(images[i:i + n]) for i in range(0, len(images), n)))
-                return 200, {"predictions": [row for part in parts for row in part]}, {}
-            except ServingError as exc:
-                return _error(exc.status, str(exc), exc.retry_after)
-            except FoldedCNNsError as exc:
-                return _error(400, first_line(exc, 300))
-            except Exception as exc:  # a model fault: this request's answer, the replica goes on
-                return _error(500, f"{type(exc).__name__}: {first_line(exc)}")
+            return await self.classify_many(chunks)
 
         async def __call__(self, request: Any) -> Any:
             from starlette.responses import JSONResponse
 
-            path, method = request.url.path.rstrip("/") or "/", request.method
-            if path == "/v1/predict" and method == "POST":
-                status, body, headers = await self.predict(request)
-            elif path == "/v1/model" and method == "GET":
-                info = model_info(self.predictor)
-                status, body, headers = 200, {**info, "batcher": {"ray_serve": True, "max_batch_images": n,
-                                                                   "max_delay_ms": max_delay_ms}}, {}
-            elif path in ("/healthz", "/readyz") and method == "GET":
-                status, body, headers = 200, {"status": "ok"}, {}
-            else:
-                status, body, headers = _error(404, f"{method} {path}: not found (Ray Serve path: /v1/predict, "
-                                                    "/v1/model, /healthz, /readyz)")
-            return JSONResponse(body, status_code=status, headers=headers)
+            reply = await self.answer(request)
+            return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
     return FoldedReplica.bind()
-
-
-def _error(status: int, message: str, retry_after: int | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
-    reply = error_reply(status, message, retry_after)
-    return reply.status, reply.body, reply.headers
 
 
 def serve_ray(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,

@@ -14,15 +14,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from foldedcnns.errors import FoldedCNNsError, first_line
 from foldedcnns.inference.predictor import Predictions, Predictor
 from foldedcnns.models.registry import ModelConfig
 from foldedcnns.runtime.checkpoint import load_checkpoint
+from foldedcnns.runtime.engine import Engine
 from foldedcnns.serving.batcher import (
     DEFAULT_DELAY_MS,
     DEFAULT_QUEUE_IMAGES,
@@ -30,15 +31,8 @@ from foldedcnns.serving.batcher import (
     batch_images,
     describe,
 )
-from foldedcnns.serving.decode import (
-    DEFAULT_MAX_BODY_MB,
-    MULTIPART,
-    check_media_type,
-    decode_images,
-    read_body,
-    split_multipart,
-)
-from foldedcnns.serving.errors import BadRequest, ServingError, ShuttingDown
+from foldedcnns.serving.decode import DEFAULT_MAX_BODY_MB, body_limit, decode_request
+from foldedcnns.serving.errors import BadRequest, Reply, ShuttingDown, error_reply, reply_for
 from foldedcnns.serving.metrics import ServingMetrics
 
 LOG = logging.getLogger("foldedcnns.serving")
@@ -47,15 +41,24 @@ DECODE_THREADS = 2
 
 
 @dataclass(frozen=True)
-class Reply:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
+class Route:
+    """One endpoint of the HTTP API: ``method path`` answered by the server's method named ``endpoint``."""
+
+    path: str
+    method: str
+    endpoint: str
 
 
-def error_reply(status: int, message: str, retry_after: int | None = None) -> Reply:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-    return Reply(status, {"error": " ".join(message.split()), "status": status}, headers)
+# The HTTP API, one table for both servers (the Ray Serve replica answers all but /metrics, which is Ray's own).
+ROUTES: tuple[Route, ...] = (Route("/v1/predict", "POST", "predict"), Route("/v1/model", "GET", "model"),
+                             Route("/healthz", "GET", "healthz"), Route("/readyz", "GET", "readyz"),
+                             Route("/metrics", "GET", "metrics"))
+
+
+def find_route(routes: tuple[Route, ...], method: str, path: str) -> Route | None:
+    """The route of ``method path`` (a trailing ``/`` ignored), or None."""
+    path = path.rstrip("/") or "/"
+    return next((r for r in routes if r.path == path and r.method == method), None)
 
 
 def predictions_json(preds: Predictions) -> list[dict[str, Any]]:
@@ -77,7 +80,7 @@ class Service:
     def __init__(self, predictor: Predictor, batcher: DynamicBatcher, metrics: ServingMetrics, *,
                  max_body_mb: float = DEFAULT_MAX_BODY_MB) -> None:
         self.predictor, self.batcher, self.metrics = predictor, batcher, metrics
-        self.max_body = int(max_body_mb * 1024 * 1024)
+        self.max_body = body_limit(max_body_mb)
         self.inflight = 0
         self.draining = False
         self.drain_started: float | None = None
@@ -115,25 +118,13 @@ class Service:
         images = 0
         try:
             deadline = self._timeout(headers)
-            kind = check_media_type(headers.get("content-type"))
-            body = await read_body(chunks, self.max_body, headers.get("content-length"))
-            crop = query.get("crop")
-            payload: Any = body
-            if kind == MULTIPART:
-                payload, form_crop = await split_multipart(headers, body, self.max_body)
-                crop = crop or form_crop
-            batch = await loop.run_in_executor(self._decoder, decode_images, kind, payload,
-                                               self.predictor.input_hw, crop)
+            batch = await decode_request(headers, chunks, query, self.predictor.input_hw, max_body=self.max_body,
+                                         executor=self._decoder)
             images = len(batch)
             preds = await self.batcher.submit(batch, timeout_s=deadline, arrived=arrived_loop)
             reply = Reply(200, {"predictions": predictions_json(preds)})
-        except ServingError as exc:
-            reply = error_reply(exc.status, str(exc), exc.retry_after)
-        except FoldedCNNsError as exc:
-            reply = error_reply(400, first_line(exc, 300))
-        except Exception as exc:  # a bug: answer 500 with the reason, keep serving
-            LOG.exception("unexpected error in /v1/predict")
-            reply = error_reply(500, f"{type(exc).__name__}: {first_line(exc)}")
+        except Exception as exc:  # an error status; a bug answers 500 with the reason and the server goes on
+            reply = reply_for(exc)
         finally:
             self.inflight -= 1
             self.metrics.inflight.dec()
@@ -166,13 +157,14 @@ class Service:
         return Reply(200, {"status": "ready", "queue_images": self.batcher.queued_images, "inflight": self.inflight})
 
 
-def build_service(checkpoint: str, *, backend: str = "eager", precision: str = "fp32", device: str = "cpu",
+def build_service(checkpoint: str | Path, *, engine: Engine | None = None, data: str | Path | None = None,
                   max_batch_images: int | None = None, max_delay_ms: float = DEFAULT_DELAY_MS,
                   max_queue_images: int = DEFAULT_QUEUE_IMAGES, request_timeout_ms: float | None = None,
                   isolate_requests: bool = False, max_body_mb: float = DEFAULT_MAX_BODY_MB) -> Service:
-    """Load ``checkpoint`` into a :class:`Predictor` whose batch is N images, warm it up, wrap it in a Service."""
-    predictor = load_predictor(checkpoint, backend=backend, precision=precision, device=device,
-                               max_batch_images=max_batch_images)
+    """Load ``checkpoint`` into a :class:`Predictor` on ``engine`` (default: eager fp32 on the CPU) whose
+    batch is N images, warm it up, wrap it in a Service. int8 is calibrated on ``data`` unless ``engine``
+    carries its calibration (:meth:`Engine.for_deployment`)."""
+    predictor = load_predictor(checkpoint, engine=engine, data=data, max_batch_images=max_batch_images)
     metrics = ServingMetrics()
     batcher = DynamicBatcher(predictor, max_batch_images=predictor.batch_size, max_delay_ms=max_delay_ms,
                              max_queue_images=max_queue_images, isolate_requests=isolate_requests,
@@ -180,14 +172,15 @@ def build_service(checkpoint: str, *, backend: str = "eager", precision: str = "
     return Service(predictor, batcher, metrics, max_body_mb=max_body_mb)
 
 
-def load_predictor(checkpoint: str, *, backend: str = "eager", precision: str = "fp32", device: str = "cpu",
+def load_predictor(checkpoint: str | Path, *, engine: Engine | None = None, data: str | Path | None = None,
                    max_batch_images: int | None = None) -> Predictor:
-    """A Predictor prepared for batches of N images (``max_batch_images``, a multiple of the fold; default
-    64 rounded up to one), run once on f images so the first request does not pay for a compilation (a
-    static-shape backend pads any call to its N-image shape)."""
-    data = load_checkpoint(checkpoint)
-    fold = ModelConfig.from_dict(data["model_config"]).fold
-    batch = batch_images(fold, max_batch_images)
-    predictor = Predictor(data, device=device, backend=backend, precision=precision, batch_size=batch)
-    predictor.predict_batch(np.zeros((fold, *predictor.input_hw, 3), np.uint8))
+    """A Predictor on ``engine`` (int8 calibrated once, by :meth:`Engine.for_deployment` on ``data``) prepared
+    for batches of N images (``max_batch_images``, a multiple of the fold; default 64 rounded up to one),
+    run once on f images so the first request does not pay for a compilation (a static-shape backend pads
+    any call to its N-image shape)."""
+    saved = load_checkpoint(checkpoint)
+    config = ModelConfig.from_dict(saved["model_config"])
+    engine = (engine or Engine()).for_deployment(config.task, data)
+    predictor = Predictor(saved, engine=engine, batch_size=batch_images(config.fold, max_batch_images))
+    predictor.predict_batch(np.zeros((config.fold, *predictor.input_hw, 3), np.uint8))
     return predictor
