@@ -1,6 +1,8 @@
 """`foldedcnns predict` over image folders, globs and videos: one row per frame, in order, and faults."""
 
 import csv
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,9 @@ from PIL import Image
 from foldedcnns.cli.main import main
 from foldedcnns.data.video import iter_frames
 from foldedcnns.inference import Predictor
-from foldedcnns.inference.pipeline import run_predict
+from foldedcnns.inference.pipeline import DECODE_CORES, model_threads, run_predict
 from foldedcnns.models import get_task
+from foldedcnns.runtime import Engine
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,27 @@ def test_glob_and_several_inputs_write_one_csv_each(ckpt, image_files, tmp_path)
     assert len(read_csv(tmp_path / "out" / "_.png.csv")) == 3
     assert main(["predict", str(ckpt), str(tmp_path / "a"), str(tmp_path / "b"), "--out",
                  str(tmp_path / "x.csv")]) == 1
+
+
+def test_the_engine_runs_with_its_own_threads_else_the_models_share_of_the_cores(ckpt, image_files, tmp_path,
+                                                                                 capsys):
+    pytest.importorskip("onnxruntime")
+    image_files(tmp_path / "a", [f"{i}.png" for i in range(6)])
+    eager = run_predict(ckpt, [str(tmp_path / "a")], tmp_path / "eager.csv", batch_size=4, profile_frames=0)
+    report = run_predict(ckpt, [str(tmp_path / "a")], tmp_path / "ort.csv", engine=Engine("onnxruntime", threads=1),
+                         batch_size=4, profile_frames=0)
+    assert (report.backend, report.device, report.extra["model_threads"]) == ("onnxruntime", "cpu", 1)
+    labels = [[r["label"] for r in read_csv(tmp_path / name)] for name in ("ort.csv", "eager.csv")]
+    assert labels[0] == labels[1]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert eager.extra["model_threads"] == model_threads(Engine()) == max(1, cores - DECODE_CORES)
+    assert model_threads(Engine("openvino", threads=3)) == 3
+    assert main(["predict", str(ckpt), str(tmp_path / "a"), "--out", str(tmp_path / "cli.csv"), "--backend",
+                 "onnxruntime", "--threads", "1", "--batch-size", "4", "--profile-frames", "0", "--no-progress",
+                 "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert (cli["backend"], cli["model_threads"], cli["frames"]) == ("onnxruntime", 1, 6)
+    assert read_csv(tmp_path / "cli.csv") == read_csv(tmp_path / "ort.csv")
 
 
 def test_unreadable_image_keeps_the_rows_before_it(ckpt, image_files, tmp_path, capsys):

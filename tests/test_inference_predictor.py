@@ -6,11 +6,12 @@ import torch
 
 from foldedcnns.core.folding import fold, pad_to_multiple, round_batch, unfold_logits
 from foldedcnns.data.crop import Crop
-from foldedcnns.errors import ConfigError, DataError, ShapeError
-from foldedcnns.inference import Predictor
-from foldedcnns.models.spec import spec_from_dict
-from foldedcnns.runtime.checkpoint import model_from_checkpoint
 from foldedcnns.data.model_input import to_model_input
+from foldedcnns.errors import ConfigError, DataError, ShapeError
+from foldedcnns.inference import Predictor, deployment_engine
+from foldedcnns.models.spec import spec_from_dict
+from foldedcnns.runtime import Engine
+from foldedcnns.runtime.checkpoint import model_from_checkpoint
 
 
 @pytest.fixture
@@ -92,13 +93,68 @@ def test_errors_name_the_problem_and_the_fix(checkpoint):
     with pytest.raises(ShapeError, match="use predict"):
         predictor.logits(torch.zeros(1, 3, 10, 10))
     with pytest.raises(ConfigError, match="unknown backend"):
-        Predictor(checkpoint(fold=1), backend="tensorrt-9000")
+        Predictor(checkpoint(fold=1), engine=Engine("tensorrt-9000"))
+    with pytest.raises(ConfigError, match="--data DIR"):
+        Predictor(checkpoint(fold=1), engine=Engine("onnxruntime", "int8"))
 
 
 @pytest.mark.parametrize("backend", ["channels-last", "onnxruntime"])
 def test_backends_of_the_benchmark_predict_like_eager(checkpoint, backend):
     ckpt, images = checkpoint(fold=4), frames(13)
     reference = Predictor(ckpt, batch_size=8).predict(images)
-    preds = Predictor(ckpt, backend=backend, batch_size=8).predict(images)
+    predictor = Predictor(ckpt, engine=Engine(backend), batch_size=8)
+    assert predictor.engine == Engine(backend) and (predictor.backend, predictor.precision) == (backend, "fp32")
+    preds = predictor.predict(images)
     assert preds.labels.tolist() == reference.labels.tolist()
     np.testing.assert_allclose(preds.probabilities, reference.probabilities, atol=1e-5)
+
+
+def test_the_default_engine_is_eager_fp32_on_the_cpu_and_auto_resolves(checkpoint):
+    predictor = Predictor(checkpoint(fold=2))
+    assert predictor.engine == Engine() == Engine("eager", "fp32", "cpu")
+    assert (predictor.backend, predictor.precision, predictor.device) == ("eager", "fp32", torch.device("cpu"))
+    if not torch.cuda.is_available():
+        assert Predictor(checkpoint(fold=2), engine=Engine(device="auto")).engine.device == "cpu"
+
+
+def test_the_engines_threads_run_the_model_and_are_restored(checkpoint, monkeypatch):
+    predictor = Predictor(checkpoint(fold=2), engine=Engine(threads=1), batch_size=4)
+    assert predictor.engine.threads == 1
+    seen = []
+    classify = predictor._runner.classify
+    monkeypatch.setattr(predictor._runner, "classify", lambda x: seen.append(torch.get_num_threads()) or classify(x))
+    before = torch.get_num_threads()
+    reference = Predictor(checkpoint(fold=2), batch_size=4).predict(frames(5))
+    np.testing.assert_allclose(predictor.predict(frames(5)).probabilities, reference.probabilities, atol=1e-6)
+    assert seen == [1, 1] and torch.get_num_threads() == before
+
+
+def test_int8_is_calibrated_on_the_data_or_the_engines_own_images(checkpoint, tiny_digits_task, image_folder):
+    pytest.importorskip("onnxruntime")
+    ckpt, images = checkpoint(fold=2), frames(6)
+    data = image_folder(tiny_digits_task, {"train": 2})
+    by_data = Predictor(ckpt, engine=Engine("onnxruntime", "int8"), data=data, batch_size=4)
+    assert by_data.precision == "int8" and "train" in by_data.calibration
+    engine = deployment_engine(ckpt, Engine("onnxruntime", "int8"), data)
+    assert engine.calibration is not None and engine.calibration.source == by_data.engine.calibration.source
+    by_engine = Predictor(ckpt, engine=engine, batch_size=4)
+    np.testing.assert_array_equal(by_engine.predict(images).probabilities, by_data.predict(images).probabilities)
+    # other precisions are deployed as they are: the checkpoint is not even read
+    assert deployment_engine("no/such/file.pt", Engine("onnxruntime"), data) == Engine("onnxruntime")
+    with pytest.raises(ConfigError, match="--data DIR"):
+        deployment_engine(ckpt, Engine("openvino", "int8"))
+
+
+@pytest.mark.slow  # an OpenVINO conversion and two compilations
+def test_an_openvino_ir_runs_on_the_cpu_with_the_engines_threads(checkpoint, tmp_path):
+    pytest.importorskip("openvino")
+    from foldedcnns.inference.export_openvino import export_openvino
+
+    ckpt, images = checkpoint(fold=2), frames(5)
+    export_openvino(ckpt, tmp_path / "model.xml", check=False)
+    ir = Predictor(tmp_path / "model.xml", engine=Engine("eager", threads=1), batch_size=4)
+    assert ir.engine == Engine("openvino", "fp32", "cpu", threads=1)
+    np.testing.assert_allclose(ir.predict(images).probabilities,
+                               Predictor(ckpt, batch_size=4).predict(images).probabilities, atol=1e-5)
+    with pytest.raises(ConfigError, match="--device"):  # an IR on a GPU: drop --device (or no GPU here: --device cpu)
+        Predictor(tmp_path / "model.xml", engine=Engine(device="cuda"))

@@ -7,12 +7,13 @@ import pytest
 
 from foldedcnns.errors import ConfigError
 from foldedcnns.inference.pipeline import run_predict
+from foldedcnns.runtime import Engine
 
 
 @pytest.mark.slow
 def test_ray_gives_the_same_rows_as_one_machine(tmp_path, tiny_checkpoint, tiny_digits_task, image_files, tiny_video):
     ray = pytest.importorskip("ray")  # here, not at import: collecting the fast set need not load Ray (about 1 s)
-    from foldedcnns.inference.distributed import run_ray_predict
+    from foldedcnns.inference.distributed import RayOptions, run_ray_predict
 
     ckpt = tiny_checkpoint(4, task=tiny_digits_task)  # 22 x 52 inputs, like the images below
     image_files(tmp_path / "in" / "a", [f"{i:03d}.png" for i in range(37)])  # 3 shards of 4 batches of 4
@@ -24,7 +25,8 @@ def test_ray_gives_the_same_rows_as_one_machine(tmp_path, tiny_checkpoint, tiny_
                    path=tmp_path / "in" / name)
     inputs = [str(tmp_path / "in" / "a"), str(tmp_path / "in" / "b"), str(tmp_path / "in" / "*.mp4")]
     local = run_predict(ckpt, inputs, tmp_path / "local", batch_size=4, profile_frames=0)
-    distributed = run_ray_predict(ckpt, inputs, tmp_path / "ray", batch_size=4, num_cpus=2, workers=2)
+    distributed = run_ray_predict(ckpt, inputs, tmp_path / "ray", batch_size=4,
+                                  cluster=RayOptions(num_cpus=2, workers=2))
     assert [r.rows for r in distributed.results] == [r.rows for r in local.results] == [37, 9, 30, 11]
     assert distributed.results[1].error == local.results[1].error and "009.png" in local.results[1].error
     # b holds a broken image: its rows go to b.csv.partial on both paths, never to b.csv
@@ -41,19 +43,27 @@ def test_ray_int8_actors_quantize_with_the_calibration_of_the_driver(tmp_path, t
                                                                        image_files, image_folder):
     pytest.importorskip("ray")
     pytest.importorskip("onnxruntime")
-    from foldedcnns.inference.distributed import run_ray_predict
-    from foldedcnns.inference.predictor import Predictor
+    from foldedcnns.inference.distributed import RayOptions, run_ray_predict
+    from foldedcnns.inference.predictor import deployment_engine
 
     ckpt = tiny_checkpoint(2, task=tiny_digits_task)
     data = image_folder(tiny_digits_task, {"train": 3})
     image_files(tmp_path / "in" / "a", [f"{i:03d}.png" for i in range(20)])
     inputs = [str(tmp_path / "in" / "a")]
     with pytest.raises(ConfigError, match="--data DIR"):
-        run_ray_predict(ckpt, inputs, tmp_path / "none.csv", batch_size=4, backend="onnxruntime", precision="int8")
-    local = Predictor(ckpt, backend="onnxruntime", precision="int8", batch_size=4, data=data)
-    run_predict(local, inputs, tmp_path / "local.csv", profile_frames=0)
-    report = run_ray_predict(ckpt, inputs, tmp_path / "ray.csv", batch_size=4, backend="onnxruntime",
-                             precision="int8", data=data, num_cpus=2, workers=1)
+        run_ray_predict(ckpt, inputs, tmp_path / "none.csv", engine=Engine("onnxruntime", "int8"), batch_size=4)
+    engine = deployment_engine(ckpt, Engine("onnxruntime", "int8"), data)
+    run_predict(ckpt, inputs, tmp_path / "local.csv", engine=engine, batch_size=4, profile_frames=0)
+    report = run_ray_predict(ckpt, inputs, tmp_path / "ray.csv", engine=engine, batch_size=4,
+                             cluster=RayOptions(num_cpus=2, workers=1))
     assert report.results[0].rows == 20
     # the same seeded calibration images in the driver and the actor: the same quantized model, the same rows
     assert (tmp_path / "ray.csv").read_text() == (tmp_path / "local.csv").read_text()
+
+
+def test_ray_options_are_checked_when_made():
+    from foldedcnns.inference.distributed import RayOptions
+
+    assert RayOptions() == RayOptions(address=None, workers=None, num_cpus=None)
+    with pytest.raises(ConfigError, match="--workers must be an integer >= 1, got 0"):
+        RayOptions(workers=0)

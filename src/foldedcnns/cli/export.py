@@ -9,6 +9,7 @@ from foldedcnns.errors import ConfigError
 from foldedcnns.inference.export import CHECK_TOLERANCE, FORMATS, OPENVINO_PRECISIONS, ExportReport, export_onnx
 from foldedcnns.inference.export_openvino import export_openvino
 from foldedcnns.runtime.backends import ONNX_OPSET
+from foldedcnns.runtime.engine import DEFAULT_PRECISION, Engine
 
 
 def _shape(dims: tuple[int, ...]) -> str:
@@ -16,8 +17,9 @@ def _shape(dims: tuple[int, ...]) -> str:
 
 
 def run_openvino(args: argparse.Namespace) -> int:
-    report = export_openvino(args.checkpoint, args.out, precision=args.precision, data=args.data,
-                             check=not args.no_check, tolerance=args.tolerance, overwrite=args.overwrite)
+    report = export_openvino(args.checkpoint, args.out, engine=Engine("openvino", args.precision, "cpu"),
+                             data=args.data, check=not args.no_check, tolerance=args.tolerance,
+                             overwrite=args.overwrite)
     if args.json:
         print_json(report.to_dict())
         return 0
@@ -41,7 +43,7 @@ def _print_check(report: ExportReport, engine: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.format == "openvino":
         return run_openvino(args)
-    if args.precision != "fp32" or args.data is not None:
+    if args.precision != DEFAULT_PRECISION or args.data is not None:
         raise ConfigError("--precision and --data apply to --format openvino; an ONNX export is fp32")
     report = export_onnx(args.checkpoint, args.out, opset=args.opset, check=not args.no_check,
                          tolerance=args.tolerance, overwrite=args.overwrite)
@@ -64,8 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="export format (default: onnx)")
     parser.add_argument("--out", required=True, help="output file, e.g. model.onnx (openvino: model.xml, the "
                                                      "weights go to model.bin beside it)")
-    parser.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="fp32",
-                        help="openvino: fp32, fp16 (fp16 weights) or int8 (NNCF, calibrated on --data; default fp32)")
+    parser.add_argument("--precision", choices=OPENVINO_PRECISIONS, default=DEFAULT_PRECISION,
+                        help="openvino: fp32, fp16 (fp16 weights) or int8 (NNCF, calibrated on --data; "
+                             f"default {DEFAULT_PRECISION})")
     parser.add_argument("--data", metavar="DIR", help="openvino int8: data set whose DIR/train (else DIR/val) "
                                                       "images calibrate the quantization")
     parser.add_argument("--overwrite", action="store_true",

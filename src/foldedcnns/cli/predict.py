@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from foldedcnns.cli.common import add_json_option, format_table, print_json
+from foldedcnns.cli.common import add_engine_options, add_json_option, engine_from_args, format_table, print_json
 from foldedcnns.errors import ConfigError
-from foldedcnns.inference.distributed import run_ray_predict
-from foldedcnns.inference.pipeline import PROFILE_FRAMES, PredictReport, model_threads, run_predict
-from foldedcnns.inference.predictor import Predictor
-from foldedcnns.runtime import BACKENDS, DEVICE_CHOICES, resolve_device, torch_threads
-from foldedcnns.runtime.backends import PRECISIONS
-from foldedcnns.runtime.backends.openvino import OpenVinoBackend, is_ir_path
+from foldedcnns.inference.distributed import RayOptions, run_ray_predict
+from foldedcnns.inference.openvino_ir import is_ir_path
+from foldedcnns.inference.pipeline import PROFILE_FRAMES, PredictReport, run_predict
+from foldedcnns.inference.predictor import deployment_engine
 
 
 def format_report(report: PredictReport) -> str:
@@ -32,32 +30,19 @@ def format_report(report: PredictReport) -> str:
     return "\n".join(lines)
 
 
-def model_arg(args: argparse.Namespace) -> str | Predictor:
-    """The checkpoint, or a :class:`Predictor` made here for an engine that fixes its thread count when
-    it is prepared (openvino and openvino-streams, an IR) or is calibrated on ``--data``: with the model's
-    share of the cores."""
-    if not (args.data or isinstance(BACKENDS.get(args.backend), OpenVinoBackend) or is_ir_path(args.checkpoint)):
-        return args.checkpoint
-    device = resolve_device(args.device)
-    with torch_threads(model_threads(device, args.threads)):
-        return Predictor(args.checkpoint, device=device, backend=args.backend, precision=args.precision,
-                         batch_size=args.batch_size, data=args.data)
-
-
 def run(args: argparse.Namespace) -> int:
     if args.ray and is_ir_path(args.checkpoint):
         raise ConfigError("--ray runs checkpoints, not an OpenVINO IR; pass the .pt checkpoint (with --backend "
                           "openvino) or drop --ray")
+    engine = deployment_engine(args.checkpoint, engine_from_args(args), args.data)
     if args.ray:
-        report = run_ray_predict(args.checkpoint, args.inputs, args.out, batch_size=args.batch_size,
-                                 backend=args.backend, precision=args.precision, device=args.device, crop=args.crop,
-                                 address=args.ray_address, workers=args.workers, task_check=not args.no_task_check,
-                                 progress=not args.no_progress, overwrite=args.overwrite, data=args.data)
+        report = run_ray_predict(args.checkpoint, args.inputs, args.out, engine=engine, batch_size=args.batch_size,
+                                 crop=args.crop, cluster=RayOptions(address=args.ray_address, workers=args.workers),
+                                 task_check=not args.no_task_check, progress=not args.no_progress,
+                                 overwrite=args.overwrite)
     else:
-        report = run_predict(model_arg(args), args.inputs, args.out, batch_size=args.batch_size,
-                             backend=args.backend, precision=args.precision, device=args.device, crop=args.crop,
-                             threads=args.threads,
-                             profile_frames=args.profile_frames, task_check=not args.no_task_check,
+        report = run_predict(args.checkpoint, args.inputs, args.out, engine=engine, batch_size=args.batch_size,
+                             crop=args.crop, profile_frames=args.profile_frames, task_check=not args.no_task_check,
                              progress=not args.no_progress, overwrite=args.overwrite)
     if args.json:
         print_json(report.to_dict())
@@ -84,17 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="replace existing CSVs (and .partial files); each only once its new file is complete")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per model call, a multiple of the checkpoint's fold (default about 256)")
-    parser.add_argument("--backend", default="eager", choices=list(BACKENDS),
-                        help="how the model runs, as in 'foldedcnns bench' (default: eager)")
-    parser.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
-                        help="default: fp32; int8 (openvino, onnxruntime) needs --data")
-    parser.add_argument("--data", metavar="DIR", help="int8: the data set whose DIR/train (else DIR/val) images "
-                                                      "calibrate the quantization")
-    parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="default: cpu")
+    add_engine_options(parser, device="cpu",
+                       threads_help="CPU threads for the model (default: all cores but one, left to decoding)")
     parser.add_argument("--crop", metavar="X,Y,W,H", default=None,
                         help="cut this rectangle (pixels) out of every frame before resizing to the model's input")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="PyTorch CPU threads for the model (default: all cores but one, left to decoding)")
     parser.add_argument("--profile-frames", type=int, default=PROFILE_FRAMES,
                         help=f"frames decoded again to measure decode-only and model-only throughput "
                              f"(default {PROFILE_FRAMES}; 0 skips)")

@@ -1,5 +1,5 @@
 """Inference: prediction over videos and image folders, ONNX export, distributed inference on Ray."""
 
-from foldedcnns.inference.predictor import Predictions, Predictor
+from foldedcnns.inference.predictor import Predictions, Predictor, deployment_engine
 
-__all__ = ["Predictions", "Predictor"]
+__all__ = ["Predictions", "Predictor", "deployment_engine"]

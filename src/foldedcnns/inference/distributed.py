@@ -19,6 +19,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,13 @@ from foldedcnns.errors import ConfigError
 from foldedcnns.inference.pipeline import PredictionCSV, PredictReport, SourceResult, decode_batches, plan_inputs
 from foldedcnns.inference.predictor import Predictor
 from foldedcnns.inference.sources import VIDEO, Source
-from foldedcnns.runtime.backends import Calibration, get_backend, required_calibration
 from foldedcnns.runtime.checkpoint import load_checkpoint
+from foldedcnns.runtime.engine import Engine
 
 # CPUs reserved per model actor: fractional, so that decode tasks always find a free CPU
 # (with whole CPUs the actors can take every CPU and starve the read tasks: ray#44687).
 ACTOR_CPUS = 0.5
-# PyTorch threads per actor (it reserves a fraction of a CPU).
+# PyTorch threads per actor unless the engine names its own (it reserves a fraction of a CPU).
 ACTOR_THREADS = 1
 # CPUs per decode task.
 DECODE_CPUS = 1.0
@@ -44,6 +45,23 @@ DECODE_CPUS = 1.0
 DEFAULT_CPU_WORKERS = 2
 # Batches per image shard: each shard is decoded by one task.
 IMAGE_SHARD_BATCHES = 4
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide a Ray job runs: ``address`` ``"auto"`` or ``HOST:PORT`` of a running cluster (None
+    starts a local Ray with ``num_cpus`` CPUs, all by default); ``workers`` model actors (default 2 on the
+    CPU, one per GPU)."""
+
+    address: str | None = None
+    workers: int | None = None
+    num_cpus: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "num_cpus"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
 
 
 def _import_ray() -> Any:
@@ -93,11 +111,9 @@ def decode_shards(batch: dict[str, np.ndarray], *, size: tuple[int, int], batch_
 class PredictActor:
     """Ray actor: holds one :class:`Predictor` and classifies one decoded batch per row."""
 
-    def __init__(self, checkpoint: dict[str, Any], device: str, backend: str, precision: str,
-                 batch_size: int, calibration: Calibration | None = None) -> None:
-        torch.set_num_threads(ACTOR_THREADS)
-        self.predictor = Predictor(checkpoint, device=device, backend=backend, precision=precision,
-                                   batch_size=batch_size, calibration=calibration)
+    def __init__(self, checkpoint: dict[str, Any], engine: Engine, batch_size: int) -> None:
+        torch.set_num_threads(engine.threads or ACTOR_THREADS)
+        self.predictor = Predictor(checkpoint, engine=engine, batch_size=batch_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         labels, scores, seconds = [], [], []
@@ -128,33 +144,33 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None) -> bool:
 
 
 def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Path, *,
-                    batch_size: int | None = None, backend: str = "eager", precision: str = "fp32",
-                    device: str = "cpu", crop: Crop | str | None = None, address: str | None = None,
-                    workers: int | None = None, num_cpus: int | None = None, task_check: bool = True,
-                    progress: bool = False, overwrite: bool = False, data: str | Path | None = None,
-                    ) -> PredictReport:
+                    engine: Engine | None = None, batch_size: int | None = None, crop: Crop | str | None = None,
+                    cluster: RayOptions | None = None, task_check: bool = True, progress: bool = False,
+                    overwrite: bool = False) -> PredictReport:
     """Like :func:`~foldedcnns.inference.pipeline.run_predict`, on Ray Data; one CSV per input.
 
-    ``address``: ``"auto"`` or ``HOST:PORT`` of a running cluster; None starts a local Ray with
-    ``num_cpus`` CPUs (all by default). ``workers``: model actors (default 2 on CPU, one per GPU).
-    ``int8`` is calibrated once, here, on ``data``'s train (else val) split, and every actor quantizes
-    with those images.
+    ``engine`` (default ``Engine()``) is shipped to every actor with its device made concrete: ``cuda``
+    (one GPU per actor; ``auto`` when the cluster has a GPU) or ``cpu``, and ``threads`` (default 1 per
+    actor). ``cluster``: where the job runs (:class:`RayOptions`). An int8 engine brings its calibration
+    (:func:`~foldedcnns.inference.predictor.deployment_engine`), so every actor quantizes with the same
+    images.
     """
     ray = _import_ray()
+    engine = Engine() if engine is None else engine
+    cluster = RayOptions() if cluster is None else cluster
     ckpt = load_checkpoint(checkpoint)
-    get_backend(backend)  # an unknown name fails here, not in every actor
     local = Predictor(ckpt, batch_size=batch_size)  # checks the checkpoint and batch size, gives sizes and names
-    calibration = required_calibration(precision, local.config.task, data)
+    engine = engine.for_deployment(local.config.task)  # int8 without calibration fails here, not in every actor
     crop, sources, outputs = plan_inputs(inputs, out, local, crop, task_check, overwrite)
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
-    started_ray = _connect(ray, address, num_cpus)
+    started_ray = _connect(ray, cluster.address, cluster.num_cpus)
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        use_gpu = device == "cuda" or (device == "auto" and gpus > 0)
+        use_gpu = engine.device.startswith("cuda") or (engine.device == "auto" and gpus > 0)
         if use_gpu and gpus == 0:
-            raise ConfigError("--device cuda was asked for but the Ray cluster has no GPU; pass --device cpu")
-        pool = workers or (gpus if use_gpu else DEFAULT_CPU_WORKERS)
+            raise ConfigError(f"--device {engine.device} was asked for but the Ray cluster has no GPU; "
+                              "pass --device cpu")
+        pool = cluster.workers or (gpus if use_gpu else DEFAULT_CPU_WORKERS)
+        actor_engine = engine.replace(device="cuda" if use_gpu else "cpu", threads=engine.threads or ACTOR_THREADS)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
         context.execution_options.preserve_order = True
@@ -167,9 +183,7 @@ def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Pa
         dataset = dataset.map_batches(
             PredictActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool),
             num_cpus=ACTOR_CPUS, num_gpus=1 if use_gpu else 0,
-            fn_constructor_kwargs={"checkpoint": ckpt, "device": "cuda" if use_gpu else "cpu",
-                                   "backend": backend, "precision": precision, "batch_size": local.batch_size,
-                                   "calibration": calibration})
+            fn_constructor_kwargs={"checkpoint": ckpt, "engine": actor_engine, "batch_size": local.batch_size})
         rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in dataset.iter_rows():
             rows[int(row["source"])].append(row)
@@ -179,8 +193,8 @@ def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Pa
             ray.shutdown()
     results = [_write_source(source, output, rows[index], local.class_names, wall)
                for index, (source, output) in enumerate(zip(sources, outputs, strict=True))]
-    return PredictReport(results, local.fold, local.batch_size, backend, "cuda" if use_gpu else "cpu", wall,
-                         extra={"ray": {"address": address or "local", "workers": pool,
+    return PredictReport(results, local.fold, local.batch_size, engine.backend, actor_engine.device, wall,
+                         extra={"ray": {"address": cluster.address or "local", "workers": pool,
                                         "actor_resources": {"GPU": 1} if use_gpu else {"CPU": ACTOR_CPUS}}})
 
 

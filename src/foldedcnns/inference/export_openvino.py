@@ -34,13 +34,13 @@ from foldedcnns.inference.export import (
     ExportError,
     ExportReport,
 )
-from foldedcnns.models.registry import ModelConfig
 from foldedcnns.inference.openvino_ir import IR_SUFFIX, prepare_ov_model, read_ir, write_ir
+from foldedcnns.models.registry import ModelConfig
 from foldedcnns.runtime.backends import BackendUnavailable
 from foldedcnns.runtime.backends.openvino import convert_openvino, quantize_openvino
 from foldedcnns.runtime.backends.quantize import folded_calibration
-from foldedcnns.runtime.engine import Engine
 from foldedcnns.runtime.checkpoint import model_from_checkpoint
+from foldedcnns.runtime.engine import Engine
 from foldedcnns.utils.outputs import check_output, describe_os_error
 
 

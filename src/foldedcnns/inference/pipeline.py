@@ -24,11 +24,12 @@ import torch
 from tqdm import tqdm
 
 from foldedcnns.data.crop import Crop
+from foldedcnns.data.model_input import RGB_CHANNELS
 from foldedcnns.errors import ConfigError, DataError, FoldedCNNsError
 from foldedcnns.inference.csvout import PredictionCSV, output_paths
 from foldedcnns.inference.predictor import Predictor
 from foldedcnns.inference.sources import VIDEO, Source, check_task_match, iter_source, resolve_inputs
-from foldedcnns.data.model_input import RGB_CHANNELS
+from foldedcnns.runtime.engine import Engine
 from foldedcnns.runtime.threads import torch_threads
 
 # Cores left to the decoding worker (and the decoder's own threads) when the model runs on the CPU.
@@ -279,17 +280,16 @@ def measure_stages(predictor: Predictor, sources: Sequence[Source], *, crop: Cro
     return StageThroughput(decoded, decoded / decode_seconds, done / elapsed)
 
 
-def model_threads(device: torch.device, threads: int | None = None) -> int:
-    """CPU threads for the model while a worker decodes: all usable cores but :data:`DECODE_CORES`.
+def model_threads(engine: Engine) -> int:
+    """CPU threads for the model while a worker decodes: the engine's ``threads``, else all usable cores
+    but :data:`DECODE_CORES`.
 
     PyTorch's intra-op threads wait for each other at every operator; when they share the cores with
     the decoder they stall, so the model leaves the decoder its own core. A GPU model needs only one.
     """
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {threads}")
-        return threads
-    if device.type != "cpu":
+    if engine.threads is not None:
+        return engine.threads
+    if torch.device(engine.resolved().device).type != "cpu":
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores - DECODE_CORES)
@@ -315,26 +315,30 @@ def plan_inputs(inputs: Sequence[str], out: str | Path, predictor: Predictor, cr
     return crop, sources, outputs
 
 
-def run_predict(checkpoint: str | Path | Predictor, inputs: Sequence[str], out: str | Path, *,
-                batch_size: int | None = None, backend: str = "eager", precision: str = "fp32",
-                device: str = "cpu", crop: Crop | str | None = None, threads: int | None = None,
-                profile_frames: int = PROFILE_FRAMES, task_check: bool = True,
-                progress: bool = False, overwrite: bool = False) -> PredictReport:
+def run_predict(checkpoint: str | Path | dict[str, Any], inputs: Sequence[str], out: str | Path, *,
+                engine: Engine | None = None, batch_size: int | None = None, crop: Crop | str | None = None,
+                profile_frames: int = PROFILE_FRAMES, task_check: bool = True, progress: bool = False,
+                overwrite: bool = False) -> PredictReport:
     """Predict every frame of every input into one CSV per input; see :func:`predict_source`.
 
-    ``threads``: PyTorch threads for the model (default :func:`model_threads`). ``profile_frames`` > 0
-    adds isolated decode-only and model-only throughput (:func:`measure_stages`). ``task_check``
+    ``checkpoint``: a checkpoint (path or dict) or an OpenVINO IR ``.xml``. ``engine`` (default
+    ``Engine()``, eager fp32 on the CPU) runs the model with :func:`model_threads` threads unless it names
+    its own; the :class:`Predictor` is prepared under them, so engines that fix their thread count when
+    they are prepared (openvino, onnxruntime, an IR) get the model's share of the cores. An int8 engine
+    brings its calibration (:func:`~foldedcnns.inference.predictor.deployment_engine`). ``profile_frames``
+    > 0 adds isolated decode-only and model-only throughput (:func:`measure_stages`). ``task_check``
     refuses labelled image folders of another task (:func:`check_task_match`). An existing CSV is
     refused unless ``overwrite``.
     """
     if isinstance(profile_frames, bool) or not isinstance(profile_frames, int) or profile_frames < 0:
         raise ConfigError(f"--profile-frames must be an integer >= 0, got {profile_frames!r}")
-    predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor(
-        checkpoint, device=device, backend=backend, precision=precision, batch_size=batch_size)
+    engine = (Engine() if engine is None else engine).resolved()
+    threads = model_threads(engine)
+    with torch_threads(threads):
+        predictor = Predictor(checkpoint, engine=engine.replace(threads=threads), batch_size=batch_size)
     crop, sources, outputs = plan_inputs(inputs, out, predictor, crop, task_check, overwrite)
     total = None if any(s.kind == VIDEO for s in sources) else sum(len(s) for s in sources)
     results = []
-    threads = model_threads(predictor.device, threads)
     decode_threads = decoder_threads(predictor.device)
     with torch_threads(threads):
         started = time.perf_counter()

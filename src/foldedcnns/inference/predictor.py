@@ -4,10 +4,14 @@ Example::
 
     from foldedcnns.inference import Predictor
 
-    predictor = Predictor("runs/lol-f4/best.pt")          # any fold; device="cuda" on a GPU
+    predictor = Predictor("runs/lol-f4/best.pt")          # any fold; eager fp32 on the CPU
     preds = predictor.predict(frames)                      # HxWx3 RGB uint8 arrays, any size
     for name, score in zip(preds.names, preds.scores):
         print(name, f"{score:.3f}")
+
+    from foldedcnns.runtime import Engine
+    Predictor("best.pt", engine=Engine("onnxruntime", device="cpu"))
+    Predictor("best.pt", engine=Engine("openvino", "int8"), data="data/lol")   # int8 calibrated on data/lol/train
 
 Grouping rule: image ``i`` is folded with the images of its group ``i // f`` (counted from the
 first image passed to the call); the last, partial group is padded by repeating its own images
@@ -17,6 +21,7 @@ depends only on its own group, never on the batch size, and every image passed i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +32,14 @@ import torch
 
 from foldedcnns.core.folding import batch_or_default
 from foldedcnns.data.crop import Crop
+from foldedcnns.data.model_input import to_model_input
 from foldedcnns.errors import ConfigError, ShapeError
+from foldedcnns.inference.openvino_ir import is_ir_path, prepare_ov_model, read_ir
 from foldedcnns.inference.preprocess import stack_frames
 from foldedcnns.models.registry import ModelConfig
-from foldedcnns.runtime import model_from_checkpoint, prepare_model, resolve_device, to_model_input
-from foldedcnns.runtime.backends import Calibration, get_backend, is_quantized, required_calibration
-from foldedcnns.runtime.backends.openvino import is_ir_path, prepare_ir, read_ir
+from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint
+from foldedcnns.runtime.engine import Engine
+from foldedcnns.runtime.threads import torch_threads
 
 # Images per model call when the caller does not choose (rounded up to a multiple of the fold).
 DEFAULT_BATCH_IMAGES = 256
@@ -72,36 +79,48 @@ class Predictor:
     """Classify images with the model of a checkpoint (original or folded).
 
     ``checkpoint`` is a path or a loaded checkpoint dict, or an OpenVINO IR ``.xml`` written by
-    ``foldedcnns export --format openvino`` (run by OpenVINO at the precision it was exported in).
-    ``backend`` and ``precision`` pick how the folded model runs: the runtime's backends
-    (:mod:`foldedcnns.runtime.backends`: eager, channels-last, compile, onnxruntime, cuda-graphs,
-    openvino), so prediction runs a model exactly as it was measured. ``int8`` (openvino, onnxruntime)
-    is calibrated on ``calibration`` images, or on up to 300 images of ``data``'s train (else val)
-    split. ``batch_size`` is the number of images per model call, a multiple of the fold.
+    ``foldedcnns export --format openvino`` (run by OpenVINO on the CPU at the precision it was exported
+    in, with the engine's ``threads``). ``engine`` (default ``Engine()``: eager fp32 on the CPU) picks how
+    the folded model runs, with the runtime's backends (:mod:`foldedcnns.runtime.backends`), so
+    prediction runs a model exactly as it was measured. ``int8`` (openvino, onnxruntime) is calibrated
+    on the engine's ``calibration``, else on up to 300 images of ``data``'s train (else val) split.
+    ``batch_size`` is the number of images per model call, a multiple of the fold.
     """
 
-    def __init__(self, checkpoint: str | Path | dict[str, Any], *, device: str | torch.device = "cpu",
-                 backend: str = "eager", precision: str = "fp32", batch_size: int | None = None,
-                 data: str | Path | None = None, calibration: Calibration | None = None) -> None:
-        self.device = resolve_device(device)
-        ir = is_ir_path(checkpoint)
-        model, config = (None, read_ir(checkpoint)[1]) if ir else model_from_checkpoint(checkpoint)
+    def __init__(self, checkpoint: str | Path | dict[str, Any], *, engine: Engine | None = None,
+                 batch_size: int | None = None, data: str | Path | None = None) -> None:
+        engine = Engine() if engine is None else engine
+        ir = read_ir(checkpoint) if is_ir_path(checkpoint) else None  # (ov.Model, config, precision)
+        model, config = (None, ir[1]) if ir is not None else model_from_checkpoint(checkpoint)
         self.config: ModelConfig = config
         self.fold = config.fold
         self.batch_size = batch_or_default(batch_size, self.fold, DEFAULT_BATCH_IMAGES)
         _, self.height, self.width = config.image_size
-        if ir:
-            if self.device.type != "cpu":
-                raise ConfigError(f"an OpenVINO IR runs on the CPU; drop --device {self.device}")
-            self._runner, _ = prepare_ir(checkpoint, folded_inputs=self.batch_size // self.fold)
-            self.backend, self.precision = self._runner.backend, self._runner.precision
+        if ir is None:
+            self._runner = engine.for_deployment(config.task, data).prepare(model, self.batch_size)
             return
-        self.backend, self.precision = backend, precision
-        runner = get_backend(backend)
-        if is_quantized(precision):
-            runner = runner.calibrated(required_calibration(precision, config.task, data, calibration))
-        self._runner = prepare_model(model, backend=runner, precision=precision, device=self.device,
-                                     batch_images=self.batch_size)
+        device = engine.resolved().device
+        if torch.device(device).type != "cpu":
+            raise ConfigError(f"an OpenVINO IR runs on the CPU; drop --device {device}")
+        self._runner = prepare_ov_model(ir[0], config, Engine("openvino", ir[2], "cpu", engine.threads),
+                                        self.batch_size // self.fold)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine this predictor runs (device resolved; int8 with its calibration)."""
+        return self._runner.engine
+
+    @property
+    def backend(self) -> str:
+        return self.engine.backend
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.engine.device)
 
     @property
     def calibration(self) -> str | None:
@@ -127,7 +146,13 @@ class Predictor:
         if x.dim() != 4 or tuple(x.shape[2:]) != self.input_hw:
             raise ShapeError(f"expected a batch (N, C, {self.height}, {self.width}), got {tuple(x.shape)}; "
                              "use predict() to resize images to the model's input")
-        return self._runner.classify(x.to(self.device))
+        with self._threads():
+            return self._runner.classify(x.to(self.device))
+
+    def _threads(self) -> contextlib.AbstractContextManager[None]:
+        """The engine's intra-op threads around a model call (PyTorch's count unless it names one)."""
+        threads = self.engine.threads
+        return contextlib.nullcontext() if threads in (None, torch.get_num_threads()) else torch_threads(threads)
 
     def predict_batch(self, images: np.ndarray) -> Predictions:
         """Classify a uint8 batch ``(N, H, W, 3)`` already at the model's size, in one model call."""
@@ -151,3 +176,16 @@ class Predictor:
             chunk = frames[start:start + self.batch_size]
             parts.append(self.predict_batch(stack_frames(chunk, self.height, self.width, crop)))
         return Predictions.concatenate(parts, self.class_names)
+
+
+def deployment_engine(checkpoint: str | Path | dict[str, Any], engine: Engine | None = None,
+                      data: str | Path | None = None) -> Engine:
+    """``engine`` (default ``Engine()``) as deployed for ``checkpoint``: int8 calibrated on the checkpoint's
+    task's images from ``data`` (:meth:`Engine.for_deployment`), so an entry point that builds its own
+    :class:`Predictor` (``run_predict``, ``run_ray_predict``) is handed a complete engine. The checkpoint is
+    read only for an int8 engine without calibration; an OpenVINO IR keeps the precision it was exported in."""
+    engine = Engine() if engine is None else engine
+    if not engine.quantized or engine.calibration is not None or is_ir_path(checkpoint):
+        return engine
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    return engine.for_deployment(ModelConfig.from_dict(ckpt["model_config"]).task, data)

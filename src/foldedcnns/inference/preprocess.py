@@ -16,8 +16,8 @@ import numpy as np
 
 from foldedcnns.data.crop import Crop
 from foldedcnns.data.imageio import resize_nearest
-from foldedcnns.errors import DataError
 from foldedcnns.data.model_input import RGB_CHANNELS
+from foldedcnns.errors import DataError
 
 
 def check_rgb(frame: np.ndarray, where: str) -> np.ndarray:
