@@ -25,7 +25,7 @@ from foldedcnns import build_model
 from foldedcnns.cli.main import main
 from foldedcnns.errors import ConfigError
 from foldedcnns.inference import Predictor
-from foldedcnns.runtime import BackendUnavailable, get_backend, prepare_model
+from foldedcnns.runtime import BackendUnavailable, Engine, get_backend
 from foldedcnns.runtime.checkpoint import make_checkpoint
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -88,8 +88,8 @@ def no_tf32() -> Iterator[None]:
 def test_cuda_graphs_replay_matches_eager(task: str, fold: int, precision: str) -> None:
     model = seeded_model(task, fold)
     groups = 8  # the graph is captured for 8 folded inputs = 8 * fold images
-    graphs = get_backend("cuda-graphs").prepare(model, example(model, groups), precision=precision, device="cuda")
-    eager = get_backend("eager").prepare(model, example(model, 2), precision=precision, device="cuda")
+    graphs = get_backend("cuda-graphs").prepare(model, example(model, groups), Engine("cuda-graphs", precision, "cuda"))
+    eager = get_backend("eager").prepare(model, example(model, 2), Engine("eager", precision, "cuda"))
     assert graphs.static_inputs == groups and graphs.fold == fold
     tolerance = GRAPH_TOLERANCE[precision]
     # exactly the captured size, fewer images (a partial last group and a padded graph call), and more (two calls)
@@ -109,8 +109,8 @@ def test_cuda_graphs_replay_matches_eager(task: str, fold: int, precision: str) 
 def test_cuda_graphs_matches_fp32_reference_on_cpu(no_tf32: None) -> None:
     model = seeded_model(GAME_TASK, 2)
     images = random_images(model, 37)
-    graphs = prepare_model(model, backend="cuda-graphs", precision="fp32", device="cuda", batch_images=16)
-    cpu = prepare_model(model, backend="eager", precision="fp32", device="cpu", batch_images=16)
+    graphs = Engine("cuda-graphs", "fp32", "cuda").prepare(model, 16)
+    cpu = Engine("eager", "fp32", "cpu").prepare(model, 16)
     assert max_error(graphs.classify(images), cpu.classify(images)) <= 1e-4
 
 
@@ -119,8 +119,8 @@ def test_cuda_graphs_matches_fp32_reference_on_cpu(no_tf32: None) -> None:
 def test_reduced_precision_agrees_with_fp32(backend: str, precision: str) -> None:
     model = seeded_model(GAME_TASK, 2)
     images = random_images(model, 512)
-    reference = prepare_model(model, backend="eager", precision="fp32", device="cuda", batch_images=64)
-    reduced = prepare_model(model, backend=backend, precision=precision, device="cuda", batch_images=64)
+    reference = Engine("eager", "fp32", "cuda").prepare(model, 64)
+    reduced = Engine(backend, precision, "cuda").prepare(model, 64)
     expected, out = reference.classify(images), reduced.classify(images)
     assert out.shape == expected.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
     agreement = float((out.argmax(1) == expected.argmax(1)).float().mean())
@@ -132,17 +132,17 @@ def test_onnxruntime_on_cuda_is_a_clean_skip_or_runs() -> None:
     backend = get_backend("onnxruntime")
     ok, reason = backend.is_available("cuda", "fp32")
     if ok:  # an onnxruntime-gpu build: then it must run and agree with eager
-        prepared = backend.prepare(model, example(model, 4), precision="fp32", device="cuda")
+        prepared = backend.prepare(model, example(model, 4), Engine("onnxruntime", "fp32", "cuda"))
         images = random_images(model, 8)
-        eager = prepare_model(model, backend="eager", device="cuda", batch_images=8)
+        eager = Engine(device="cuda").prepare(model, 8)
         assert max_error(prepared.classify(images), eager.classify(images)) <= GRAPH_TOLERANCE["fp32"]
         return
     assert reason and "\n" not in reason
     with pytest.raises(BackendUnavailable) as info:
-        backend.prepare(model, example(model, 4), precision="fp32", device="cuda")
+        backend.prepare(model, example(model, 4), Engine("onnxruntime", "fp32", "cuda"))
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="onnxruntime cannot run fp32 on cuda"):
-        prepare_model(model, backend="onnxruntime", device="cuda")
+        Engine("onnxruntime", device="cuda").prepare(model, 4)
 
 
 def test_bench_on_cuda_skips_onnxruntime_with_a_notice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,8 +163,8 @@ def test_bench_on_cuda_skips_onnxruntime_with_a_notice(tmp_path: Path, capsys: p
 def test_predictor_on_cuda_gives_cpus_labels(backend: str, precision: str, no_tf32: None) -> None:
     ckpt = make_checkpoint(seeded_model(GAME_TASK, 4))
     frames = np.random.default_rng(0).integers(0, 256, (203, 40, 90, 3), dtype=np.uint8)  # resized to 22 x 52
-    cpu = Predictor(ckpt, device="cpu", batch_size=64).predict(frames)
-    gpu = Predictor(ckpt, device="cuda", backend=backend, precision=precision, batch_size=64).predict(frames)
+    cpu = Predictor(ckpt, batch_size=64).predict(frames)
+    gpu = Predictor(ckpt, engine=Engine(backend, precision, "cuda"), batch_size=64).predict(frames)
     assert len(gpu) == len(cpu) == 203
     assert gpu.labels.tolist() == cpu.labels.tolist()
     np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, atol=1e-4)
@@ -173,8 +173,8 @@ def test_predictor_on_cuda_gives_cpus_labels(backend: str, precision: str, no_tf
 def test_predictor_fp16_cuda_graphs_mostly_agrees_with_cpu() -> None:
     ckpt = make_checkpoint(seeded_model(GAME_TASK, 2))
     frames = np.random.default_rng(1).integers(0, 256, (301, 22, 52, 3), dtype=np.uint8)
-    cpu = Predictor(ckpt, device="cpu").predict(frames)
-    gpu = Predictor(ckpt, device="cuda", backend="cuda-graphs", precision="fp16").predict(frames)
+    cpu = Predictor(ckpt).predict(frames)
+    gpu = Predictor(ckpt, engine=Engine("cuda-graphs", "fp16", "cuda")).predict(frames)
     assert len(gpu) == 301
     assert float(np.mean(gpu.labels == cpu.labels)) >= MIN_AGREEMENT
 
@@ -189,7 +189,7 @@ def test_train_one_epoch_with_amp_on_cuda(tmp_path: Path) -> None:
     report = json.loads(trained.stdout)
     assert report["epochs"] == 1 and report["fold"] == 2
     assert (run / "best.pt").is_file()
-    preds = Predictor(run / "best.pt", device="cuda").predict(
+    preds = Predictor(run / "best.pt", engine=Engine(device="cuda")).predict(
         np.zeros((5, 22, 52, 3), dtype=np.uint8))
     assert len(preds) == 5
 
