@@ -8,6 +8,8 @@ Tests use the fixtures (never ``import conftest``). Factories are fixtures that 
 * ``image_folder(task, {"train": 13, "val": 4, "test": 4})`` writes ``root/<split>/<class>/<i>.png``;
   ``class_folders(root, {"cat": 2})`` writes ``root/<class>/<i>.png``; ``image_files(folder, names)``
   writes unlabelled random images.
+* ``tiny_train_files(counts)`` writes ``tiny_train_task`` (or it with other ``classes``) as a description
+  JSON and an image folder: the training tests' ``(description, data)``.
 * ``tiny_checkpoint(fold)`` saves a checkpoint with seeded random weights (cached for the session).
 * ``tiny_video()`` writes a short H.264 video (PyAV, else OpenCV; skips without either).
 """
@@ -52,6 +54,7 @@ ClassFoldersFactory = Callable[..., dict[str, list[np.ndarray]]]
 ImageFilesFactory = Callable[..., list[np.ndarray]]
 CheckpointFactory = Callable[..., Path]
 VideoFactory = Callable[..., Path]
+TrainFilesFactory = Callable[..., tuple[Path, Path]]
 
 
 # -- plain functions (the fixtures below hand them to tests) ------------------------------------------
@@ -224,6 +227,22 @@ def image_folder(tmp_path: Path) -> ImageFolderFactory:
 
     def make(task: TaskSpec, counts: Mapping[str, int], *, root: Path | None = None, seed: int = 0) -> Path:
         return write_image_folder(tmp_path / "data" if root is None else root, task, counts, seed)
+
+    return make
+
+
+@pytest.fixture
+def tiny_train_files(tmp_path: Path, tiny_train_task: TaskSpec) -> TrainFilesFactory:
+    """Factory ``(counts, *, classes=None, root=tmp_path, seed=0) -> (description, data)``: ``tiny_train_task``
+    (with ``classes`` instead of a, b, c if given) written to ``root/tiny.json``, and ``root/data/<split>/
+    <class>/<i>.png`` with ``counts[split]`` learnable images per class (:func:`write_image_folder`)."""
+
+    def make(counts: Mapping[str, int], *, classes: Sequence[str] | None = None, root: Path | None = None,
+             seed: int = 0) -> tuple[Path, Path]:
+        root = tmp_path if root is None else root
+        task = tiny_train_task if classes is None else \
+            spec_from_dict({**tiny_train_task.to_dict(), "ClassNames": list(classes)})
+        return write_task_file(root / "tiny.json", task), write_image_folder(root / "data", task, counts, seed)
 
     return make
 

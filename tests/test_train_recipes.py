@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from foldedcnns.cli.main import main
+from foldedcnns.data.model_input import to_model_input
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import build_model, get_task, load_description
 from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
-from foldedcnns.data.model_input import to_model_input
+from foldedcnns.runtime.engine import Engine
 from foldedcnns.training import distill
 from foldedcnns.training.config import TrainConfig, check_resume, plan_run
 from foldedcnns.training.curriculum import CurriculumSchedule, curriculum_schedule, fit_schedule
@@ -166,7 +167,7 @@ def test_teacher_logits_are_computed_once(tmp_path: Path, monkeypatch: pytest.Mo
     assert torch.allclose(first, expected, atol=1e-5)
     second, info = cached_teacher_logits(tmp_path, path, student, images)
     assert info["cached"] is True and calls == [5] and torch.equal(first, second)
-    _, info = cached_teacher_logits(tmp_path, path, student, images.flip(0), backend="channels-last")
+    _, info = cached_teacher_logits(tmp_path, path, student, images.flip(0), Engine("channels-last"))
     assert info["cached"] is False and calls == [5, 5]  # other images: the stale cache is replaced
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,6 @@ import torch
 from foldedcnns.cli.main import main
 from foldedcnns.runtime.checkpoint import load_checkpoint
 from foldedcnns.training.trainer import TrainConfig, train
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train_trainer import write_tiny_images, write_tiny_task
 
 EPOCHS = 4
 KILL_EPOCH = 3  # killed during its second batch, after last.pt of epoch 2 was written
@@ -44,9 +42,8 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
-    desc = write_tiny_task(tmp_path)
-    data = write_tiny_images(tmp_path / "data", {"train": 13, "val": 4, "test": 4})
+def test_sigkill_mid_epoch_then_resume(tmp_path: Path, tiny_train_files: Callable[..., tuple[Path, Path]]) -> None:
+    desc, data = tiny_train_files({"train": 13, "val": 4, "test": 4})
     run, marker = tmp_path / "killed", tmp_path / "marker"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}

@@ -4,53 +4,32 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from foldedcnns.cli.main import main
+from foldedcnns.data.model_input import to_model_input
 from foldedcnns.errors import ConfigError, DataError
+from foldedcnns.models.spec import TaskSpec
 from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from foldedcnns.runtime.engine import Engine
+from foldedcnns.training.evaluation import evaluate_split
 from foldedcnns.training.metrics import METRIC_COLUMNS, EpochMetrics
+from foldedcnns.training.splits import load_split
 from foldedcnns.training.trainer import TrainConfig, evaluate, plan_run, train
 
-TINY_H, TINY_W = 15, 35  # the smallest game input used by the original (lol/timer-minutes)
+TINY_H, TINY_W = 15, 35  # tiny_train_task's input: the smallest game input of the original (lol/timer-minutes)
 TINY_CLASSES = ("a", "b", "c")
-
-
-def write_tiny_task(root: Path, classes: tuple[str, ...] = TINY_CLASSES) -> Path:
-    """A game-family description of a small 3-class task; returns the JSON path."""
-    desc = {"name": "test/tiny", "family": "game", "out-h": TINY_H, "out-w": TINY_W, "chan-in": 3,
-            "ClassNames": list(classes),
-            "model-architecture": {"n-conv-units": 1, "conv1_n_feature_maps": 8, "convi_n_feature_maps": 8,
-                                   "convn_n_feature_maps": 4}}
-    path = root / "tiny.json"
-    path.write_text(json.dumps(desc), encoding="utf-8")
-    return path
-
-
-def write_tiny_images(root: Path, counts: dict[str, int], classes: tuple[str, ...] = TINY_CLASSES,
-                      seed: int = 0) -> Path:
-    """PNG folders root/<split>/<class>/*.png; class i lights colour channel i % 3 (plus noise)."""
-    rng = np.random.default_rng(seed)
-    for split, per_class in counts.items():
-        for i, name in enumerate(classes):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for j in range(per_class):
-                img = rng.integers(0, 80, size=(TINY_H, TINY_W, 3), dtype=np.uint8)
-                img[:, :, i % 3] += 150
-                Image.fromarray(img).save(folder / f"{j}.png")
-    return root
+CPU = Engine(device="cpu")  # evaluate as validation in training does, on the CPU
 
 
 @pytest.fixture
-def tiny(tmp_path: Path) -> tuple[Path, Path]:
+def tiny(tiny_train_files: Callable[..., tuple[Path, Path]]) -> tuple[Path, Path]:
     """(description JSON, data folder) with 13 train, 4 val and 4 test images per class."""
-    return write_tiny_task(tmp_path), write_tiny_images(tmp_path / "data", {"train": 13, "val": 4, "test": 4})
+    return tiny_train_files({"train": 13, "val": 4, "test": 4})
 
 
 def tiny_config(tiny: tuple[Path, Path], out: Path, **kw: object) -> TrainConfig:
@@ -98,7 +77,7 @@ def test_checkpoint_is_self_describing(tiny: tuple[Path, Path], tmp_path: Path) 
     # A checkpoint of an older version, with its "preprocessing" entry, still loads and evaluates.
     old = save_checkpoint(tmp_path / "old.pt", {**ckpt, "preprocessing": {"image_size": [3, TINY_H, TINY_W],
                                                                           "scale": 1 / 255, "mean": None, "std": None}})
-    assert evaluate(old, tiny[1], "test", device="cpu")["top1"] == pytest.approx(result.best["test_top1"])
+    assert evaluate(old, tiny[1], "test", engine=CPU)["top1"] == pytest.approx(result.best["test_top1"])
 
 
 @pytest.mark.slow
@@ -116,11 +95,11 @@ def test_metrics_files_keep_their_columns_and_keys(tiny: tuple[Path, Path], tmp_
 
 def test_evaluate_matches_the_best_epoch(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     result = train(tiny_config(tiny, tmp_path / "run", fold=2, epochs=3))
-    report = evaluate(result.best_checkpoint, tiny[1], "test", device="cpu")
+    report = evaluate(result.best_checkpoint, tiny[1], "test", engine=CPU)
     assert report["images"] == 12
     assert report["top1"] == pytest.approx(result.best["test_top1"])
     assert report["loss"] == pytest.approx(result.best["test_loss"], rel=1e-4)
-    val = evaluate(result.best_checkpoint, tiny[1], "val", device="cpu")
+    val = evaluate(result.best_checkpoint, tiny[1], "val", engine=CPU)
     assert val["top1"] == pytest.approx(result.best["val_top1"])
 
 
@@ -205,23 +184,22 @@ def test_distillation_weight_mixes_soft_and_hard_targets(tiny: tuple[Path, Path]
         plan_run(tiny_config(tiny, tmp_path / "bad", fold=2, distill_from=teacher.best_checkpoint, distill_weight=1.5))
 
 
-def test_distillation_rejects_a_teacher_of_other_classes(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+def test_distillation_rejects_a_teacher_of_other_classes(tiny: tuple[Path, Path], tmp_path: Path,
+                                                         tiny_train_files: Callable[..., tuple[Path, Path]]) -> None:
     teacher = train(tiny_config(tiny, tmp_path / "teacher", fold=1, epochs=1))
-    (tmp_path / "other").mkdir()
-    other = write_tiny_task(tmp_path / "other", ("x", "y", "z"))
-    data = write_tiny_images(tmp_path / "other-data", {"train": 2, "val": 1, "test": 1}, ("x", "y", "z"))
+    other, data = tiny_train_files({"train": 2, "val": 1, "test": 1}, classes=("x", "y", "z"), root=tmp_path / "other")
     with pytest.raises(ConfigError, match="teacher"):
         train(TrainConfig(task=str(other), data=data, out=tmp_path / "s", fold=2, epochs=1, progress=False,
                           distill_from=teacher.best_checkpoint, device="cpu", curriculum=False))
 
 
-def test_folder_without_val_draws_a_fixed_validation_split(tmp_path: Path) -> None:
-    desc = write_tiny_task(tmp_path)
-    data = write_tiny_images(tmp_path / "data", {"train": 10, "test": 2})
+def test_folder_without_val_draws_a_fixed_validation_split(
+        tmp_path: Path, tiny_train_files: Callable[..., tuple[Path, Path]]) -> None:
+    desc, data = tiny_train_files({"train": 10, "test": 2})
     result = train(TrainConfig(task=str(desc), data=data, out=tmp_path / "run", fold=2, epochs=1, progress=False,
                                device="cpu", curriculum=False))
     assert result.history[0]["val_images"] == 3 and result.history[0]["train_images"] == 27
-    report = evaluate(result.best_checkpoint, data, "val", device="cpu")
+    report = evaluate(result.best_checkpoint, data, "val", engine=CPU)
     assert report["images"] == 3 and report["top1"] == pytest.approx(result.history[0]["val_top1"])
 
 
@@ -253,15 +231,16 @@ def test_curriculum_that_cannot_finish_is_scaled_to_fit(tiny: tuple[Path, Path],
     (["train", "{desc}", "--fold", "4", "--batch-size", "2"], "smaller than fold 4"),
     (["train", "{desc}", "--data", "{tmp}/empty"], "no train/ folder"),
     (["train", "{desc}", "--data", "{tmp}/noclass"], "class"),
-    (["train", "{desc}", "--data", "{tmp}/wrong"], "class"),
+    (["train", "{desc}", "--data", "{tmp}/wrong/data"], "class"),
     (["train", "{desc}", "--device", "tpu"], "unknown device"),
 ])
 def test_cli_errors_before_training(tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                    argv: list[str], message: str) -> None:
+                                    tiny_train_files: Callable[..., tuple[Path, Path]], argv: list[str],
+                                    message: str) -> None:
     desc, data = tiny
     (tmp_path / "empty").mkdir()
     (tmp_path / "noclass" / "train").mkdir(parents=True)
-    write_tiny_images(tmp_path / "wrong", {"train": 1, "val": 1, "test": 1}, ("a", "b", "zzz"))
+    tiny_train_files({"train": 1, "val": 1, "test": 1}, classes=("a", "b", "zzz"), root=tmp_path / "wrong")
     argv = [a.format(desc=desc, tmp=tmp_path) for a in argv]
     if argv[1] == str(desc):
         argv[1:2] = ["--description", str(desc)]
@@ -277,3 +256,32 @@ def test_cli_errors_before_training(tiny: tuple[Path, Path], tmp_path: Path, cap
 def test_data_errors_name_the_problem(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         train(tiny_config(tiny, tmp_path / "run", data=tmp_path / "missing"))
+
+
+# -- evaluate with an engine ---------------------------------------------------------------------------
+
+
+def test_evaluate_on_an_engine_agrees_with_the_default(tiny_task: TaskSpec, tiny_checkpoint: Callable[..., Path],
+                                                       image_folder: Callable[..., Path]) -> None:
+    onnx = Engine("onnxruntime")
+    ok, reason = onnx.is_available()
+    if not ok:
+        pytest.skip(f"onnxruntime: {reason}")
+    ckpt, data = tiny_checkpoint(2), image_folder(tiny_task, {"train": 1, "test": 7})
+    default = evaluate(ckpt, data, "test", batch_size=6)
+    deployed = evaluate(ckpt, data, "test", engine=onnx, batch_size=6)
+    assert deployed["images"] == default["images"] == 21
+    assert (deployed["top1"], deployed["top5"]) == (default["top1"], default["top5"])
+    assert deployed["loss"] == pytest.approx(default["loss"], rel=1e-4)
+
+
+def test_eval_outputs_give_each_images_top1_class_in_the_splits_order(
+        tiny_task: TaskSpec, tiny_checkpoint: Callable[..., Path], image_folder: Callable[..., Path]) -> None:
+    model, _ = model_from_checkpoint(tiny_checkpoint(1))  # f = 1: an image's logits do not depend on its batch
+    split = load_split(image_folder(tiny_task, {"train": 1, "test": 5}), tiny_task, "test")
+    outputs = evaluate_split(CPU.prepare(model, 4), split, tiny_task, batch_size=4)
+    with torch.no_grad():
+        logits = model.eval()(to_model_input(split.images, tiny_task, layout="nchw"))
+    assert outputs.predicted.dtype == torch.int64 and outputs.predicted.shape == (15,)
+    assert torch.equal(outputs.predicted, logits.argmax(1))
+    assert torch.equal(outputs.hit1, outputs.predicted == split.labels)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from foldedcnns.cli.common import add_json_option, format_table, print_json
+from foldedcnns.cli.common import add_device_option, add_json_option, format_table, print_json
+from foldedcnns.runtime.engine import Engine
+from foldedcnns.training.evaluation import DEFAULT_EVAL_BATCH, evaluate
 from foldedcnns.training.splits import SPLITS
-from foldedcnns.training.trainer import DEFAULT_EVAL_BATCH, evaluate
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate(args.checkpoint, args.data, args.split, device=args.device, batch_size=args.batch_size,
-                      amp=args.amp, progress=not args.json)
+    # The training-style engine (fp32 eager; --amp: fp16) on --device.
+    result = evaluate(args.checkpoint, args.data, args.split, engine=Engine(device=args.device),
+                      batch_size=args.batch_size, amp=args.amp, progress=not args.json)
     if args.json:
         print_json(result)
         return 0
@@ -28,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (best.pt or last.pt)")
     parser.add_argument("--data", required=True, metavar="DIR", help="the data folder (or CIFAR archive)")
     parser.add_argument("--split", choices=SPLITS, default="test", help="which split (default: test)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_option(parser, "auto")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_EVAL_BATCH, help="images per batch")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="run the model in fp16 (CUDA only; default: fp32, as validation in training)")

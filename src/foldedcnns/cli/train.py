@@ -3,64 +3,71 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
+from typing import Any
 
-from foldedcnns.cli.common import add_json_option, add_task_options, format_table, print_json, resolve_task_arg
-from foldedcnns.training.distill import DEFAULT_TEMPERATURE, DISTILL_LOSSES
-from foldedcnns.training.recipes import LR_SCHEDULES, OPTIMIZERS, RECOMMENDED_EPOCHS, list_recipes
-from foldedcnns.training.trainer import DEFAULT_EVAL_BATCH, TrainConfig, TrainResult, train
+from foldedcnns.cli.common import (
+    add_device_option,
+    add_json_option,
+    add_task_options,
+    format_table,
+    print_json,
+    resolve_task_arg,
+)
+from foldedcnns.training.config import run_options
+from foldedcnns.training.recipes import Recipe, recipe_options
+from foldedcnns.training.trainer import TrainConfig, TrainResult, train
+
+
+def _add_option(parser: argparse.ArgumentParser, spec: dataclasses.Field, annotation: Any, default: Any) -> None:
+    """The flag of one option field (its ``option`` metadata; type and bool-ness from its ``annotation``)."""
+    meta, name = spec.metadata, spec.name
+    if name == "device":
+        add_device_option(parser, default)
+        return
+    flag = meta.get("flag") or "--" + name.replace("_", "-")
+    kind = _scalar_type(annotation)
+    kwargs: dict[str, Any] = {"dest": name, "default": default, "help": meta["help"]}
+    if kind is bool:
+        kwargs["action"] = "store_false" if flag.startswith("--no-") else argparse.BooleanOptionalAction
+    else:
+        kwargs.update(type=kind, choices=meta.get("choices"))
+        kwargs["metavar"] = meta.get("metavar") or (None if meta.get("choices") else flag[2:].replace("-", "_").upper())
+    parser.add_argument(flag, **kwargs)
+
+
+def _scalar_type(annotation: Any) -> type:
+    """``bool``, ``int`` or ``float`` of a field annotation such as ``int | None``; anything else is ``str``."""
+    members = typing.get_args(annotation) or (annotation,)
+    return next((kind for kind in (bool, int, float) if kind in members), str)
+
+
+def training_option_fields() -> list[dataclasses.Field]:
+    """The training options in --help order: TrainConfig's fields (its own options and the recipe options it
+    names), then the recipe options it does not name."""
+    recipe = {f.name: f for f in recipe_options()}
+    own = {f.name: f for f in run_options()}
+    order = [f.name for f in dataclasses.fields(TrainConfig) if f.name in own or f.name in recipe]
+    return [own.get(name) or recipe[name] for name in order] + [f for n, f in recipe.items() if n not in order]
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``train`` and ``sweep`` (every default comes from the recipe)."""
-    parser.add_argument("--recipe", choices=list_recipes(), default=None,
-                        help="training recipe. Default 'recommended': Adam 1e-3, cosine schedule, batch 128, "
-                             f"{RECOMMENDED_EPOCHS} epochs, no curriculum, and for f > 1 slot warm-up for 1/4 of "
-                             "the epochs plus a blend of another 1/4, at any --epochs; it is the default because "
-                             "it trains f = 2 and f = 4 to within about 1 point of f = 1's Top-1 at equal epochs "
-                             "(real digits, 100 epochs, mean of 2 seeds: f = 1 99.17 %%, f = 2 98.33 %%, "
-                             "f = 4 98.67 %%; docs/training.md). 'original': the original "
-                             "release's recipe for the task's family (game: Adam 1e-4, 1,500 epochs, curriculum "
-                             "when folded; noscope; cifar10/cifar100), also by name; 'quick': 30-epoch CPU runs")
-    parser.add_argument("--epochs", type=int,
-                        help=f"number of epochs (default: the recipe's; recommended: {RECOMMENDED_EPOCHS})")
-    parser.add_argument("--batch-size", type=int, help="images per batch, rounded down to a multiple of the fold")
-    parser.add_argument("--lr", type=float, help="learning rate")
-    parser.add_argument("--weight-decay", type=float, help="weight decay")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
-    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="learning-rate schedule, stepped per epoch")
-    parser.add_argument("--curriculum", action=argparse.BooleanOptionalAction, default=None,
-                        help="introduce classes over the epochs (default: off; on for folded game tasks with "
-                             "--recipe original); a curriculum too long for --epochs is scaled to fit, with a notice")
-    parser.add_argument("--curriculum-gap", type=int, metavar="EPOCHS",
-                        help="epochs between curriculum steps (original: 60)")
-    parser.add_argument("--distill-from", metavar="CKPT", help="teacher checkpoint whose logits are the targets")
-    parser.add_argument("--distill-loss", choices=DISTILL_LOSSES, default="mse",
-                        help="MSE on logits (the original) or KL divergence with a temperature")
-    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
-                        help="distillation temperature for --distill-loss kl")
-    parser.add_argument("--distill-weight", type=float, default=1.0, metavar="W",
-                        help="loss = W * distillation + (1 - W) * cross-entropy on the labels (original: 1)")
-    parser.add_argument("--slot-warmup", type=int, metavar="EPOCHS",
-                        help="epochs a folded model first trains as f separate per-image CNNs, then as many "
-                             "to blend them (default: the recipe's; recommended: 1/4 of the epochs; 0 = off, as "
-                             "the original)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="automatic mixed precision (default: on with CUDA)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (model init, shuffling, augmentation)")
-    parser.add_argument("--eval-batch-size", type=int, default=DEFAULT_EVAL_BATCH, help="images per eval batch")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    """Options shared by ``train`` and ``sweep``, generated from the option fields of ``Recipe`` (default
+    None: the recipe's value) and ``TrainConfig`` (default: the field's)."""
+    run = {f.name for f in run_options()}
+    hints = {**typing.get_type_hints(Recipe), **typing.get_type_hints(TrainConfig)}
+    for spec in training_option_fields():
+        _add_option(parser, spec, hints[spec.name], spec.default if spec.name in run else None)
 
 
 def training_overrides(args: argparse.Namespace) -> dict[str, object]:
-    """The TrainConfig fields set by :func:`add_training_options`."""
-    return {"recipe": args.recipe, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-            "weight_decay": args.weight_decay, "optimizer": args.optimizer, "lr_schedule": args.lr_schedule,
-            "curriculum": args.curriculum, "curriculum_gap": args.curriculum_gap,
-            "slot_warmup": args.slot_warmup, "distill_weight": args.distill_weight,
-            "distill_from": args.distill_from, "distill_loss": args.distill_loss,
-            "distill_temperature": args.temperature, "device": args.device, "amp": args.amp, "seed": args.seed,
-            "eval_batch_size": args.eval_batch_size, "progress": not args.no_progress}
+    """The TrainConfig fields set by :func:`add_training_options` (recipe options TrainConfig does not name go
+    into ``recipe_overrides``)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {f.name: getattr(args, f.name) for f in training_option_fields()}
+    extra = {k: v for k, v in values.items() if k not in names}
+    return {**{k: v for k, v in values.items() if k in names}, **({"recipe_overrides": extra} if extra else {})}
 
 
 def result_summary(result: TrainResult) -> dict[str, object]:

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from foldedcnns.runtime.checkpoint import save_checkpoint
-from foldedcnns.utils.text import json_safe
 from foldedcnns.training.metrics import METRIC_COLUMNS, EpochMetrics, MetricAccumulator, ProgressLine
 from foldedcnns.utils.atomic import atomic_open, atomic_write_text
+from foldedcnns.utils.text import json_safe
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"

@@ -7,9 +7,10 @@ compares a run directory's saved settings with the current ones.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,25 @@ from foldedcnns.core.folding import round_batch
 from foldedcnns.errors import ConfigError
 from foldedcnns.models.registry import ModelConfig, build_model, get_task
 from foldedcnns.models.spec import TaskSpec
-from foldedcnns.runtime.device import resolve_device
+from foldedcnns.runtime.device import DEVICE_HELP, resolve_device
 from foldedcnns.training.curriculum import CurriculumSchedule, curriculum_schedule, fit_schedule
-from foldedcnns.training.distill import DEFAULT_TEMPERATURE, DISTILL_LOSSES
+from foldedcnns.training.distill import (
+    DEFAULT_DISTILL_LOSS,
+    DEFAULT_DISTILL_WEIGHT,
+    DEFAULT_TEMPERATURE,
+    DISTILL_LOSSES,
+)
 from foldedcnns.training.evaluation import DEFAULT_EVAL_BATCH
-from foldedcnns.training.recipes import Recipe, apply_overrides, fit_to_epochs, recipe_for
+from foldedcnns.training.recipes import (
+    RECOMMENDED_EPOCHS,
+    Recipe,
+    apply_overrides,
+    fit_to_epochs,
+    list_recipes,
+    option,
+    recipe_for,
+    recipe_options,
+)
 from foldedcnns.training.slots import SlotWarmup
 
 log = logging.getLogger(__name__)
@@ -32,15 +47,25 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = ("epochs", "slot_warmup")
 
 
+RECIPE_HELP = ("training recipe. Default 'recommended': Adam 1e-3, cosine schedule, batch 128, "
+               f"{RECOMMENDED_EPOCHS} epochs, no curriculum, and for f > 1 slot warm-up for 1/4 of the epochs plus "
+               "a blend of another 1/4, at any --epochs; it is the default because it trains folded models close "
+               "to f = 1's Top-1 at equal epochs (docs/training.md has the figures). 'original': the original "
+               "release's recipe for the task's family (game: Adam 1e-4, 1,500 epochs, curriculum when folded; "
+               "noscope; cifar10/cifar100), also by name; 'quick': 30-epoch CPU runs")
+
+
 @dataclass
 class TrainConfig:
     """One training run. ``None`` fields take the recipe's value (see :mod:`foldedcnns.training.recipes`).
 
     ``task`` is a task name (``foldedcnns models``) or a description JSON path; ``data`` an image
     folder with train/val/test (or a CIFAR archive); ``out`` the run directory. ``batch_size`` is in
-    images and is rounded down to a multiple of ``fold``. ``device`` is ``auto``, ``cpu`` or ``cuda``;
+    images and is rounded down to a multiple of ``fold``. ``device`` is ``auto``, ``cpu`` or ``cuda[:i]``;
     ``amp`` (mixed precision) defaults to on for CUDA. ``curriculum_gap`` (epochs between class steps)
-    lets short runs use the curriculum.
+    lets short runs use the curriculum. ``recipe_overrides`` sets any recipe field by name (the CLI puts
+    there the recipe options, :func:`~foldedcnns.training.recipes.recipe_options`, without a field here).
+    Fields with ``option`` metadata are ``train``/``sweep`` flags whose defaults are these fields' defaults.
     """
 
     task: str
@@ -48,7 +73,7 @@ class TrainConfig:
     out: str | Path
     fold: int = 1
     multiplier: float | None = None
-    recipe: str | None = None
+    recipe: str | None = field(default=None, metadata=option(RECIPE_HELP, choices=tuple(list_recipes())))
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -57,18 +82,37 @@ class TrainConfig:
     lr_schedule: str | None = None
     curriculum: bool | None = None
     curriculum_gap: int | None = None
+    distill_from: str | Path | None = field(default=None, metadata=option(
+        "teacher checkpoint whose logits are the targets", metavar="CKPT"))
+    distill_loss: str = field(default=DEFAULT_DISTILL_LOSS, metadata=option(
+        "MSE on logits (the original) or KL divergence with a temperature", choices=DISTILL_LOSSES))
+    distill_temperature: float = field(default=DEFAULT_TEMPERATURE, metadata=option(
+        "distillation temperature for --distill-loss kl", flag="--temperature"))
+    distill_weight: float = field(default=DEFAULT_DISTILL_WEIGHT, metadata=option(
+        "loss = W * distillation + (1 - W) * cross-entropy on the labels (original: 1)", metavar="W"))
     slot_warmup: int | None = None
-    distill_from: str | Path | None = None
-    distill_loss: str = "mse"
-    distill_temperature: float = DEFAULT_TEMPERATURE
-    distill_weight: float = 1.0
-    device: str = "auto"
-    amp: bool | None = None
+    device: str = field(default="auto", metadata=option(DEVICE_HELP))
+    amp: bool | None = field(default=None, metadata=option("automatic mixed precision (default: on with CUDA)"))
     resume: bool = False
-    seed: int = 0
-    eval_batch_size: int = DEFAULT_EVAL_BATCH
-    progress: bool = True
+    seed: int = field(default=0, metadata=option("random seed (model init, shuffling, augmentation)"))
+    eval_batch_size: int = field(default=DEFAULT_EVAL_BATCH, metadata=option("images per eval batch"))
+    progress: bool = field(default=True, metadata=option("no progress bars on stderr", flag="--no-progress"))
     channels_last: bool = True
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def overrides(self) -> dict[str, Any]:
+        """The recipe options this run sets: the same-named fields and ``recipe_overrides`` (None: the
+        recipe's value). Both setting one option is a :class:`ConfigError`."""
+        named = {f.name: getattr(self, f.name) for f in recipe_options() if hasattr(self, f.name)}
+        both = sorted(k for k, v in self.recipe_overrides.items() if v is not None and named.get(k) is not None)
+        if both:
+            raise ConfigError(f"{', '.join(both)} set both as a field and in recipe_overrides; set it once")
+        return {**named, **{k: v for k, v in self.recipe_overrides.items() if v is not None or k not in named}}
+
+
+def run_options() -> tuple[dataclasses.Field, ...]:
+    """The :class:`TrainConfig` fields that are training options of their own (not recipe fields)."""
+    return tuple(f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata)
 
 
 @dataclass(frozen=True)
@@ -119,10 +163,8 @@ def plan_run(config: TrainConfig) -> RunPlan:
     model_config: ModelConfig = probe.config
     fold = model_config.fold
     recipe = recipe_for(spec, fold, config.recipe)
-    recipe = apply_overrides(recipe, {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
-                                      "weight_decay": config.weight_decay, "optimizer": config.optimizer,
-                                      "lr_schedule": config.lr_schedule, "curriculum": config.curriculum,
-                                      "curriculum_gap": config.curriculum_gap, "slot_warmup": config.slot_warmup})
+    overrides = config.overrides()
+    recipe = apply_overrides(recipe, overrides)
     recipe = fit_to_epochs(recipe, fold)
     notices: list[str] = []
     if recipe.batch_size < fold:
@@ -132,14 +174,14 @@ def plan_run(config: TrainConfig) -> RunPlan:
     try:
         SlotWarmup(probe, fold, recipe.slot_warmup)  # checks that every layer can be split
     except ConfigError:
-        if config.slot_warmup is not None:
+        if overrides.get("slot_warmup") is not None:
             raise
         if recipe.slot_warmup:
             notices.append(f"slot warm-up is off: a layer of this model has fewer than {fold} channels")
         recipe = apply_overrides(recipe, {"slot_warmup": 0})
     if config.eval_batch_size < 1:
         raise ConfigError(f"eval batch size must be >= 1, got {config.eval_batch_size}")
-    schedule = _curriculum(config, spec, fold, recipe, notices)
+    schedule = _curriculum(bool(overrides.get("curriculum")), spec, fold, recipe, notices)
     if config.distill_from is not None:
         _check_distillation(config)
     device = resolve_device(config.device)
@@ -151,11 +193,12 @@ def plan_run(config: TrainConfig) -> RunPlan:
     return RunPlan(config, model_name, model_config, recipe, batch_size, schedule, device, amp, tuple(notices))
 
 
-def _curriculum(config: TrainConfig, spec: TaskSpec, fold: int, recipe: Recipe,
+def _curriculum(asked: bool, spec: TaskSpec, fold: int, recipe: Recipe,
                 notices: list[str]) -> CurriculumSchedule | None:
-    """The curriculum of the run (None when off); one that cannot reach every class in time is fitted
-    to the epochs (:func:`~foldedcnns.training.curriculum.fit_schedule`) with a notice."""
-    if not ((recipe.curriculum and fold > 1) or config.curriculum):
+    """The curriculum of the run (None when off; ``asked``: switched on explicitly, also at fold 1); one
+    that cannot reach every class in time is fitted to the epochs
+    (:func:`~foldedcnns.training.curriculum.fit_schedule`) with a notice."""
+    if not ((recipe.curriculum and fold > 1) or asked):
         return None
     schedule = curriculum_schedule(spec.num_classes, fold, divisor=recipe.curriculum_divisor,
                                    gap=recipe.curriculum_gap)

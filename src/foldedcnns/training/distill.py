@@ -15,21 +15,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from foldedcnns.data.model_input import to_model_input
 from foldedcnns.errors import ConfigError, DataError
 from foldedcnns.models.registry import ModelConfig
 from foldedcnns.models.spec import TaskSpec
 from foldedcnns.runtime.backends import Prepared
 from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint
-from foldedcnns.data.model_input import to_model_input
-from foldedcnns.runtime.prepare import prepare_model
+from foldedcnns.runtime.engine import Engine
 from foldedcnns.utils.atomic import atomic_save
 
 DISTILL_LOSSES = ("mse", "kl")
+DEFAULT_DISTILL_LOSS = "mse"
+DEFAULT_DISTILL_WEIGHT = 1.0  # the teacher's logits only, as the original
 DEFAULT_TEMPERATURE = 4.0
 CACHE_NAME = "teacher_logits.pt"
 
 
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse",
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = DEFAULT_DISTILL_LOSS,
                  temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
     """Per-image distillation loss. Shapes: student (N, K) and teacher (N, K) logits -> (N,).
 
@@ -69,9 +71,10 @@ def tensor_fingerprint(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def load_teacher(path: str | Path, student: ModelConfig, device: torch.device | str = "cpu", *,
-                 backend: str = "eager", batch_images: int = 256) -> tuple[Prepared, ModelConfig]:
-    """A teacher checkpoint made ready to classify (fp32 on ``backend``), and its model config.
+def load_teacher(path: str | Path, student: ModelConfig, engine: Engine | None = None, *,
+                 batch_images: int = 256) -> tuple[Prepared, ModelConfig]:
+    """A teacher checkpoint made ready to classify on ``engine`` (default: fp32 eager on the CPU), and its
+    model config.
 
     The teacher must classify the student's classes at the student's input size.
     """
@@ -82,7 +85,7 @@ def load_teacher(path: str | Path, student: ModelConfig, device: torch.device | 
     if config.image_size != student.image_size:
         raise ConfigError(f"teacher {path} reads {config.image_size} images but the student reads "
                           f"{student.image_size}; pass a teacher with the student's input size")
-    runner = prepare_model(model, backend=backend, precision="fp32", device=device, batch_images=batch_images)
+    runner = (Engine() if engine is None else engine).prepare(model, batch_images)
     return runner, config
 
 
@@ -99,9 +102,10 @@ def compute_logits(teacher: Prepared, images: torch.Tensor, task: TaskSpec, batc
 
 
 def cached_teacher_logits(cache_dir: str | Path, teacher_path: str | Path, student: ModelConfig,
-                          images: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 256, *,
-                          backend: str = "eager") -> tuple[torch.Tensor, dict[str, Any]]:
-    """Teacher logits for uint8 ``images``, computed once and cached in ``cache_dir/teacher_logits.pt``.
+                          images: torch.Tensor, engine: Engine | None = None, batch_size: int = 256,
+                          ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Teacher logits for uint8 ``images`` on ``engine`` (default: fp32 eager on the CPU), computed once and
+    cached in ``cache_dir/teacher_logits.pt``.
 
     The cache is keyed by the teacher file's SHA-256 and a fingerprint of the images; a stale cache is
     recomputed. The teacher reads the images normalised as its own task says. Returns the (N, K)
@@ -114,7 +118,7 @@ def cached_teacher_logits(cache_dir: str | Path, teacher_path: str | Path, stude
         data = torch.load(cache, map_location="cpu", weights_only=True)
         if data.get("teacher_sha256") == teacher_hash and data.get("data_sha256") == data_hash:
             return data["logits"], {"teacher": str(teacher_path), "teacher_sha256": teacher_hash, "cached": True}
-    teacher, config = load_teacher(teacher_path, student, device, backend=backend, batch_images=batch_size)
+    teacher, config = load_teacher(teacher_path, student, engine, batch_images=batch_size)
     logits = compute_logits(teacher, images, config.task, batch_size)
     if logits.shape != (images.shape[0], student.task.num_classes):
         raise DataError(f"teacher {teacher_path} produced logits of shape {tuple(logits.shape)}; "

@@ -1,9 +1,10 @@
 """Evaluation: every image of a split exactly once, through the runtime's :class:`Prepared` runner.
 
 Validation during training and ``foldedcnns evaluate`` share :func:`evaluate_split`: uint8 images
-become model inputs through :func:`foldedcnns.runtime.to_model_input` and logits come from
-``Prepared.classify`` (pad the last partial group, fold, run, unfold), in fp32 on the ``eager``
-backend, or ``channels-last`` for a run trained in that memory format.
+become model inputs through :func:`foldedcnns.data.model_input.to_model_input` and logits come from
+``Prepared.classify`` (pad the last partial group, fold, run, unfold). Training-style evaluation runs
+the :func:`eval_engine` (fp32 on the ``eager`` backend, or ``channels-last`` for a run trained in that
+memory format); :func:`evaluate` with an ``engine=`` runs the checkpoint as deployed instead.
 """
 
 from __future__ import annotations
@@ -14,31 +15,31 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from foldedcnns.core.folding import eval_order, round_batch
+from foldedcnns.data.model_input import to_model_input
 from foldedcnns.errors import ConfigError
 from foldedcnns.models.spec import TaskSpec
-from foldedcnns.runtime.backends import Calibration, Prepared, get_backend
+from foldedcnns.runtime.backends import Prepared
 from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint
-from foldedcnns.runtime.device import resolve_device
-from foldedcnns.data.model_input import to_model_input
-from foldedcnns.runtime.prepare import prepare_model
-from foldedcnns.utils.text import json_safe
+from foldedcnns.runtime.engine import Engine
 from foldedcnns.training.metrics import MetricAccumulator, ProgressLine, empty_summary, topk_correct
 from foldedcnns.training.splits import SplitData, load_split
+from foldedcnns.utils.text import json_safe
 
 DEFAULT_EVAL_BATCH = 512
 
 
 @dataclass
 class EvalOutputs:
-    """Per-image results of one pass over a split: loss, Top-1 and Top-5 hits, labels (all (N,))."""
+    """Per-image results of one pass over a split, all (N,) in the split's order: loss, Top-1 and Top-5
+    hits, labels, and ``predicted`` (int64 top-1 class)."""
 
     loss: torch.Tensor
     hit1: torch.Tensor
     hit5: torch.Tensor
     labels: torch.Tensor
+    predicted: torch.Tensor
 
     def summary(self, mask: torch.Tensor | None = None) -> dict[str, float | int]:
         """``{"top1": %, "top5": %, "loss": mean, "images": n}`` over all images or those in ``mask``."""
@@ -51,17 +52,10 @@ class EvalOutputs:
                 "loss": loss.double().mean().item(), "images": n}
 
 
-def eval_backend(channels_last: bool) -> str:
-    """The backend evaluation runs on: ``channels-last`` for a model trained in that memory format, else ``eager``."""
-    return "channels-last" if channels_last else "eager"
-
-
-def prepare_for_eval(model: nn.Module, device: torch.device | str, batch_size: int = DEFAULT_EVAL_BATCH, *,
-                     channels_last: bool = False, precision: str = "fp32") -> Prepared:
-    """A runner of (a copy of) ``model`` for evaluation batches of ``batch_size`` images."""
-    return prepare_model(model, backend=eval_backend(channels_last), precision=precision, device=device,
-                         batch_images=batch_size)
-
+def eval_engine(device: torch.device | str, *, channels_last: bool = False) -> Engine:
+    """The engine validation during training runs on ``device``: fp32 on ``channels-last`` for a model
+    trained in that memory format, else on ``eager``."""
+    return Engine("channels-last" if channels_last else "eager", "fp32", str(device))
 
 
 def evaluate_split(runner: Prepared, split: SplitData, task: TaskSpec, *, batch_size: int = DEFAULT_EVAL_BATCH,
@@ -78,7 +72,7 @@ def evaluate_split(runner: Prepared, split: SplitData, task: TaskSpec, *, batch_
     images, labels = split.images[order].to(device), split.labels[order].to(device)
     acc = MetricAccumulator(device)
     line = ProgressLine(-(-n // batch_size), epoch, name, enabled=progress and n > 0)
-    losses, hits1, hits5 = [], [], []
+    losses, hits1, hits5, predicted = [], [], [], []
     for step, start in enumerate(range(0, n, batch_size)):
         y = labels[start:start + batch_size]
         logits = runner.classify(to_model_input(images[start:start + batch_size], task, device, layout="nchw"))
@@ -86,43 +80,44 @@ def evaluate_split(runner: Prepared, split: SplitData, task: TaskSpec, *, batch_
         losses.append(loss)
         hits1.append(topk_correct(logits, y, 1))
         hits5.append(topk_correct(logits, y, 5))
+        predicted.append(logits.argmax(dim=1))
         if progress:
             acc.add(loss, logits, y)
             line.step(step, start + batch_size >= n, acc)
     line.close()
     if not losses:
         empty = torch.zeros(0, device="cpu")
-        return EvalOutputs(empty, empty.bool(), empty.bool(), split.labels.cpu())
+        return EvalOutputs(empty, empty.bool(), empty.bool(), split.labels.cpu(), empty.long())
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(n)
     return EvalOutputs(torch.cat(losses).cpu()[inverse], torch.cat(hits1).cpu()[inverse],
-                       torch.cat(hits5).cpu()[inverse], split.labels.cpu())
+                       torch.cat(hits5).cpu()[inverse], split.labels.cpu(), torch.cat(predicted).cpu()[inverse])
 
 
-def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", *, device: str = "auto",
-             batch_size: int = DEFAULT_EVAL_BATCH, amp: bool | None = None, progress: bool = False,
-             backend: str | None = None, precision: str = "fp32", calibration: Calibration | None = None,
-             ) -> dict[str, Any]:
+def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", *, engine: Engine | None = None,
+             batch_size: int = DEFAULT_EVAL_BATCH, amp: bool | None = None, progress: bool = False) -> dict[str, Any]:
     """Top-1, Top-5 (percent), mean cross-entropy and image count of a checkpoint on one split.
 
     Everything needed (task, classes, fold, input size, normalisation, validation split) comes from
-    the checkpoint. The model runs in fp32 (as validation during training does); ``amp=True`` runs
-    it in fp16 instead (CUDA only). ``backend`` runs it as deployed instead: that runtime backend at
-    ``precision`` (int8 quantized with ``calibration``).
+    the checkpoint. ``engine`` None runs it as validation during training does: fp32 on the ``eager``
+    backend, device ``auto``; ``amp=True`` runs it in fp16 instead (CUDA only). An ``engine`` runs it
+    as deployed: that backend, precision and device; int8 calibrated by
+    :meth:`Engine.for_deployment` (the engine's own calibration, else ``data``'s train split).
     """
     ckpt = load_checkpoint(checkpoint)
     model, config = model_from_checkpoint(ckpt)
-    dev = resolve_device(device)
-    if amp and dev.type != "cuda":
-        raise ConfigError("mixed precision (--amp) needs a CUDA device; pass --device cuda")
+    engine = Engine(device="auto") if engine is None else engine
+    if amp:
+        if engine.precision != "fp32":
+            raise ConfigError(f"--amp runs an fp32 engine in fp16; drop --amp to run {engine.precision}")
+        if engine.resolved().device.split(":")[0] != "cuda":
+            raise ConfigError("mixed precision (--amp) needs a CUDA device; pass --device cuda")
+        engine = engine.replace(precision="fp16")
+    engine = engine.for_deployment(config.task, data)
     recipe = (ckpt.get("train_config") or {}).get("recipe") or {}
     val_split = recipe.get("val_split", 0.1)
     split_data = load_split(data, config.task, split, config.image_size, val_split)
-    if backend is None:
-        runner = prepare_for_eval(model, dev, batch_size, precision="fp16" if amp else "fp32")
-    else:
-        runner = prepare_model(model, backend=get_backend(backend).calibrated(calibration), precision=precision,
-                               device=dev, batch_images=batch_size)
+    runner = engine.prepare(model, batch_size)
     outputs = evaluate_split(runner, split_data, config.task, batch_size=batch_size, epoch=ckpt.get("epoch") or 0,
                              name=split, progress=progress)
     return {"checkpoint": str(checkpoint), "task": ckpt.get("task", config.name), "fold": config.fold,

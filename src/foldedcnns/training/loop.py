@@ -22,15 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from foldedcnns.core.folding import run_folded
+from foldedcnns.data.model_input import to_model_input
 from foldedcnns.data.transforms import random_crop, random_hflip
 from foldedcnns.errors import ConfigError
 from foldedcnns.models.registry import build_model
 from foldedcnns.runtime.checkpoint import make_checkpoint
-from foldedcnns.data.model_input import to_model_input
 from foldedcnns.training.callbacks import Callback
 from foldedcnns.training.config import RunPlan
 from foldedcnns.training.distill import cached_teacher_logits, distill_loss
-from foldedcnns.training.evaluation import eval_backend, evaluate_split, prepare_for_eval
+from foldedcnns.training.evaluation import eval_engine, evaluate_split
 from foldedcnns.training.metrics import EpochMetrics, MetricAccumulator
 from foldedcnns.training.optim import make_optimizer, make_scheduler
 from foldedcnns.training.recipes import Recipe
@@ -120,8 +120,9 @@ class TrainLoop:
     def _load_teacher(self) -> None:
         cfg = self.cfg
         logits, info = cached_teacher_logits(self.run_dir, cfg.distill_from, self.plan.model_config,
-                                             self.data.train.images, self.device, cfg.eval_batch_size,
-                                             backend=eval_backend(cfg.channels_last))
+                                             self.data.train.images,
+                                             eval_engine(self.device, channels_last=cfg.channels_last),
+                                             cfg.eval_batch_size)
         top1 = 100.0 * (logits.argmax(1) == self.data.train.labels).double().mean().item()
         self.teacher_info = {**info, "loss": cfg.distill_loss, "train_top1": top1,
                              "temperature": cfg.distill_temperature if cfg.distill_loss == "kl" else None}
@@ -181,7 +182,7 @@ class TrainLoop:
     def evaluate_epoch(self, epoch: int, active: int) -> tuple[dict[str, Any], float, dict[str, Any] | None]:
         """Validation summary, validation Top-1 over the first ``active`` classes, test summary (or None)."""
         cfg = self.cfg
-        runner = prepare_for_eval(self.model, self.device, cfg.eval_batch_size, channels_last=cfg.channels_last)
+        runner = eval_engine(self.device, channels_last=cfg.channels_last).prepare(self.model, cfg.eval_batch_size)
         outputs = {name: evaluate_split(runner, split, self.plan.spec, batch_size=cfg.eval_batch_size,
                                         epoch=epoch + 1, name=name, progress=cfg.progress)
                    for name, split in (("val", self.data.val), ("test", self.data.test)) if split is not None}

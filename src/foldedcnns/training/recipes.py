@@ -30,7 +30,6 @@ N//20, a class step every 120 epochs), as in the original (:data:`TASK_OVERRIDES
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +69,15 @@ DEFAULT_RECIPE = "recommended"
 ORIGINAL = "original"  # picks the original's recipe by task and family
 
 
+def option(help: str, *, flag: str | None = None, metavar: str | None = None,
+           choices: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Field metadata that makes a :class:`Recipe` (or ``TrainConfig``) field a training option: the
+    ``train``/``sweep`` flag (``flag``, default ``--`` + the field name with dashes) with this ``help``,
+    and (for a recipe field) an override :func:`~foldedcnns.training.config.plan_run` applies. One field
+    with this metadata is all a new option needs."""
+    return {"help": help, "flag": flag, "metavar": metavar, "choices": choices}
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How to train one data-set group. Units: learning rates per step, gaps and epochs in epochs.
@@ -80,26 +88,35 @@ class Recipe:
     (fold > 1) only, as the original did; ``curriculum_divisor`` sets the start and step size
     (``N // divisor`` classes) and ``curriculum_gap`` the epochs between steps. ``slot_warmup`` is the
     number of epochs a folded model trains as f separate per-image CNNs first
-    (:mod:`foldedcnns.training.slots`; 0 = off, as in the original).
+    (:mod:`foldedcnns.training.slots`; 0 = off, as in the original). Fields with :func:`option` metadata
+    are training options (:func:`recipe_options`).
     """
 
     name: str
-    optimizer: str = "adam"
-    lr: float = ORIGINAL_ADAM_LR
-    weight_decay: float = ORIGINAL_WEIGHT_DECAY
+    optimizer: str = field(default="adam", metadata=option("optimizer", choices=OPTIMIZERS))
+    lr: float = field(default=ORIGINAL_ADAM_LR, metadata=option("learning rate"))
+    weight_decay: float = field(default=ORIGINAL_WEIGHT_DECAY, metadata=option("weight decay"))
     momentum: float = 0.0
-    epochs: int = GAME_EPOCHS
-    batch_size: int = ORIGINAL_BATCH_SIZE
-    lr_schedule: str = "none"
+    epochs: int = field(default=GAME_EPOCHS, metadata=option(
+        f"number of epochs (default: the recipe's; recommended: {RECOMMENDED_EPOCHS})"))
+    batch_size: int = field(default=ORIGINAL_BATCH_SIZE, metadata=option(
+        "images per batch, rounded down to a multiple of the fold"))
+    lr_schedule: str = field(default="none", metadata=option("learning-rate schedule, stepped per epoch",
+                                                             choices=LR_SCHEDULES))
     lr_step_size: int = CIFAR_STEP_SIZE
     lr_gamma: float = CIFAR_STEP_GAMMA
     val_split: float | int = VAL_FRACTION
     augment: str = "none"
     crop_padding: int = CIFAR_CROP_PADDING
-    curriculum: bool = False
-    curriculum_gap: int = CURRICULUM_GAP
+    curriculum: bool = field(default=False, metadata=option(
+        "introduce classes over the epochs (default: off; on for folded game tasks with --recipe original); a "
+        "curriculum too long for --epochs is scaled to fit, with a notice"))
+    curriculum_gap: int = field(default=CURRICULUM_GAP, metadata=option(
+        f"epochs between curriculum steps (original: {CURRICULUM_GAP})", metavar="EPOCHS"))
     curriculum_divisor: int = CURRICULUM_DIVISOR
-    slot_warmup: int = 0
+    slot_warmup: int = field(default=0, metadata=option(
+        "epochs a folded model first trains as f separate per-image CNNs, then as many to blend them (default: "
+        "the recipe's; recommended: 1/4 of the epochs; 0 = off, as the original)", metavar="EPOCHS"))
     slot_warmup_fraction: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -145,6 +162,11 @@ FAMILY_RECIPES = {"game": "game", "noscope": "noscope", "resnet": "cifar100"}
 # What the recommended recipe takes over from the original's per family and task (augmentation, split).
 RECOMMENDED_FAMILY = {"resnet": {"augment": "crop_flip"}}
 RECOMMENDED_TASK = {"cifar10": {"val_split": CIFAR_VAL_IMAGES}, "cifar100": {"val_split": CIFAR_VAL_IMAGES}}
+
+
+def recipe_options() -> tuple[dataclasses.Field, ...]:
+    """The :class:`Recipe` fields that are training options (``train``/``sweep`` flags and overrides)."""
+    return tuple(f for f in dataclasses.fields(Recipe) if "help" in f.metadata)
 
 
 def list_recipes() -> list[str]:

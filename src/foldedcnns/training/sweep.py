@@ -23,11 +23,11 @@ from matplotlib.figure import Figure
 from foldedcnns.analysis import flops_per_image
 from foldedcnns.errors import ConfigError, DataError
 from foldedcnns.models.registry import ModelConfig, build_from_config, get_task
-from foldedcnns.utils.text import json_safe
 from foldedcnns.training.trainer import TrainConfig, TrainResult, plan_run, train
 from foldedcnns.utils.atomic import atomic_open, atomic_path, atomic_write_text
 from foldedcnns.utils.outputs import claim_folder
 from foldedcnns.utils.signals import on_interrupt
+from foldedcnns.utils.text import json_safe
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"

@@ -37,11 +37,11 @@ from foldedcnns.training.callbacks import (
 from foldedcnns.training.config import RunPlan, TrainConfig, check_resume, plan_run
 from foldedcnns.training.evaluation import DEFAULT_EVAL_BATCH, evaluate
 from foldedcnns.training.loop import TrainLoop, flush_denormals
-from foldedcnns.utils.text import json_safe
 from foldedcnns.training.splits import load_training_data
 from foldedcnns.utils.atomic import atomic_write_text
 from foldedcnns.utils.outputs import claim_folder
 from foldedcnns.utils.signals import on_interrupt
+from foldedcnns.utils.text import json_safe
 
 log = logging.getLogger(__name__)
 
