@@ -1,0 +1,115 @@
+"""Backends give the eager model's logits, refuse what they cannot run with a reason, and leave the model alone."""
+
+import pytest
+import torch
+
+from foldedcnns.errors import ConfigError
+from foldedcnns.models import build_model
+from foldedcnns.runtime.backends import (
+    BACKENDS,
+    BackendUnavailable,
+    CompileBackend,
+    CudaGraphsBackend,
+    OnnxRuntimeBackend,
+    get_backend,
+)
+from foldedcnns.runtime.engine import Engine
+
+# torch.compile cases are slow: inductor's first compilation alone takes seconds on 2 CPU cores.
+COMPILE = pytest.param("compile", marks=pytest.mark.slow)
+
+
+@pytest.fixture()
+def model(tiny_noscope_task):
+    torch.manual_seed(0)
+    return build_model(tiny_noscope_task, fold=2).eval()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("name", ["eager", "channels-last", "onnxruntime"])
+def test_fp32_backends_match_eager(model, name):
+    x = torch.rand(5, *model.config.input_shape)
+    with torch.no_grad():
+        expected = model(x)
+    prepared = get_backend(name).prepare(model, x[:2], Engine(name))
+    out = prepared.folded(x)
+    assert out.dtype == torch.float32 and out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    assert prepared.setup_seconds > 0
+
+
+def test_reduced_precision_is_close_and_leaves_the_callers_model_in_fp32(model):
+    x = torch.rand(4, *model.config.input_shape)
+    with torch.no_grad():
+        expected = model(x)
+    out = get_backend("channels-last").prepare(model, x, Engine("channels-last", "bf16")).folded(x)
+    assert next(model.parameters()).dtype == torch.float32
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0.1, atol=0.05)
+
+
+def test_unsupported_combinations_say_why():
+    assert OnnxRuntimeBackend().is_available("cpu", "bf16") == (False, "ONNX Runtime has no bf16 convolution on cpu")
+    ok, reason = CudaGraphsBackend().is_available("cpu", "fp32")
+    assert not ok and "--device cuda" in reason
+    with pytest.raises(BackendUnavailable, match="runs on cuda; use --device cuda"):
+        CudaGraphsBackend().prepare(torch.nn.Linear(2, 2), torch.zeros(1, 2), Engine("cuda-graphs"))
+    with pytest.raises(ConfigError, match="unknown backend"):
+        get_backend("tensorrt")
+    assert set(BACKENDS) == {"eager", "channels-last", "compile", "onnxruntime", "cuda-graphs", "openvino",
+                             "openvino-streams"}
+
+
+def test_a_kernel_that_fails_in_the_check_call_makes_the_backend_unavailable():
+    class NoHalf(torch.nn.Module):
+        def forward(self, x):
+            if x.dtype == torch.float16:
+                raise RuntimeError("\"conv\" not implemented for 'Half'\nmore detail")
+            return x
+
+    with pytest.raises(BackendUnavailable, match=r"^\"conv\" not implemented for 'Half'$"):
+        get_backend("eager").prepare(NoHalf(), torch.zeros(2, 3), Engine("eager", "fp16"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_cuda_without_a_gpu_is_refused_with_the_fix(model):
+    with pytest.raises(BackendUnavailable, match="CUDA is not available on this machine; use --device cpu"):
+        get_backend("eager").prepare(model, torch.zeros(1, *model.config.input_shape), Engine(device="cuda"))
+
+
+@pytest.mark.slow  # torch.compile: inductor's first compilation alone takes seconds
+@pytest.mark.parametrize("freeze", [True, False])
+def test_compile_matches_eager_and_freezing_makes_weights_constants(model, freeze):
+    x = torch.rand(3, *model.config.input_shape)
+    with torch.no_grad():
+        expected = model(x)
+    prepared = CompileBackend(freeze=freeze).prepare(model, x, Engine("compile"))
+    torch.testing.assert_close(prepared.folded(x), expected, rtol=1e-4, atol=1e-5)
+    copy = prepared.module  # the backend's own cast copy of the model
+    with torch.no_grad():
+        for p in copy.parameters():
+            p.zero_()
+    # frozen: the weights were folded into the compiled code; unfrozen: they are still read at run time
+    changed = not torch.allclose(prepared.folded(x), expected, rtol=1e-4, atol=1e-5)
+    assert changed is not freeze
+
+
+@pytest.mark.parametrize("name", ["eager", COMPILE])
+def test_the_runner_classifies_any_number_of_images_with_own_group_padding(model, name):
+    """classify(): pad the last group with its own images, fold, run, unfold; a static-shape backend
+    pads every call to its prepared shape and cuts larger ones, so any N works without recompiling."""
+    images = torch.rand(7, *model.config.image_size)
+    prepared = get_backend(name).prepare(model, torch.rand(2, *model.config.input_shape), Engine(name))
+    assert prepared.fold == 2 and prepared.static_inputs == (2 if name == "compile" else None)
+    for n, order in ((1, [0, 0]), (3, [0, 1, 2, 2]), (7, [0, 1, 2, 3, 4, 5, 6, 6])):
+        folded = images[order].reshape(len(order) // 2, -1, *images.shape[2:])
+        with torch.no_grad():
+            expected = model(folded).reshape(len(order), -1)[:n]
+        torch.testing.assert_close(prepared.classify(images[:n]), expected, rtol=1e-4, atol=1e-5)
