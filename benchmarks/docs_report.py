@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from foldedcnns.benchmark.peak import Peak
-from foldedcnns.benchmark.profile import LayerProfile
+from foldedcnns.benchmark.profilers import LayerProfile
 from foldedcnns.benchmark.summary import RATE_HEADER, BestRow
 from foldedcnns.utils.text import markdown_table
 

@@ -34,10 +34,11 @@ from docs_report import (
     replace_section,
 )
 
+from foldedcnns.benchmark.grid import parse_pairs
 from foldedcnns.benchmark.machine import machine_info
 from foldedcnns.benchmark.peak import Peak
 from foldedcnns.benchmark.plots import plot_results
-from foldedcnns.benchmark.profile import LayerProfile, LayerTime, can_profile, profile_interleaved
+from foldedcnns.benchmark.profilers import LayerProfile, LayerTime, can_profile, profile_interleaved
 from foldedcnns.benchmark.records import BenchRecord, write_csv
 from foldedcnns.benchmark.runner import (
     PreparedCache,
@@ -49,10 +50,9 @@ from foldedcnns.benchmark.runner import (
 )
 from foldedcnns.benchmark.summary import BestRow, best_configs
 from foldedcnns.benchmark.tune import TuneConfig, search
-from foldedcnns.cli.bench import parse_pairs
 from foldedcnns.models import build_model
-from foldedcnns.runtime.backends import DEFAULT_BACKENDS
 from foldedcnns.runtime.device import resolve_device
+from foldedcnns.runtime.engine import Engine, default_backends
 from foldedcnns.runtime.threads import torch_threads
 from foldedcnns.utils.atomic import atomic_write_text
 
@@ -134,15 +134,15 @@ def profile_best(best: list[BestRow], device: str, done: list[LayerProfile]) -> 
     have = {(p.model, p.fold, p.backend, p.precision): p for p in done}
     groups: dict[tuple[str, str, str], list[int]] = {}
     for row in best:
-        if row.mode in ("Original", "Folded") and can_profile(row.backend, row.precision):
+        if row.mode in ("Original", "Folded") and can_profile(Engine(row.backend, row.precision)):
             groups.setdefault((row.model, row.backend, row.precision), []).append(row.fold)
     out = []
     for (model, backend, precision), folds in groups.items():
         missing = [f for f in folds if (model, f, backend, precision) not in have]
         if missing:
             nets = [build_model(model, fold=f).eval() for f in missing]
-            for p in profile_interleaved(nets, backend=backend, precision=precision, batch_size=PROFILE_BATCH,
-                                         device=device, iterations=PROFILE_ITERATIONS):
+            for p in profile_interleaved(nets, Engine(backend, precision, device), batch_size=PROFILE_BATCH,
+                                         iterations=PROFILE_ITERATIONS):
                 have[(p.model, p.fold, p.backend, p.precision)] = p
         out += [have[(model, f, backend, precision)] for f in folds]
     return out
@@ -155,8 +155,8 @@ def profile_fixed(tasks: list[str], folds: tuple[int, ...], device: torch.device
     for task in tasks:
         for backend, precision in FIXED_PROFILES[device.type]:
             models = [build_model(task, fold=f).eval() for f in folds]
-            out += profile_interleaved(models, backend=backend, precision=precision, batch_size=PROFILE_BATCH,
-                                       device=str(device), iterations=PROFILE_ITERATIONS)
+            out += profile_interleaved(models, Engine(backend, precision, str(device)), batch_size=PROFILE_BATCH,
+                                       iterations=PROFILE_ITERATIONS)
     return out
 
 
@@ -205,7 +205,7 @@ def measure_all(args: argparse.Namespace, dev: torch.device, tasks: list[str], b
                             top_k=1, screen_seconds=args.screen_seconds, screen_warmup=1,
                             screen_trials=args.screen_trials, final_seconds=args.final_seconds, final_warmup=1,
                             trials=args.trials, max_call_seconds=args.max_call_seconds, exclude=exclude)
-        cache = PreparedCache(dev, on_notice=lambda n: log(f"  notice: {n}"))
+        cache = PreparedCache(Engine(device=str(dev)), on_notice=lambda n: log(f"  notice: {n}"))
         screen, final = search(model_entries([task], config.folds), cache, config, progress=True)
         screen_all += screen
         final_all += final
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dev = resolve_device(args.device)
     cuda = dev.type == "cuda"
-    backends = _names(args.backends, DEFAULT_BACKENDS["cuda"] if cuda else CPU_BACKENDS)
+    backends = _names(args.backends, default_backends("cuda") if cuda else CPU_BACKENDS)
     precisions = _names(args.precisions, CUDA_PRECISIONS if cuda else CPU_PRECISIONS)
     exclude = parse_pairs(args.exclude if args.exclude is not None else ("" if cuda else CPU_EXCLUDE))
     tasks = args.tasks or default_tasks()

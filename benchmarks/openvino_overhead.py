@@ -38,6 +38,7 @@ from foldedcnns.benchmark.timing import folded_inputs, images_per_call, time_cal
 from foldedcnns.models import build_model
 from foldedcnns.runtime.backends import get_backend, is_quantized
 from foldedcnns.runtime.backends.openvino import streams_for
+from foldedcnns.runtime.engine import Engine
 from foldedcnns.runtime.threads import torch_threads
 
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -85,8 +86,8 @@ def runners(task: str, fold: int, batch: int, precision: str, threads: int) -> d
         torch.manual_seed(0)
         model = build_model(task, fold=fold).eval()
     x = torch.rand(folded_inputs(batch, fold), *model.config.input_shape, generator=torch.Generator().manual_seed(0))
-    prepared = get_backend("openvino").prepare(model, x, precision=precision)
-    streams = get_backend("openvino-streams").prepare(model, x, precision=precision)
+    prepared = get_backend("openvino").prepare(model, x, Engine("openvino", precision))
+    streams = get_backend("openvino-streams").prepare(model, x, Engine("openvino-streams", precision))
     parts = streams_for(len(x), threads)
     compiled = plain_openvino(model, x, precision, threads)
     request = compiled.create_infer_request()

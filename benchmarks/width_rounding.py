@@ -18,6 +18,7 @@ import torch
 from foldedcnns.benchmark.timing import folded_inputs
 from foldedcnns.models import build_model
 from foldedcnns.runtime.backends import get_backend
+from foldedcnns.runtime.engine import Engine
 
 VARIANTS = ((1, 1.0), (2, 2 ** 0.5), (2, 1.5), (3, 3 ** 0.5), (3, 2.0), (4, 2.0))
 
@@ -37,7 +38,7 @@ def main() -> None:
         net = build_model(args.task, fold=fold, multiplier=multiplier).eval()
         inputs = folded_inputs(args.batch_size, fold)
         x = torch.rand(inputs, *net.config.input_shape)
-        prepared = get_backend(args.backend).prepare(net, x, precision=args.precision)
+        prepared = get_backend(args.backend).prepare(net, x, Engine(args.backend, args.precision))
         width = [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)][1]
         runs[(fold, multiplier, width)] = (prepared, prepared.prepare_input(x), inputs * fold)
     rates: dict[tuple[int, float, int], list[float]] = {k: [] for k in runs}

@@ -60,20 +60,41 @@ def test_bench_errors_are_one_line(capsys, tmp_path, tiny_task_file):
     code, _, err = run(capsys, "bench", "--tasks", tiny_task_file, "--backends", "cuda-graphs", *FAST,
                        "--out", tmp_path / "r.csv")
     assert code == 1 and "every configuration was skipped" in err
-    assert "notice: skipped cuda-graphs fp32 on cpu: CUDA graphs need --device cuda" in err
+    assert "notice: skipped cuda-graphs fp32 on cpu: the cuda-graphs backend runs on cuda; use --device cuda" in err
     assert not (tmp_path / "r.csv").exists()
 
 
 def test_peak_command(capsys):
-    code, out, _ = run(capsys, "peak", "--precision", "fp32", "--seconds", "0.01", "--json")
+    code, out, _ = run(capsys, "peak", "--precision", "fp32", "--seconds", "0.01", "--threads", "1", "--json")
     (peak,) = json.loads(out)
-    assert code == 0 and peak["precision"] == "fp32" and peak["flops_per_sec"] > 0
+    assert code == 0 and peak["precision"] == "fp32" and peak["flops_per_sec"] > 0 and peak["threads"] == 1
+
+
+def test_cli_defaults_are_the_librarys_constants():
+    from foldedcnns.benchmark import peak, runner
+    from foldedcnns.benchmark import tune as search
+    from foldedcnns.cli.main import build_parser
+
+    def defaults(*argv):
+        return vars(build_parser().parse_args(list(argv)))
+
+    assert defaults("peak")["seconds"] == peak.DEFAULT_SECONDS
+    bench = defaults("bench", "--out", "r.csv")
+    assert bench["peak_seconds"] == peak.DEFAULT_SECONDS and bench["trials"] == runner.DEFAULT_TRIALS
+    assert bench["folds"] == ",".join(map(str, runner.DEFAULT_FOLDS))
+    assert bench["batch_sizes"] == ",".join(map(str, runner.DEFAULT_BATCH_SIZES))
+    tuned = defaults("tune", "t")
+    assert (tuned["screen_seconds"], tuned["seconds"], tuned["trials"]) == (
+        search.SCREEN_SECONDS, search.FINAL_SECONDS, search.FINAL_TRIALS)
+    assert tuned["peak_seconds"] == peak.DEFAULT_SECONDS and tuned["folds"] == ",".join(map(str, runner.DEFAULT_FOLDS))
+    for command in (["bench", "--out", "r.csv"], ["tune", "t"], ["peak"], ["demo"]):
+        assert defaults(*command, "--device", "cuda:1")["device"] == "cuda:1"  # one --device rule
 
 
 def test_tune_checkpoint_with_data_reports_accuracy_cost_and_a_recommendation(capsys, tmp_path, tiny_task,
                                                                              tiny_checkpoint, image_folder):
     ckpt = tiny_checkpoint(2)
-    image_folder(tiny_task, {"test": 3})
+    image_folder(tiny_task, {"train": 1, "test": 3})  # a data set as training made it (evaluate's loop reads it)
     out_csv = tmp_path / "final.csv"
     code, out, err = run(capsys, "tune", ckpt, "--backends", "eager,onnxruntime", "--precisions", "fp32,bf16",
                          "--batch-sizes", "4,8", "--trials", "2", "--screen-seconds", "0.01", "--seconds", "0.01",
@@ -96,7 +117,7 @@ def test_tune_task_with_data_is_refused(capsys, tmp_path, tiny_task_file):
 
 
 def test_exclude_pairs_are_parsed_and_bad_ones_named():
-    from foldedcnns.cli.bench import parse_pairs
+    from foldedcnns.benchmark.grid import parse_pairs
     from foldedcnns.errors import ConfigError
 
     assert parse_pairs("compile:fp32, eager:bf16") == (("compile", "fp32"), ("eager", "bf16"))

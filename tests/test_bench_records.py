@@ -18,6 +18,7 @@ from foldedcnns.benchmark.records import (
 from foldedcnns.benchmark.summary import best_configs, summarize
 from foldedcnns.benchmark.timing import folded_inputs, images_per_call, time_calls
 from foldedcnns.errors import ConfigError, DataError
+from foldedcnns.runtime.engine import Engine
 
 
 def rec(trial, fold, tput, *, backend="eager", precision="fp32", batch=1024, model="m", fpi=10.0):
@@ -114,5 +115,6 @@ def test_summary_reports_medians_and_best_vs_best_per_trial():
 
 def test_measured_peak_is_positive_and_counts_2n3():
     assert matmul_flops(1000) == 2_000_000_000
-    peak = measure_peak("cpu", "fp32", sizes=(64, 128), seconds=0.01)
+    peak = measure_peak(Engine(threads=1), sizes=(64, 128), seconds=0.01)
     assert peak.flops_per_sec > 0 and peak.matrix_size in (64, 128) and peak.calls >= 2
+    assert (peak.device, peak.precision, peak.threads) == ("cpu", "fp32", 1)  # the engine's device and threads

@@ -6,8 +6,9 @@ import torch
 from foldedcnns.analysis import flops_per_image
 from foldedcnns.benchmark.peak import Peak
 from foldedcnns.benchmark.runner import BenchConfig, model_entries, run_benchmark
+from foldedcnns.data.calibration import Calibration
 from foldedcnns.errors import ConfigError
-from foldedcnns.runtime.backends import Backend, BackendUnavailable, Prepared
+from foldedcnns.runtime.backends import BACKENDS, Backend, BackendUnavailable, Runner
 
 
 @pytest.fixture()
@@ -17,24 +18,39 @@ def tiny(tiny_task_file):
 
 
 class StubBackend(Backend):
-    """Logs every timed call as (fold, precision, folded rows); never touches the model's weights."""
+    """Logs every timed call as (fold, precision, folded rows); never touches the model's weights.
+
+    The one call each preparation makes to check the runner (``Backend.prepare``) is not logged."""
 
     def __init__(self, name, log, *, missing=None, refuse=()):
         self.name, self.log, self.missing, self.refuse = name, log, missing, refuse
 
-    def is_available(self, device="cpu", precision="fp32"):
+    def available(self, device, precision):
         return (False, self.missing) if self.missing else (True, "")
 
-    def prepare(self, model, example, *, precision="fp32", device="cpu"):
-        if precision in self.refuse:
-            raise BackendUnavailable(f"no {precision} kernels in the stub")
-        fold = model.config.fold
+    def build(self, model, example, engine, fold):
+        if engine.precision in self.refuse:
+            raise BackendUnavailable(f"no {engine.precision} kernels in the stub")
+        checked = []
 
         def run(x):
-            self.log.append((self.name, fold, precision, x.shape[0]))
+            if checked:
+                self.log.append((self.name, fold, engine.precision, x.shape[0]))
+            checked.append(True)
             return x.new_zeros(x.shape[0], 3 * fold)
 
-        return Prepared(self.name, precision, torch.device(device), run, lambda x: x, lambda y: y)
+        return Runner(run, lambda x: x, lambda y: y)
+
+
+@pytest.fixture()
+def register(monkeypatch):
+    """Register stub backends for one test (the registry is restored afterwards)."""
+
+    def add(*backends):
+        for backend in backends:
+            monkeypatch.setitem(BACKENDS, backend.name, backend)
+
+    return add
 
 
 def config(tiny, **kw):
@@ -44,10 +60,10 @@ def config(tiny, **kw):
     return BenchConfig(**base)
 
 
-def test_configurations_are_interleaved_original_then_folded_in_every_trial(tiny):
+def test_configurations_are_interleaved_original_then_folded_in_every_trial(tiny, register):
     log = []
-    run = run_benchmark(config(tiny, precisions=("fp32", "bf16"), trials=3),
-                        registry={"stub": StubBackend("stub", log)})
+    register(StubBackend("stub", log))
+    run = run_benchmark(config(tiny, precisions=("fp32", "bf16"), trials=3))
     timed = [(fold, precision) for _, fold, precision, _ in log]  # the stub is not called while preparing
     one_trial = [(1, "fp32"), (2, "fp32"), (1, "bf16"), (2, "bf16")]
     assert timed == one_trial * 3
@@ -55,11 +71,10 @@ def test_configurations_are_interleaved_original_then_folded_in_every_trial(tiny
     assert [(r.mode, r.fold) for r in run.records[:2]] == [("Original", 1), ("Folded", 2)]
 
 
-def test_absent_backend_and_unsupported_precision_are_skipped_with_one_notice(tiny):
+def test_absent_backend_and_unsupported_precision_are_skipped_with_one_notice(tiny, register):
     log, notices = [], []
-    registry = {"stub": StubBackend("stub", log, refuse=("bf16",)),
-                "gone": StubBackend("gone", log, missing="gone is not installed")}
-    run = run_benchmark(config(tiny, backends=("gone", "stub"), precisions=("fp32", "bf16")), registry=registry,
+    register(StubBackend("stub", log, refuse=("bf16",)), StubBackend("gone", log, missing="gone is not installed"))
+    run = run_benchmark(config(tiny, backends=("gone", "stub"), precisions=("fp32", "bf16")),
                         on_notice=notices.append)
     assert {(r.backend, r.precision) for r in run.records} == {("stub", "fp32")}
     assert len(run.records) == 2 * 2
@@ -69,18 +84,37 @@ def test_absent_backend_and_unsupported_precision_are_skipped_with_one_notice(ti
     assert any(n.startswith("skipped stub bf16 for tiny/game f=1") and "no bf16 kernels" in n for n in notices)
 
 
-def test_batch_not_divisible_by_fold_rounds_up_and_reports_true_images(tiny):
+def test_each_candidate_runs_on_an_engine_with_the_configs_threads_and_int8_calibration(tiny, register):
+    engines = []
+
+    class Quantizing(StubBackend):
+        quantizes = True
+
+        def build(self, model, example, engine, fold):
+            engines.append(engine)
+            return super().build(model, example, engine, fold)
+
+    register(Quantizing("stub", []))
+    calibration = Calibration(torch.rand(4, 3, 16, 20), "four test images")
+    run = run_benchmark(config(tiny, precisions=("fp32", "int8"), trials=1, calibration=calibration))
+    assert {(r.precision, r.fold) for r in run.records} == {("fp32", 1), ("fp32", 2), ("int8", 1), ("int8", 2)}
+    assert {(e.backend, e.device, e.threads) for e in engines} == {("stub", "cpu", 1)}
+    assert all(e.calibration is calibration for e in engines)
+
+
+def test_batch_not_divisible_by_fold_rounds_up_and_reports_true_images(tiny, register):
     log = []
-    run = run_benchmark(config(tiny, folds=(1, 3), batch_sizes=(10,), trials=1),
-                        registry={"stub": StubBackend("stub", log)})
+    register(StubBackend("stub", log))
+    run = run_benchmark(config(tiny, folds=(1, 3), batch_sizes=(10,), trials=1))
     by_fold = {r.fold: r for r in run.records}
     assert by_fold[1].images == 10 and by_fold[3].images == 12 and by_fold[3].batch_size == 10
     assert ("stub", 3, "fp32", 4) in log  # ceil(10 / 3) folded inputs
 
 
-def test_flops_per_sec_is_per_image_flops_times_throughput_and_utilization_uses_the_peak(tiny):
+def test_flops_per_sec_is_per_image_flops_times_throughput_and_utilization_uses_the_peak(tiny, register):
     peak = Peak("cpu", "fp32", 1e12, 1024, 1, 1)
-    run = run_benchmark(config(tiny, trials=1), registry={"stub": StubBackend("stub", [])}, peaks={"fp32": peak})
+    register(StubBackend("stub", []))
+    run = run_benchmark(config(tiny, trials=1), peaks={"fp32": peak})
     entries = {e.config.fold: e for e in model_entries((tiny,), (1, 2))}
     for r in run.records:
         assert r.flops_per_image == flops_per_image(entries[r.fold].config)

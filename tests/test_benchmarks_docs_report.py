@@ -10,7 +10,7 @@ from docs_report import (
 
 from foldedcnns.benchmark.peak import Peak
 from foldedcnns.benchmark.plots import plot_results
-from foldedcnns.benchmark.profile import LayerProfile, LayerTime
+from foldedcnns.benchmark.profilers import LayerProfile, LayerTime
 from foldedcnns.benchmark.records import BenchRecord, add_ratios
 from foldedcnns.benchmark.summary import BestRow
 from foldedcnns.errors import DataError

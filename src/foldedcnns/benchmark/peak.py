@@ -27,10 +27,12 @@ from foldedcnns.benchmark.records import ops_unit
 from foldedcnns.runtime.backends import is_quantized, precision_dtype
 from foldedcnns.runtime.backends.openvino import ov_core
 from foldedcnns.runtime.device import resolve_device
+from foldedcnns.runtime.engine import Engine
+from foldedcnns.runtime.threads import torch_threads
 
 CPU_SIZES: tuple[int, ...] = (1024, 2048)  # close to 4096's rate at a quarter of the cost (docs/benchmarks.md)
 CUDA_SIZES: tuple[int, ...] = (4096, 8192)
-DEFAULT_SECONDS = 0.5  # timed budget per matrix size (at least one call each)
+DEFAULT_SECONDS = 0.5  # the peak's timed budget per matrix size (at least one call each); `peak --seconds`
 FLOAT_KERNEL = "torch.matmul"
 INT_MM_KERNEL = "torch._int_mm"
 OPENVINO_INT8_KERNEL = "openvino int8 matmul"
@@ -114,11 +116,16 @@ def _openvino_int8_call(n: int, dev: torch.device) -> Callable[[], Any] | None:
     return lambda: request.infer(feed, share_inputs=True, share_outputs=True)
 
 
-def measure_peak(device: str | torch.device = "cpu", precision: str = "fp32", *,
-                 sizes: Sequence[int] | None = None, seconds: float = DEFAULT_SECONDS,
-                 clock: Callable[[], float] = time.perf_counter) -> Peak:
-    """Time square matmuls of each size for about ``seconds`` and keep the fastest single call."""
-    dev = resolve_device(device)
+def measure_peak(engine: Engine | None = None, *, sizes: Sequence[int] | None = None,
+                 seconds: float = DEFAULT_SECONDS, clock: Callable[[], float] = time.perf_counter) -> Peak:
+    """Time square matmuls of each size for about ``seconds`` and keep the fastest single call.
+
+    ``engine`` (default ``Engine()``: fp32 on the CPU) gives the device, the precision and the thread
+    count (None: PyTorch's current one); its backend does not matter, the kernels are fixed per precision.
+    """
+    engine = Engine() if engine is None else engine
+    dev = resolve_device(engine.device)
+    precision = engine.precision
     dtype = precision_dtype(precision)
     sizes = tuple(sizes) if sizes else (CUDA_SIZES if dev.type == "cuda" else CPU_SIZES)
     generator = torch.Generator().manual_seed(0)
@@ -129,7 +136,7 @@ def measure_peak(device: str | torch.device = "cpu", precision: str = "fp32", *,
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    with torch.inference_mode():
+    with torch_threads(engine.threads), torch.inference_mode():
         for n in sizes:
             if is_quantized(precision):
                 calls = {INT_MM_KERNEL: _int_mm_call(n, dev, generator),
@@ -146,4 +153,5 @@ def measure_peak(device: str | torch.device = "cpu", precision: str = "fp32", *,
                 if rate > best:
                     best, best_n, best_kernel = rate, n, kernel
             del calls
-    return Peak(str(dev), precision, best, best_n, total_calls, torch.get_num_threads(), best_kernel)
+        threads = torch.get_num_threads()
+    return Peak(str(dev), precision, best, best_n, total_calls, threads, best_kernel)

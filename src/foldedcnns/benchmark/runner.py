@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -26,41 +25,39 @@ from torch import nn
 from tqdm import tqdm
 
 from foldedcnns.analysis import flops_per_image
+from foldedcnns.benchmark.grid import (
+    Candidate,
+    ModelEntry,
+    checkpoint_entry,
+    default_tasks,
+    grid,
+    is_checkpoint,
+    model_entries,
+)
 from foldedcnns.benchmark.machine import machine_info
 from foldedcnns.benchmark.peak import DEFAULT_SECONDS as PEAK_SECONDS
 from foldedcnns.benchmark.peak import Peak, measure_peak
 from foldedcnns.benchmark.records import BenchRecord, add_ratios, flops_per_sec, utilization
-from foldedcnns.benchmark.timing import check_budget, folded_inputs, images_per_call, time_calls
+from foldedcnns.benchmark.timing import check_budget, time_calls
+from foldedcnns.data.calibration import Calibration
 from foldedcnns.errors import ConfigError
-from foldedcnns.models import build_model, get_task, list_models
-from foldedcnns.models.registry import COMPOUND_PREFIX, ModelConfig
-from foldedcnns.models.spec import TaskSpec
-from foldedcnns.runtime.backends import (
-    BACKENDS,
-    Backend,
-    BackendUnavailable,
-    Prepared,
-    get_backend,
-    precision_dtype,
-)
-from foldedcnns.runtime.checkpoint import model_from_checkpoint
+from foldedcnns.runtime.backends import BackendUnavailable, Prepared, get_backend, precision_dtype
 from foldedcnns.runtime.device import resolve_device
-from foldedcnns.runtime.threads import torch_threads
+from foldedcnns.runtime.engine import Engine
+from foldedcnns.runtime.threads import check_threads, torch_threads
+
+# the model grid lives in grid.py; these names stay importable from the runner, where scripts find them
+__all__ = ["DEFAULT_BATCH_SIZES", "DEFAULT_FOLDS", "DEFAULT_TIMED_SECONDS", "DEFAULT_TRIALS", "DEFAULT_WARMUP",
+           "BenchConfig", "BenchRun", "Candidate", "ModelEntry", "PreparedCache", "add_utilization", "best_peaks",
+           "checkpoint_entry", "default_tasks", "fixed_inputs", "folded_view", "grid", "is_checkpoint", "measure",
+           "measure_peaks", "model_entries", "run_benchmark"]
 
 DEFAULT_FOLDS: tuple[int, ...] = (1, 2, 3, 4)
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1024,)
 DEFAULT_WARMUP = 3
-DEFAULT_SECONDS = 1.0
+DEFAULT_TIMED_SECONDS = 1.0  # timed phase per configuration and trial (the peak has its own budget)
 DEFAULT_TRIALS = 3
 CHECK_INPUTS = 2  # folded inputs in the one check call of a shape-independent backend
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
-MODE_ORDER = {"Original": 0, "Folded": 1, "Compound": 2}
-BENCH_FAMILIES = ("game", "noscope")  # the paper's benchmark set
-
-
-def default_tasks() -> list[str]:
-    """Every game and NoScope task: the one default task list of bench, the headline and the GPU check."""
-    return [n for n in list_models(compound=False) if get_task(n).family in BENCH_FAMILIES]
 
 
 @dataclass(frozen=True)
@@ -75,13 +72,18 @@ class BenchConfig:
     device: str = "cpu"
     warmup: int = DEFAULT_WARMUP
     iterations: int | None = None
-    seconds: float | None = DEFAULT_SECONDS
+    seconds: float | None = DEFAULT_TIMED_SECONDS
     trials: int = DEFAULT_TRIALS
     threads: int | None = None
     seed: int = 0
     peak_seconds: float = PEAK_SECONDS  # 0 skips the peak measurement (Utilization left empty)
+    calibration: Calibration | None = None  # int8's images (None: seeded random input, throughput only)
 
-    def validate(self, registry: Mapping[str, Backend] | None = None) -> None:
+    def engine(self) -> Engine:
+        """The engine every candidate shares (device, threads, calibration); backend and precision vary."""
+        return Engine(device=self.device, threads=self.threads, calibration=self.calibration)
+
+    def validate(self) -> None:
         if not self.tasks:
             raise ConfigError("no tasks given; name at least one task (see 'foldedcnns models')")
         for what, values in (("folds", self.folds), ("batch sizes", self.batch_sizes)):
@@ -89,64 +91,15 @@ class BenchConfig:
                 raise ConfigError(f"{what} must be a non-empty list of integers >= 1, got {list(values)}")
         if self.trials < 1:
             raise ConfigError(f"trials must be >= 1, got {self.trials}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        check_threads(self.threads)
         check_budget(self.iterations, self.seconds, self.warmup)
         if not 0 <= self.peak_seconds < math.inf:  # also NaN
             raise ConfigError(f"--peak-seconds must be a finite number >= 0, got {self.peak_seconds}")
         for name in self.backends:
-            get_backend(name, registry)
+            get_backend(name)
         for precision in self.precisions:
             precision_dtype(precision)
         resolve_device(self.device)
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One model to time: what it is and how to build it (weights do not change the timing)."""
-
-    config: ModelConfig
-    build: Callable[[], nn.Module] = field(compare=False, repr=False)
-    label: str = ""
-    trained: bool = False  # a checkpoint's own weights (accuracy means something), not a seeded random init
-
-    @property
-    def model(self) -> str:
-        """The CSV's Model column: the task name (compound baselines share their task's name)."""
-        return self.config.task.name
-
-    @property
-    def key(self) -> tuple[str, str, int, float]:
-        return (self.config.task.name, self.config.mode, self.config.fold, round(self.config.multiplier, 6))
-
-    @property
-    def title(self) -> str:
-        return self.label or f"{self.config.name} f={self.config.fold}"
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One configuration: a model at a nominal batch size on one backend and precision."""
-
-    entry: ModelEntry
-    backend: str
-    precision: str
-    batch_size: int
-
-    @property
-    def key(self) -> tuple[Any, ...]:
-        return (self.entry.key, self.backend, self.precision, self.batch_size)
-
-    @property
-    def images(self) -> int:
-        return images_per_call(self.batch_size, self.entry.config.fold)
-
-    @property
-    def folded_inputs(self) -> int:
-        return folded_inputs(self.batch_size, self.entry.config.fold)
-
-    def describe(self) -> str:
-        return f"{self.entry.title} {self.backend} {self.precision} B={self.batch_size}"
 
 
 @dataclass
@@ -164,77 +117,17 @@ class BenchRun:
                 "peaks": {k: p.to_dict() for k, p in self.peaks.items()}, "machine": self.machine}
 
 
-def _build(task: str | TaskSpec, fold: int, seed: int) -> Callable[[], nn.Module]:
-    """A builder of the task's model at ``fold`` with seeded weights (the caller's RNG is left alone)."""
-
-    def build() -> nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return build_model(task, fold=fold).eval()
-
-    return build
-
-
-def is_checkpoint(task: str) -> bool:
-    """Whether a model argument names a checkpoint file (by its suffix) rather than a task."""
-    return Path(task).suffix in CHECKPOINT_SUFFIXES
-
-
-def checkpoint_entry(path: str | Path) -> ModelEntry:
-    """A checkpoint's model (its own fold and multiplier) as a benchmark entry."""
-    model, config = model_from_checkpoint(path)
-    return ModelEntry(config, lambda: model, label=f"{Path(path).name} f={config.fold}", trained=True)
-
-
-def model_entries(tasks: Sequence[str], folds: Sequence[int], seed: int = 0) -> list[ModelEntry]:
-    """Every model to time: each task at each fold; ``compound/<task>`` adds the compound baseline and
-    its task's Original; a checkpoint file adds its own model and its task's Original (fold 1).
-    Duplicates are dropped; order is task by task (as given), Original first, then by fold."""
-    entries: dict[tuple[str, str, int, float], tuple[int, ModelEntry]] = {}
-
-    def add(order: int, entry: ModelEntry) -> None:
-        entries.setdefault(entry.key, (order, entry))
-
-    for order, task in enumerate(tasks):
-        if is_checkpoint(task):
-            ckpt = checkpoint_entry(task)
-            add(order, ckpt)  # first, so a fold-1 checkpoint keeps its own weights
-            spec = ckpt.config.task
-            add(order, ModelEntry(build_model(spec, init=False).config, _build(spec, 1, seed)))
-        elif task.startswith(COMPOUND_PREFIX):
-            base = task[len(COMPOUND_PREFIX):]
-            add(order, ModelEntry(build_model(base, init=False).config, _build(base, 1, seed)))
-            add(order, ModelEntry(build_model(task, init=False).config, _build(task, 1, seed)))
-        else:
-            for f in folds:
-                add(order, ModelEntry(build_model(task, fold=f, init=False).config, _build(task, f, seed)))
-    ranked = sorted(entries.values(), key=lambda oe: (oe[0], MODE_ORDER.get(oe[1].config.mode, 9), oe[1].config.fold))
-    return [entry for _, entry in ranked]
-
-
-def grid(entries: Sequence[ModelEntry], batch_sizes: Sequence[int], backends: Sequence[str],
-         precisions: Sequence[str]) -> list[Candidate]:
-    """All configurations in interleaved order: per task and batch size, per backend and precision,
-    the Original then its folded (and compound) models."""
-    by_task: dict[str, list[ModelEntry]] = {}
-    for entry in entries:
-        by_task.setdefault(entry.model, []).append(entry)
-    out = []
-    for task_entries in by_task.values():
-        for batch in batch_sizes:
-            for backend in backends:
-                for precision in precisions:
-                    out += [Candidate(e, backend, precision, batch) for e in task_entries]
-    return out
-
-
 class PreparedCache:
-    """Prepares each (model, backend, precision[, batch]) once and remembers failures as notices."""
+    """Prepares each (model, backend, precision[, batch]) once and remembers failures as notices.
 
-    def __init__(self, device: torch.device, registry: Mapping[str, Backend] | None = None,
-                 on_notice: Callable[[str], None] | None = None) -> None:
-        self.device = device
-        self.registry = BACKENDS if registry is None else registry
+    Each candidate runs on ``engine`` with the candidate's backend and precision (the device, threads
+    and int8 calibration are ``engine``'s); whether a (backend, precision) runs here at all is asked of
+    the registered backend once, with one notice.
+    """
+
+    def __init__(self, engine: Engine, on_notice: Callable[[str], None] | None = None) -> None:
+        self.base = engine.resolved()
+        self.device = torch.device(self.base.device)
         self.notices: list[str] = []
         self._on_notice = on_notice
         self._prepared: dict[tuple[Any, ...], Prepared | None] = {}
@@ -246,13 +139,16 @@ class PreparedCache:
             if self._on_notice is not None:
                 self._on_notice(text)
 
+    def engine(self, c: Candidate) -> Engine:
+        """The engine ``c`` runs on: its backend and precision with this cache's device, threads and calibration."""
+        return self.base.replace(backend=c.backend, precision=c.precision)
+
     def _key(self, c: Candidate) -> tuple[Any, ...]:
-        backend = get_backend(c.backend, self.registry)
-        shape = c.folded_inputs if backend.static_shapes else None
+        shape = c.folded_inputs if get_backend(c.backend).static_shapes else None
         return (c.entry.key, c.backend, c.precision, shape)
 
     def available(self, backend_name: str, precision: str) -> bool:
-        ok, reason = get_backend(backend_name, self.registry).is_available(self.device, precision)
+        ok, reason = get_backend(backend_name).is_available(self.device, precision)
         if not ok:
             self.notice(f"skipped {backend_name} {precision} on {self.device.type}: {reason}")
         return ok
@@ -264,14 +160,14 @@ class PreparedCache:
             return self._prepared[key]
         prepared = None
         if self.available(c.backend, c.precision):
-            backend = get_backend(c.backend, self.registry)
+            engine = self.engine(c)
             model = self._models.get(c.entry.key)
             if model is None:
                 model = self._models[c.entry.key] = c.entry.build()
             rows = c.folded_inputs if key[3] is not None else min(CHECK_INPUTS, c.folded_inputs)
             example = torch.rand(rows, *c.entry.config.input_shape, generator=torch.Generator().manual_seed(0))
             try:
-                prepared = backend.prepare(model, example, precision=c.precision, device=self.device)
+                prepared = engine.runner.prepare(model, example, engine)
             except BackendUnavailable as exc:
                 self.notice(f"skipped {c.backend} {c.precision} for {c.entry.title}: {exc}")
         self._prepared[key] = prepared
@@ -298,7 +194,8 @@ def measure_peaks(precisions: Sequence[str], device: torch.device, seconds: floa
     """Peak per precision (empty when ``seconds`` is 0)."""
     if seconds <= 0:
         return {}
-    return {p: measure_peak(device, p, seconds=seconds) for p in dict.fromkeys(precisions)}
+    return {p: measure_peak(Engine(precision=p, device=str(device)), seconds=seconds)
+            for p in dict.fromkeys(precisions)}
 
 
 def best_peaks(*samples: Mapping[str, Peak]) -> dict[str, Peak]:
@@ -352,22 +249,22 @@ def measure(candidates: Sequence[Candidate], cache: PreparedCache, *, trials: in
     return add_ratios(records)
 
 
-def run_benchmark(config: BenchConfig, *, registry: Mapping[str, Backend] | None = None, progress: bool = False,
-                  on_notice: Callable[[str], None] | None = None,
+def run_benchmark(config: BenchConfig, *, progress: bool = False, on_notice: Callable[[str], None] | None = None,
                   peaks: Mapping[str, Peak] | None = None) -> BenchRun:
     """Measure every configuration of ``config``; see the module docstring for the protocol.
 
     The peak of each precision is sampled before the first trial and after every trial, and the
-    best sample is the ceiling for Utilization. ``registry`` replaces the backend table (tests use
-    stub backends); ``peaks`` gives the peaks instead of measuring them; ``on_notice`` is called with
-    each one-line skip notice as it happens.
+    best sample is the ceiling for Utilization. Backends come from the registry
+    (:func:`foldedcnns.runtime.backends.register_backend`); int8 is calibrated on ``config.calibration``.
+    ``peaks`` gives the peaks instead of measuring them; ``on_notice`` is called with each one-line
+    skip notice as it happens.
     """
-    config.validate(registry)
+    config.validate()
     device = resolve_device(config.device)
     with torch_threads(config.threads):
         entries = model_entries(config.tasks, config.folds, config.seed)
         candidates = grid(entries, config.batch_sizes, config.backends, config.precisions)
-        cache = PreparedCache(device, registry, on_notice)
+        cache = PreparedCache(config.engine(), on_notice)
         setup = tqdm(candidates, desc="preparing", unit="cfg", disable=not progress, leave=False)
         runnable = [c for c in setup if cache.get(c) is not None]
         precisions = list(dict.fromkeys(c.precision for c in runnable))
@@ -384,4 +281,3 @@ def run_benchmark(config: BenchConfig, *, registry: Mapping[str, Backend] | None
         final_peaks = best_peaks(*samples)
         return BenchRun(add_utilization(records, final_peaks), cache.notices, final_peaks,
                         machine_info(str(device)), config)
-

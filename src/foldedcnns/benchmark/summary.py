@@ -9,10 +9,9 @@ median over trials of (best folded throughput / best Original throughput in the 
 
 from __future__ import annotations
 
-from statistics import median
-
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from statistics import median
 from typing import Any
 
 from foldedcnns.benchmark.records import ORIGINAL, BenchRecord

@@ -1,4 +1,4 @@
-"""Find the fastest way to run a task (or a trained checkpoint) on this machine.
+"""Search the fastest way to run a task (or a trained checkpoint) on this machine: the speed search.
 
 The search has three stages, all with the benchmark's protocol (:mod:`foldedcnns.benchmark.runner`):
 
@@ -10,14 +10,9 @@ The search has three stages, all with the benchmark's protocol (:mod:`foldedcnns
    the lucky draw that won a noisy screening round does not inflate the result.
 
 A checkpoint keeps its own fold (its weights are for that fold); the task's untrained Original is
-timed beside it for the speedup. With ``data`` (a folder with ``test/<class>/<image>``) and a
-checkpoint, each reduced precision of the final winners is evaluated on the test images against
-fp32: accuracy and agreement (same predicted class), so the speed of bf16/fp16/int8 is shown with its
-accuracy cost; ``max_accuracy_drop`` excludes precisions that lose more than that.
-
-``int8`` (``openvino``, ``onnxruntime``) is calibrated on up to 300 seeded images of ``data``'s train
-(else val) split, so its accuracy is measured on test images it was not calibrated on; without
-``data`` it is calibrated on random input and a notice says its accuracy is unknown (throughput only).
+timed beside it for the speedup. The whole ``tune`` (this search plus the accuracy cost of reduced
+precision on a data set's test split, measured by training's evaluation loop) is
+:func:`foldedcnns.workflows.tune.tune`; this module holds its settings, its result and the search.
 """
 
 from __future__ import annotations
@@ -25,43 +20,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from foldedcnns.benchmark.grid import Candidate, ModelEntry, is_checkpoint, model_entries
 from foldedcnns.benchmark.machine import machine_info
 from foldedcnns.benchmark.peak import DEFAULT_SECONDS as PEAK_SECONDS
 from foldedcnns.benchmark.peak import Peak
 from foldedcnns.benchmark.records import BenchRecord
-from foldedcnns.benchmark.runner import (
-    Candidate,
-    ModelEntry,
-    PreparedCache,
-    add_utilization,
-    best_peaks,
-    is_checkpoint,
-    measure,
-    measure_peaks,
-    model_entries,
-)
+from foldedcnns.benchmark.runner import DEFAULT_FOLDS, PreparedCache, add_utilization, best_peaks, measure
 from foldedcnns.benchmark.summary import BestRow, best_configs
-from foldedcnns.data.folder import ImageFolder
+from foldedcnns.data.calibration import Calibration
 from foldedcnns.errors import ConfigError
-from foldedcnns.runtime.backends import (
-    BACKENDS,
-    DEFAULT_BACKENDS,
-    Backend,
-    Prepared,
-    calibrated_registry,
-    calibration_notice,
-    is_quantized,
-    load_calibration,
-)
+from foldedcnns.runtime.backends import calibration_notice
 from foldedcnns.runtime.device import resolve_device
-from foldedcnns.data.model_input import to_model_input
-from foldedcnns.runtime.threads import torch_threads
-from foldedcnns.core.folding import eval_order
+from foldedcnns.runtime.engine import Engine, default_backends
 
 TUNE_BATCH_SIZES: tuple[int, ...] = (256, 1024, 4096)
 TUNE_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
@@ -71,16 +45,18 @@ SCREEN_WARMUP = 1
 FINAL_SECONDS = 1.0
 FINAL_WARMUP = 2
 FINAL_TRIALS = 3
-TEST_SPLIT = "test"
 
 
 @dataclass(frozen=True)
 class TuneConfig:
     """What to search. ``backends`` defaults to the device's list; ``exclude`` leaves out (backend,
-    precision) pairs, e.g. ``(("compile", "fp16"),)`` to save its compilations."""
+    precision) pairs, e.g. ``(("compile", "fp16"),)`` to save its compilations. ``data`` (a checkpoint's
+    data set, ``DIR/test/<class>/<image>``) adds the accuracy cost of each reduced precision; int8 is
+    calibrated on ``calibration``, else (in :func:`foldedcnns.workflows.tune.tune`) on up to 300 seeded
+    images of ``data``'s train (else val) split, else on random input (throughput only, with a notice)."""
 
     target: str
-    folds: tuple[int, ...] = (1, 2, 3, 4)
+    folds: tuple[int, ...] = DEFAULT_FOLDS
     backends: tuple[str, ...] | None = None
     precisions: tuple[str, ...] = TUNE_PRECISIONS
     batch_sizes: tuple[int, ...] = TUNE_BATCH_SIZES
@@ -100,11 +76,10 @@ class TuneConfig:
     max_call_seconds: float | None = None  # skip batch sizes whose one call would take longer (estimated)
     seed: int = 0
     exclude: tuple[tuple[str, str], ...] = ()
+    calibration: Calibration | None = None
 
     def resolved_backends(self) -> tuple[str, ...]:
-        if self.backends is not None:
-            return self.backends
-        return DEFAULT_BACKENDS["cuda" if torch.device(self.device).type == "cuda" else "cpu"]
+        return self.backends if self.backends is not None else default_backends(self.device)
 
     def resolved_screen_batch(self) -> int:
         if self.screen_batch is not None:
@@ -232,79 +207,24 @@ def search(entries: Sequence[ModelEntry], cache: PreparedCache, config: TuneConf
     return screen, final_records
 
 
-def tune(config: TuneConfig, *, registry: Mapping[str, Backend] | None = None, progress: bool = False,
-         on_notice: Callable[[str], None] | None = None, peaks: Mapping[str, Peak] | None = None) -> TuneResult:
-    """Search fold, backend, precision and batch size for ``config.target``; recommend the fastest."""
-    config.validate()
-    device = resolve_device(config.device)
-    with torch_threads(config.threads):
-        entries = tune_entries(config)
-        calibration = None
-        if config.data is not None and any(is_quantized(p) for p in config.precisions):
-            calibration = load_calibration(config.data, entries[0].config.task, seed=config.seed)
-        registry = calibrated_registry(BACKENDS if registry is None else registry, calibration)
-        cache = PreparedCache(device, registry, on_notice)
-        int8_notice = calibration_notice(config.precisions, calibration)
-        if int8_notice is not None:
-            cache.notice(int8_notice)
-        samples = [dict(peaks)] if peaks is not None else [
-            measure_peaks(config.precisions, device, config.peak_seconds)]
-        costs: list[PrecisionCost] = []
-        if config.data is not None:
-            pairs = [(b, p) for b in config.resolved_backends() for p in config.precisions
-                     if p != "fp32" and (b, p) not in config.exclude]
-            # the checkpoint's own entry: beside a folded one, entries[0] is the task's random-weight Original
-            trained = next(e for e in entries if e.trained)
-            costs = precision_costs(trained, pairs, config.resolved_screen_batch(), cache, Path(config.data))
-        excluded = frozenset((c.backend, c.precision) for c in costs
-                             if config.max_accuracy_drop is not None and c.accuracy_drop > config.max_accuracy_drop)
-        screen, final = search(entries, cache, config, progress=progress, excluded=excluded)
-        if peaks is None:
-            samples.append(measure_peaks(config.precisions, device, config.peak_seconds))
-        final_peaks = best_peaks(*samples)
-        final = add_utilization(final, final_peaks)
-        best = best_configs(final)
-        recommended = max(best, key=lambda b: b.throughput, default=None)
-        return TuneResult(config.target, add_utilization(screen, final_peaks), final, best, recommended, costs,
-                          cache.notices, final_peaks, machine_info(str(device)))
+def tune_cache(config: TuneConfig, device: torch.device, on_notice: Callable[[str], None] | None = None,
+               ) -> PreparedCache:
+    """The prepared runners of one tune (on ``config``'s threads and calibration), its int8 notice first."""
+    cache = PreparedCache(Engine(device=str(device), threads=config.threads, calibration=config.calibration),
+                          on_notice)
+    int8_notice = calibration_notice(config.precisions, config.calibration)
+    if int8_notice is not None:
+        cache.notice(int8_notice)
+    return cache
 
 
-def load_test_images(root: Path, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``root/test`` (or ``root`` itself when it holds class folders) as (uint8 images, labels)."""
-    split = root / TEST_SPLIT if (root / TEST_SPLIT).is_dir() else root
-    return ImageFolder(split, classes=list(class_names)).tensors()
+def tune_result(config: TuneConfig, screen: list[BenchRecord], final: list[BenchRecord], cache: PreparedCache,
+                samples: Sequence[Mapping[str, Peak]], costs: Sequence[PrecisionCost] = ()) -> TuneResult:
+    """The result of a search: Utilization against the best peak sample, each fold's best and the fastest."""
+    final_peaks = best_peaks(*samples)
+    final = add_utilization(final, final_peaks)
+    best = best_configs(final)
+    recommended = max(best, key=lambda b: b.throughput, default=None)
+    return TuneResult(config.target, add_utilization(screen, final_peaks), final, best, recommended, list(costs),
+                      cache.notices, final_peaks, machine_info(str(cache.device)))
 
-
-def predict(prepared: Prepared, x: torch.Tensor, images_per_call: int) -> torch.Tensor:
-    """Predicted classes of float images ``x`` (N, C, H, W) in calls of ``images_per_call`` images.
-
-    The runner pads the last group and, for a static-shape backend, the last call. Returns int64 (N,).
-    """
-    preds = [prepared.classify(x[start:start + images_per_call]).argmax(dim=1).cpu()
-             for start in range(0, x.shape[0], images_per_call)]
-    return torch.cat(preds)
-
-
-def precision_costs(entry: ModelEntry, pairs: Sequence[tuple[str, str]], batch_size: int, cache: PreparedCache,
-                    data: Path) -> list[PrecisionCost]:
-    """Accuracy of the checkpoint's model at each (backend, reduced precision) vs fp32 eager on the test split."""
-    images, labels = load_test_images(data, entry.config.task.class_names)
-    order = eval_order(len(labels), entry.config.fold)  # folded as evaluate() folds them, not class by class
-    images, labels = images[order], labels[order]
-    x = to_model_input(images, entry.config.task, layout="nchw")
-    reference = Candidate(entry, "eager", "fp32", batch_size)
-    ref_prepared = cache.get(reference)
-    if ref_prepared is None:
-        raise ConfigError("fp32 eager cannot run the checkpoint here, so accuracy has no reference")
-    ref_pred = predict(ref_prepared, x, reference.images)
-    ref_acc = float((ref_pred == labels).float().mean())
-    costs = []
-    for backend, precision in pairs:
-        candidate = Candidate(entry, backend, precision, batch_size)
-        prepared = cache.get(candidate)
-        if prepared is None:
-            continue
-        pred = predict(prepared, x, candidate.images)
-        costs.append(PrecisionCost(backend, precision, len(labels), float((pred == labels).float().mean()),
-                                   ref_acc, float((pred == ref_pred).float().mean())))
-    return costs

@@ -8,11 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from foldedcnns.benchmark.grid import parse_names, parse_pairs
+from foldedcnns.benchmark.peak import DEFAULT_SECONDS as PEAK_SECONDS
 from foldedcnns.benchmark.peak import measure_peak
 from foldedcnns.benchmark.plots import plot_results
 from foldedcnns.benchmark.records import write_csv
 from foldedcnns.benchmark.runner import (
-    DEFAULT_SECONDS,
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_FOLDS,
+    DEFAULT_TIMED_SECONDS,
     DEFAULT_TRIALS,
     DEFAULT_WARMUP,
     BenchConfig,
@@ -29,53 +33,33 @@ from foldedcnns.benchmark.summary import (
     summarize,
     summary_table,
 )
-from foldedcnns.benchmark.tune import TUNE_BATCH_SIZES, TuneConfig, tune
-from foldedcnns.cli.common import add_json_option, format_table, parse_int_list, print_json
-from foldedcnns.errors import ConfigError
-from foldedcnns.runtime.backends import (
-    BACKENDS,
-    DEFAULT_BACKENDS,
-    PRECISIONS,
-    Calibration,
-    calibrated_registry,
-    calibration_notice,
-    is_quantized,
-    load_calibration,
+from foldedcnns.benchmark.tune import (
+    FINAL_SECONDS,
+    FINAL_TRIALS,
+    SCREEN_SECONDS,
+    TUNE_BATCH_SIZES,
+    TUNE_PRECISIONS,
+    TuneConfig,
 )
-from foldedcnns.runtime.threads import torch_threads
+from foldedcnns.cli.common import add_device_option, add_json_option, format_table, parse_int_list, print_json
+from foldedcnns.data.calibration import Calibration, load_calibration
+from foldedcnns.errors import ConfigError
+from foldedcnns.runtime.backends import BACKENDS, PRECISIONS, calibration_notice, is_quantized, quantizing_backends
+from foldedcnns.runtime.device import check_device
+from foldedcnns.runtime.engine import Engine, default_backends
 from foldedcnns.utils.outputs import check_output
+from foldedcnns.workflows.tune import tune
 
-
-def parse_names(text: str, known: list[str] | tuple[str, ...], what: str) -> tuple[str, ...]:
-    """'a,b' -> ('a', 'b'), each checked against ``known``."""
-    names = tuple(n for n in text.replace(" ", "").split(",") if n)
-    bad = [n for n in names if n not in known]
-    if not names or bad:
-        raise ConfigError(f"unknown {what} {', '.join(bad) or repr(text)}; use a comma-separated list of "
-                          f"{', '.join(known)}")
-    return names
+__all__ = ["bench_calibration", "parse_names", "parse_pairs", "register"]
 
 
 def notice(text: str) -> None:
     print(f"notice: {text}", file=sys.stderr)
 
 
-def _device_type(device: str) -> str:
-    return "cuda" if device.startswith("cuda") else "cpu"
-
-
-def parse_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
-    """'compile:fp16,eager:bf16' -> (('compile', 'fp16'), ('eager', 'bf16')), each name checked."""
-    pairs = []
-    for item in (text or "").replace(" ", "").split(","):
-        if not item:
-            continue
-        backend, sep, precision = item.partition(":")
-        if not sep:
-            raise ConfigError(f"--exclude takes BACKEND:PRECISION pairs such as compile:fp16, got {item!r}")
-        pairs.append((parse_names(backend, list(BACKENDS), "backend")[0],
-                      parse_names(precision, list(PRECISIONS), "precision")[0]))
-    return tuple(pairs)
+def _ints(values: tuple[int, ...]) -> str:
+    """``(1, 2, 3)`` -> ``'1,2,3'``: a library default as the flag's text."""
+    return ",".join(map(str, values))
 
 
 def bench_calibration(tasks: tuple[str, ...], precisions: tuple[str, ...], data: str | None) -> Calibration | None:
@@ -93,22 +77,23 @@ def run_bench(args: argparse.Namespace) -> int:
     check_output(args.out, overwrite=args.overwrite)
     if args.plot:
         check_output(args.plot, overwrite=args.overwrite, flag="--plot")
+    tasks = tuple(args.tasks or default_tasks())
+    precisions = parse_names(args.precisions, list(PRECISIONS), "precision")
     config = BenchConfig(
-        tasks=tuple(args.tasks or default_tasks()),
+        tasks=tasks,
         folds=tuple(parse_int_list(args.folds, "--folds")),
         batch_sizes=tuple(parse_int_list(args.batch_sizes, "--batch-sizes")),
-        backends=parse_names(args.backends or ",".join(DEFAULT_BACKENDS[_device_type(args.device)]), list(BACKENDS),
+        backends=parse_names(args.backends or ",".join(default_backends(check_device(args.device))), list(BACKENDS),
                              "backend"),
-        precisions=parse_names(args.precisions, list(PRECISIONS), "precision"),
+        precisions=precisions,
         device=args.device, warmup=args.warmup, iterations=args.iterations,
-        seconds=None if args.iterations is not None else (args.seconds or DEFAULT_SECONDS),
-        trials=args.trials, threads=args.threads, peak_seconds=args.peak_seconds)
-    calibration = bench_calibration(config.tasks, config.precisions, args.data)
-    int8_notice = calibration_notice(config.precisions, calibration)
+        seconds=None if args.iterations is not None else (args.seconds or DEFAULT_TIMED_SECONDS),
+        trials=args.trials, threads=args.threads, peak_seconds=args.peak_seconds,
+        calibration=bench_calibration(tasks, precisions, args.data))
+    int8_notice = calibration_notice(config.precisions, config.calibration)
     if int8_notice is not None:
         notice(int8_notice)
-    run = run_benchmark(config, registry=calibrated_registry(BACKENDS, calibration), progress=not args.json,
-                        on_notice=notice)
+    run = run_benchmark(config, progress=not args.json, on_notice=notice)
     if int8_notice is not None:
         run.notices.insert(0, int8_notice)
     if not run.records:
@@ -137,8 +122,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def run_peak(args: argparse.Namespace) -> int:
     precisions = parse_names(args.precision, list(PRECISIONS), "precision")
-    with torch_threads(args.threads):
-        peaks = [measure_peak(args.device, p, seconds=args.seconds) for p in precisions]
+    peaks = [measure_peak(Engine(precision=p, device=args.device, threads=args.threads), seconds=args.seconds)
+             for p in precisions]
     if args.json:
         print_json([p.to_dict() for p in peaks])
         return 0
@@ -188,7 +173,7 @@ def run_tune(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
+    add_device_option(parser, "cpu")
     parser.add_argument("--threads", type=int, help="intra-op threads for PyTorch and ONNX Runtime "
                                                      "(default: PyTorch's default, one per core)")
 
@@ -199,13 +184,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "(images) on every backend and precision, interleaved over trials.")
     bench.add_argument("--tasks", nargs="+", metavar="TASK",
                        help="task names, compound/<task> or checkpoint files (default: every game and NoScope task)")
-    bench.add_argument("--folds", default="1,2,3,4", help="folds to time (default: 1,2,3,4)")
-    bench.add_argument("--batch-sizes", default="1024", help="images per call (default: 1024)")
+    bench.add_argument("--folds", default=_ints(DEFAULT_FOLDS), help=f"folds to time (default: {_ints(DEFAULT_FOLDS)})")
+    bench.add_argument("--batch-sizes", default=_ints(DEFAULT_BATCH_SIZES),
+                       help=f"images per call (default: {_ints(DEFAULT_BATCH_SIZES)})")
     bench.add_argument("--backends", help=f"comma-separated, from {', '.join(BACKENDS)} "
-                                          f"(default: {','.join(DEFAULT_BACKENDS['cpu'])}; "
-                                          f"on CUDA {','.join(DEFAULT_BACKENDS['cuda'])})")
-    bench.add_argument("--precisions", default="fp32", help=f"comma-separated, from {', '.join(PRECISIONS)} "
-                                                            "(int8: openvino and onnxruntime quantize the model)")
+                                          f"(default: {','.join(default_backends('cpu'))}; "
+                                          f"on CUDA {','.join(default_backends('cuda'))})")
+    bench.add_argument("--precisions", default="fp32",
+                       help=f"comma-separated, from {', '.join(PRECISIONS)} "
+                            f"(int8: {', '.join(quantizing_backends())} quantize the model)")
     bench.add_argument("--data", metavar="DIR", help="data set (DIR/train/<class>/...) of the one task benchmarked: "
                                                      "int8 is calibrated on its images (default: random input)")
     _common(bench)
@@ -213,10 +200,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     budget = bench.add_mutually_exclusive_group()
     budget.add_argument("--iterations", type=int, help="timed calls per configuration and trial")
     budget.add_argument("--seconds", type=float,
-                        help=f"time each configuration for about S seconds per trial (default: {DEFAULT_SECONDS})")
+                        help="time each configuration for about S seconds per trial "
+                             f"(default: {DEFAULT_TIMED_SECONDS})")
     bench.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="interleaved trials (medians reported)")
-    bench.add_argument("--peak-seconds", type=float, default=0.5,
-                       help="matmul time per size for the peak samples; 0 leaves Utilization empty")
+    bench.add_argument("--peak-seconds", type=float, default=PEAK_SECONDS,
+                       help=f"matmul time per size for the peak samples (default: {PEAK_SECONDS}); "
+                            "0 leaves Utilization empty")
     bench.add_argument("--out", required=True, help="CSV file to write (atomically)")
     bench.add_argument("--plot", help="PNG: throughput vs batch size per fold, and speedup per task")
     bench.add_argument("--overwrite", action="store_true", help="replace an existing --out / --plot")
@@ -226,31 +215,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     peak = sub.add_parser("peak", help="measured dense matmul FLOPs/sec: the ceiling behind Utilization")
     _common(peak)
     peak.add_argument("--precision", default="fp32", help="comma-separated precisions (default: fp32)")
-    peak.add_argument("--seconds", type=float, default=1.0, help="timed budget per matrix size")
+    peak.add_argument("--seconds", type=float, default=PEAK_SECONDS,
+                      help=f"timed budget per matrix size (default: {PEAK_SECONDS})")
     add_json_option(peak)
     peak.set_defaults(func=run_peak)
 
     tuner = sub.add_parser("tune", help="search fold, backend, precision and batch size for the fastest setup")
     tuner.add_argument("target", metavar="TASK|CKPT", help="a task name or a checkpoint file")
     _common(tuner)
-    tuner.add_argument("--folds", default="1,2,3,4", help="folds to search for a task (a checkpoint keeps its own)")
-    tuner.add_argument("--backends", help=f"comma-separated backends (default: {','.join(DEFAULT_BACKENDS['cpu'])}; "
-                                          f"on CUDA {','.join(DEFAULT_BACKENDS['cuda'])})")
+    tuner.add_argument("--folds", default=_ints(DEFAULT_FOLDS),
+                       help=f"folds to search for a task (default: {_ints(DEFAULT_FOLDS)}; a checkpoint keeps its own)")
+    tuner.add_argument("--backends", help=f"comma-separated backends (default: {','.join(default_backends('cpu'))}; "
+                                          f"on CUDA {','.join(default_backends('cuda'))})")
     tuner.add_argument("--exclude", metavar="B:P,...",
-                       help="backend:precision pairs to leave out, e.g. compile:fp16 (each compile takes ~10 s)")
-    tuner.add_argument("--precisions", default="fp32,bf16,fp16",
+                       help="backend:precision pairs to leave out, e.g. compile:fp16 (each compile is a slow one-off "
+                            "step: docs/engines.md)")
+    tuner.add_argument("--precisions", default=",".join(TUNE_PRECISIONS),
                        help=f"comma-separated, from {', '.join(PRECISIONS)} (int8: calibrated on --data's train split)")
-    tuner.add_argument("--batch-sizes", default=",".join(map(str, TUNE_BATCH_SIZES)), help="images per call")
-    tuner.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="trials of the final measurement")
-    tuner.add_argument("--screen-seconds", type=float, default=0.5, help="timing per configuration while screening")
-    tuner.add_argument("--seconds", type=float, default=1.0, help="timing per configuration in the final stage")
+    tuner.add_argument("--batch-sizes", default=_ints(TUNE_BATCH_SIZES),
+                       help=f"images per call (default: {_ints(TUNE_BATCH_SIZES)})")
+    tuner.add_argument("--trials", type=int, default=FINAL_TRIALS,
+                       help=f"trials of the final measurement (default: {FINAL_TRIALS})")
+    tuner.add_argument("--screen-seconds", type=float, default=SCREEN_SECONDS,
+                       help=f"timing per configuration while screening (default: {SCREEN_SECONDS})")
+    tuner.add_argument("--seconds", type=float, default=FINAL_SECONDS,
+                       help=f"timing per configuration in the final stage (default: {FINAL_SECONDS})")
     tuner.add_argument("--max-call-seconds", type=float,
                        help="skip batch sizes whose single call would take longer than this (estimated)")
-    tuner.add_argument("--peak-seconds", type=float, default=0.5,
-                       help="matmul time per size for the peak samples; 0 leaves Utilization empty")
-    tuner.add_argument("--data", metavar="DIR", help="image folder (DIR/test/<class>/...) to measure the accuracy "
-                                                     "cost of reduced precision (needs a checkpoint); int8 is "
-                                                     "calibrated on DIR/train (else DIR/val)")
+    tuner.add_argument("--peak-seconds", type=float, default=PEAK_SECONDS,
+                       help=f"matmul time per size for the peak samples (default: {PEAK_SECONDS}); "
+                            "0 leaves Utilization empty")
+    tuner.add_argument("--data", metavar="DIR", help="the checkpoint's data set (DIR/train, DIR/test/<class>/...): "
+                                                     "the accuracy cost of reduced precision on its test split, by "
+                                                     "evaluate's loop; int8 is calibrated on DIR/train (else DIR/val)")
     tuner.add_argument("--max-accuracy-drop", type=float, metavar="PT",
                        help="leave out precisions that lose more than PT accuracy points on --data")
     tuner.add_argument("--out", help="CSV of the final measurement")

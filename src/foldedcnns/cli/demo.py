@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from foldedcnns.cli.common import add_json_option, format_table, print_json
-from foldedcnns.runtime.device import DEVICE_CHOICES, resolve_device
+from foldedcnns.cli.common import add_device_option, add_json_option, format_table, print_json
+from foldedcnns.runtime.device import resolve_device
 from foldedcnns.workflows.demo import DEFAULT_FOLD, DEFAULT_TASK, TABLE_HEADERS, run_demo, table_rows
 
 
@@ -34,13 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo", help="train an original CNN and its FoldedCNN on synthetic data, then compare accuracy and speed",
         description="Draw synthetic game-screen crops, train the original CNN and a FoldedCNN, evaluate both, "
                     "benchmark both on every available backend, and write a table, a plot and a Markdown report. "
-                    "Default: under 10 minutes on 2 CPU cores; --quick: under 2.")
+                    "--quick is a smoke run; docs/inference.md ('foldedcnns demo') says what each setting does.")
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--task", default=DEFAULT_TASK, help=f"a game task (default: {DEFAULT_TASK})")
     parser.add_argument("--fold", type=int, default=DEFAULT_FOLD,
                         help=f"fold of the FoldedCNN (default: {DEFAULT_FOLD})")
     parser.add_argument("--quick", action="store_true", help="less data and fewer epochs: a smoke run")
-    parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="default: cpu")
+    add_device_option(parser, "cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training runs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_json_option(parser)

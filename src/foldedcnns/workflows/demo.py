@@ -26,25 +26,20 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from foldedcnns.benchmark.peak import DEFAULT_SECONDS as PEAK_SECONDS
 from foldedcnns.benchmark.records import write_csv
-from foldedcnns.benchmark.runner import BenchConfig, BenchRun, run_benchmark
+from foldedcnns.benchmark.runner import DEFAULT_TIMED_SECONDS, BenchConfig, BenchRun, run_benchmark
 from foldedcnns.benchmark.summary import BestRow, best_configs, summarize
-from foldedcnns.utils.text import markdown_table
+from foldedcnns.data.calibration import Calibration, load_calibration
 from foldedcnns.data.synth import generate_synthetic
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import TaskSpec, get_task
-from foldedcnns.runtime.backends import (
-    BACKENDS,
-    DEFAULT_BACKENDS,
-    Calibration,
-    available_backends,
-    calibrated_registry,
-    calibration_notice,
-    is_quantized,
-    load_calibration,
-)
+from foldedcnns.runtime.backends import available_backends, calibration_notice, is_quantized
+from foldedcnns.runtime.engine import Engine, default_backends
 from foldedcnns.training.trainer import TrainConfig, TrainResult, evaluate, train
 from foldedcnns.utils.atomic import atomic_save, atomic_write_text
+from foldedcnns.utils.outputs import claim_folder
+from foldedcnns.utils.text import markdown_table
 
 DEFAULT_TASK = "lol/goldnumber-fraction"
 DEFAULT_FOLD = 4
@@ -84,11 +79,12 @@ class DemoSettings:
     precisions: tuple[str, ...] | None = None
 
 
-# Sized for 2 CPU cores (idle machine): FULL trains on 11,550 images, the original CNN for 15 epochs (about
-# 3 minutes; it has converged by then, docs/training.md) and the FoldedCNN for 30 (about 4 minutes: it needs
-# more steps, each cheaper on a CPU); QUICK trains both on 616 images for 9 epochs (a smoke run).
+# Sized for a small CPU: FULL trains the original CNN until it has converged (docs/training.md) and the
+# FoldedCNN for twice as many epochs (it needs more steps, each cheaper on a CPU), and times with bench's
+# defaults; QUICK trains both on a few images per class for a few epochs (a smoke run). docs/inference.md
+# ("foldedcnns demo") describes both.
 FULL = DemoSettings(per_class=1500, original_epochs=15, epochs=30, slot_warmup=10, bench_batch=1024,
-                    bench_seconds=1.0, bench_trials=3, peak_seconds=0.5)
+                    bench_seconds=DEFAULT_TIMED_SECONDS, bench_trials=3, peak_seconds=PEAK_SECONDS)
 QUICK = DemoSettings(per_class=80, original_epochs=9, epochs=9, slot_warmup=3, bench_batch=256, bench_seconds=0.25,
                      bench_trials=2, peak_seconds=0.2)
 
@@ -184,11 +180,9 @@ def _synthetic_data(spec: TaskSpec, root: Path, settings: DemoSettings, seed: in
 
 
 def claim_output(out: Path) -> Path:
-    """Use ``out`` for the demo: a new or empty folder, or one an earlier demo wrote (it is reused)."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; pass a folder for the demo's outputs")
-    if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARKER).is_file():
-        raise ConfigError(f"--out {out} holds other files; pass a new or empty folder (or an earlier demo's)")
+    """Use ``out`` for the demo: a new or empty folder, or one an earlier demo wrote (it is reused;
+    :func:`foldedcnns.utils.outputs.claim_folder` is the rule), marked as the demo's."""
+    out = claim_folder(out, (DEMO_MARKER,), owner="an earlier demo")
     out.mkdir(parents=True, exist_ok=True)
     (out / DEMO_MARKER).touch()
     return out
@@ -211,12 +205,12 @@ def demo_precisions(device: str, settings: DemoSettings) -> tuple[str, ...]:
 def _benchmark(checkpoints: list[Path], device: str, settings: DemoSettings, precisions: tuple[str, ...],
                calibration: Calibration | None, progress: bool) -> tuple[BenchRun, list[str]]:
     backends = available_backends(device)
-    candidates = [b for b in DEFAULT_BACKENDS["cuda" if device.startswith("cuda") else "cpu"] if b in backends]
+    candidates = [b for b in default_backends(device) if b in backends]
     config = BenchConfig(tasks=tuple(str(c) for c in checkpoints), folds=(1,), batch_sizes=(settings.bench_batch,),
                          backends=tuple(candidates), precisions=precisions, device=device,
                          seconds=settings.bench_seconds, trials=settings.bench_trials,
-                         peak_seconds=settings.peak_seconds)
-    return run_benchmark(config, registry=calibrated_registry(BACKENDS, calibration), progress=progress), candidates
+                         peak_seconds=settings.peak_seconds, calibration=calibration)
+    return run_benchmark(config, progress=progress), candidates
 
 
 def _best(rows: list[BestRow], mode: str, fold: int) -> BestRow:
@@ -338,7 +332,8 @@ def run_demo(out: str | Path = "demo_out", *, task: str | Path = DEFAULT_TASK, f
         results.append(timed(f"train f={f}", f"training the {'original CNN' if f == 1 else f'FoldedCNN (f={f})'} "
                              f"for {epochs} epochs", lambda config=config: train(config)))
     scores = timed("evaluate", "evaluating both on the test split",
-                   lambda: [evaluate(r.best_checkpoint, out / DATA_DIR, "test", device=device) for r in results])
+                   lambda: [evaluate(r.best_checkpoint, out / DATA_DIR, "test", engine=Engine(device=device))
+                            for r in results])
     checkpoints = [r.best_checkpoint for r in results]
     precisions = demo_precisions(device, settings)
     calibration = load_calibration(out / DATA_DIR, spec) if any(is_quantized(p) for p in precisions) else None
@@ -349,9 +344,9 @@ def run_demo(out: str | Path = "demo_out", *, task: str | Path = DEFAULT_TASK, f
     for result, score, (mode, f) in zip(results, scores, (("Original", 1), ("Folded", fold)), strict=True):
         b = _best(best, mode, f)
         on_engine = timed(f"evaluate f={f} on {b.backend} {b.precision}", "evaluating the best engine's Top-1",
-                          lambda b=b, result=result: evaluate(result.best_checkpoint, out / DATA_DIR, "test",
-                                                              device=device, batch_size=b.images, backend=b.backend,
-                                                              precision=b.precision, calibration=calibration))
+                          lambda b=b, result=result: evaluate(
+                              result.best_checkpoint, out / DATA_DIR, "test", batch_size=b.images,
+                              engine=Engine(b.backend, b.precision, device, calibration=calibration)))
         rows.append(DemoRow(spec.name, f, float(score["top1"]), float(score["top5"]), float(on_engine["top1"]),
                             b.throughput, 1.0 if f == 1 else b.speedup, b.flops_per_sec, b.utilization,
                             f"{b.backend} {b.precision}", str(result.best_checkpoint), result.seconds))
