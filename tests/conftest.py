@@ -12,6 +12,8 @@ Tests use the fixtures (never ``import conftest``). Factories are fixtures that 
   JSON and an image folder: the training tests' ``(description, data)``.
 * ``tiny_checkpoint(fold)`` saves a checkpoint with seeded random weights (cached for the session).
 * ``tiny_video()`` writes a short H.264 video (PyAV, else OpenCV; skips without either).
+* ``colour_classifier``: ``(checkpoint, data)`` of a tiny f=2 CNN trained on three colour classes (the int8
+  and tune accuracy tests: a model that is right on its test images, so agreement means something).
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ import pytest
 import torch
 from PIL import Image
 
+from foldedcnns.core.folding import run_folded
+from foldedcnns.data.folder import ImageFolder
+from foldedcnns.data.model_input import to_model_input
 from foldedcnns.models import TaskSpec, build_model, get_task, spec_from_dict
 from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
+from foldedcnns.runtime.threads import torch_threads
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -310,3 +316,46 @@ def tiny_video(tmp_path_factory: pytest.TempPathFactory) -> VideoFactory:
         return path
 
     return make
+
+
+# colour_classifier: 15x35 RGB, three classes; class k lights colour channel k over noise.
+COLOUR_HEIGHT, COLOUR_WIDTH, COLOUR_CLASSES = 15, 35, ("a", "b", "c")
+COLOUR_DESCRIPTION = {"name": "test/int8", "family": "game", "out-h": COLOUR_HEIGHT, "out-w": COLOUR_WIDTH,
+                      "chan-in": 3, "ClassNames": list(COLOUR_CLASSES),
+                      "model-architecture": {"n-conv-units": 1, "conv1_n_feature_maps": 8, "convi_n_feature_maps": 8,
+                                             "convn_n_feature_maps": 4}}
+COLOUR_STEPS, COLOUR_BATCH = 80, 16
+
+
+def write_colour_split(root: Path, per_class: int, rng: np.random.Generator) -> None:
+    """root/<class>/<i>.png; class k lights colour channel k % 3 over noise (learnable in a few steps)."""
+    for k, name in enumerate(COLOUR_CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = rng.integers(0, 80, size=(COLOUR_HEIGHT, COLOUR_WIDTH, 3), dtype=np.uint8)
+            image[:, :, k % 3] += 150
+            Image.fromarray(image).save(root / name / f"{i}.png")
+
+
+@pytest.fixture(scope="session")
+def colour_classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(checkpoint, data folder) of a tiny f=2 CNN trained (Adam, 80 steps of 16 images; about a second on one
+    thread) on the colour classes of ``DIR/train`` (40 images per class); ``DIR/test`` has 70 per class."""
+    root = tmp_path_factory.mktemp("colour")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 70)):
+        write_colour_split(root / "data" / split, n, rng)
+    spec = spec_from_dict(COLOUR_DESCRIPTION)
+    images, labels = ImageFolder(root / "data" / "train", classes=COLOUR_CLASSES).tensors()
+    x = to_model_input(images, spec, layout="nchw")
+    with torch.random.fork_rng(devices=[]), torch_threads(1):  # one thread: the machine may be shared
+        torch.manual_seed(0)
+        model = build_model(spec, fold=2)
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(COLOUR_STEPS):
+            pick = torch.randint(0, len(labels), (COLOUR_BATCH,))
+            loss = torch.nn.functional.cross_entropy(run_folded(model, x[pick], 2), labels[pick])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return save_checkpoint(root / "tiny.pt", make_checkpoint(model.eval())), root / "data"

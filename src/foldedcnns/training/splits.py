@@ -66,13 +66,15 @@ def _cifar_split(path: Path, spec: TaskSpec, train: bool) -> SplitData:
     return SplitData(images, labels, f"{path}:{'train' if train else 'test'}")
 
 
-def _check_source(data: Path, spec: TaskSpec) -> None:
+def _check_source(data: Path, spec: TaskSpec, split: str = "train") -> None:
+    """A folder needs train/, unless the one split read (test, or a val/ folder) has its own folder."""
     if not data.exists():
         raise DataError(f"data {data} does not exist; pass --data DIR with train/, val/ and test/ class folders")
     if data.is_file() and spec.name not in CIFAR_TASKS:
         raise DataError(f"data {data} is a file; only cifar10/cifar100 read archives, other tasks need a folder "
                         "with train/, val/ and test/ class folders")
-    if data.is_dir() and not (data / "train").is_dir() and spec.name not in CIFAR_TASKS:
+    if data.is_dir() and not (data / "train").is_dir() and not (data / split).is_dir() \
+            and spec.name not in CIFAR_TASKS:
         raise DataError(f"{data} has no train/ folder; pass a folder with train/, val/ and test/ subfolders "
                         "holding one folder per class (e.g. made by 'foldedcnns data synth')")
 
@@ -139,7 +141,7 @@ def load_split(data: str | Path, spec: TaskSpec, split: str, image_size: tuple[i
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     data = Path(data)
     image_size = image_size or spec.input_size
-    _check_source(data, spec)
+    _check_source(data, spec, split)
     if split == "test" or (split == "val" and (data / "val").is_dir()):
         if _is_cifar_source(data, spec):
             return _fit(_cifar_split(data, spec, train=False), spec, image_size)
