@@ -7,7 +7,7 @@ from pathlib import Path
 
 from foldedcnns.cli.common import add_json_option, format_table, print_json
 from foldedcnns.data.crop import Crop
-from foldedcnns.data.noscope import extract_frames, split_frames, split_params
+from foldedcnns.data.noscope import FRAME_SIZE, extract_frames, split_frames, split_params
 from foldedcnns.data.synth import contact_sheet, folder_contact_sheet, generate_synthetic
 from foldedcnns.errors import ConfigError
 from foldedcnns.utils.outputs import check_output
@@ -90,7 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "true frame indices, also with --start. OUT_DIR appears only once every frame is written.")
     frames.add_argument("video", metavar="VIDEO")
     frames.add_argument("out_dir", metavar="OUT_DIR")
-    frames.add_argument("--size", type=int, default=50, help="output side in pixels (default 50, as NoScope)")
+    frames.add_argument("--size", type=int, default=FRAME_SIZE,
+                        help=f"output side in pixels (default {FRAME_SIZE}, as NoScope)")
     frames.add_argument("--start", type=int, default=0, help="first frame to write (default 0)")
     frames.add_argument("--end", type=int, default=None, help="stop before this frame (default: end of video)")
     frames.add_argument("--crop", metavar="X,Y,W,H", default=None, help="cut this box out of each frame first")

@@ -37,6 +37,7 @@ from foldedcnns.errors import ConfigError, ShapeError
 from foldedcnns.inference.openvino_ir import is_ir_path, prepare_ov_model, read_ir
 from foldedcnns.inference.preprocess import stack_frames
 from foldedcnns.models.registry import ModelConfig
+from foldedcnns.runtime.backends.base import RunsOnEngine
 from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint
 from foldedcnns.runtime.engine import Engine
 from foldedcnns.runtime.threads import torch_threads
@@ -75,7 +76,7 @@ class Predictions:
                    np.concatenate([p.probabilities for p in parts]), class_names)
 
 
-class Predictor:
+class Predictor(RunsOnEngine):
     """Classify images with the model of a checkpoint (original or folded).
 
     ``checkpoint`` is a path or a loaded checkpoint dict, or an OpenVINO IR ``.xml`` written by
@@ -109,18 +110,6 @@ class Predictor:
     def engine(self) -> Engine:
         """The engine this predictor runs (device resolved; int8 with its calibration)."""
         return self._runner.engine
-
-    @property
-    def backend(self) -> str:
-        return self.engine.backend
-
-    @property
-    def precision(self) -> str:
-        return self.engine.precision
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device(self.engine.device)
 
     @property
     def calibration(self) -> str | None:

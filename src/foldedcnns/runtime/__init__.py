@@ -12,18 +12,8 @@
 
 from foldedcnns.data.calibration import Calibration
 from foldedcnns.data.model_input import to_model_input
-from foldedcnns.runtime.backends import (
-    BACKENDS,
-    PRECISIONS,
-    Backend,
-    BackendUnavailable,
-    Prepared,
-    Runner,
-    available_backends,
-    get_backend,
-    precision_dtype,
-    register_backend,
-)
+from foldedcnns.runtime.backends import BACKENDS, Backend, BackendUnavailable, Prepared, Runner
+from foldedcnns.runtime.backends.base import get_backend, register_backend
 from foldedcnns.runtime.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from foldedcnns.runtime.device import DEVICE_CHOICES, DEVICE_HELP, resolve_device
 from foldedcnns.runtime.engine import DEFAULT_BACKENDS, Engine, default_backends
@@ -34,20 +24,17 @@ __all__ = [
     "DEFAULT_BACKENDS",
     "DEVICE_CHOICES",
     "DEVICE_HELP",
-    "PRECISIONS",
     "Backend",
     "BackendUnavailable",
     "Calibration",
     "Engine",
     "Prepared",
     "Runner",
-    "available_backends",
     "default_backends",
     "get_backend",
     "load_checkpoint",
     "make_checkpoint",
     "model_from_checkpoint",
-    "precision_dtype",
     "register_backend",
     "resolve_device",
     "save_checkpoint",

@@ -82,6 +82,7 @@ class Engine:
 
     @property
     def quantized(self) -> bool:
+        """Whether the engine quantizes the model (int8) rather than casting it."""
         return is_quantized(self.precision)
 
     def replace(self, **changes: object) -> Engine:

@@ -73,7 +73,25 @@ class Runner(NamedTuple):
     keep: tuple[Any, ...] = ()
 
 
-class Prepared:
+class RunsOnEngine:
+    """Mixin for what runs on an ``engine``: its ``backend``, ``precision`` and ``device`` read from it."""
+
+    engine: Engine
+
+    @property
+    def backend(self) -> str:
+        return self.engine.backend
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.engine.device)
+
+
+class Prepared(RunsOnEngine):
     """A model made ready by one engine (backend, precision, device, threads, calibration).
 
     Three levels of call:
@@ -102,18 +120,6 @@ class Prepared:
         # int8: what the engine was calibrated on
         self.calibration = calibration_source(engine.calibration) if is_quantized(engine.precision) else None
         self._keep = list(runner.keep)
-
-    @property
-    def backend(self) -> str:
-        return self.engine.backend
-
-    @property
-    def precision(self) -> str:
-        return self.engine.precision
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device(self.engine.device)
 
     def __repr__(self) -> str:
         return (f"Prepared(backend={self.backend!r}, precision={self.precision!r}, device={str(self.device)!r}, "
