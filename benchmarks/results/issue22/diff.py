@@ -14,7 +14,8 @@ def load(path: Path) -> dict:
 
 
 def rows(path: Path) -> dict:
-    return {(r["Model"], r["Fold"], r["Batch Size"], r["Backend"], r["Precision"]): r for r in csv.DictReader(open(path))}
+    with open(path) as handle:
+        return {(r["Model"], r["Fold"], r["Batch Size"], r["Backend"], r["Precision"]): r for r in csv.DictReader(handle)}
 
 
 def main(before: Path, after: Path) -> None:
