@@ -15,7 +15,8 @@ def load(path: Path) -> dict:
 
 def rows(path: Path) -> dict:
     with open(path) as handle:
-        return {(r["Model"], r["Fold"], r["Batch Size"], r["Backend"], r["Precision"]): r for r in csv.DictReader(handle)}
+        fields = ("Model", "Fold", "Batch Size", "Backend", "Precision")
+        return {tuple(r[f] for f in fields): r for r in csv.DictReader(handle)}
 
 
 def main(before: Path, after: Path) -> None:
