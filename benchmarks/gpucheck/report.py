@@ -43,7 +43,7 @@ def _columns(prefix: str, b: BestRow | None, peaks: Mapping[str, float]) -> dict
     return cols
 
 
-def bestmarkdown_table(records: Sequence[BenchRecord], peaks: Mapping[str, float]) -> list[dict[str, str]]:
+def best_table(records: Sequence[BenchRecord], peaks: Mapping[str, float]) -> list[dict[str, str]]:
     """Per task (first-seen order), the :data:`BEST_COLUMNS` row: best original and best folded configuration
     over any backend, precision and batch size (``summary.best_configs``), the best-vs-best speedup, and
     Utilization against ``peaks[precision]`` (empty without that peak)."""
@@ -136,7 +136,7 @@ def state_of(session: Session) -> dict[str, Any]:
 
 def write_reports(session: Session) -> None:
     """(Re)write best.csv, bench.csv, steps.json and summary.md in ``session.out``."""
-    best = bestmarkdown_table(session.records, session.peaks)
+    best = best_table(session.records, session.peaks)
     write_csv_rows(session.out / "best.csv", BEST_COLUMNS, best)
     write_csv(session.out / "bench.csv", session.records)
     state = state_of(session)
