@@ -12,6 +12,8 @@ Tests use the fixtures (never ``import conftest``). Factories are fixtures that 
   JSON and an image folder: the training tests' ``(description, data)``.
 * ``tiny_checkpoint(fold)`` saves a checkpoint with seeded random weights (cached for the session).
 * ``tiny_video()`` writes a short H.264 video (PyAV, else OpenCV; skips without either).
+* ``noscope_model``: ``tiny_noscope_task`` at f=2 with seeded weights, in eval mode; ``one_thread`` runs a
+  test on one PyTorch thread (the backends' and profilers' tests: the machine may be shared).
 * ``colour_classifier``: ``(checkpoint, data)`` of a tiny f=2 CNN trained on three colour classes (the int8
   and tune accuracy tests: a model that is right on its test images, so agreement means something).
 """
@@ -359,3 +361,15 @@ def colour_classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
             loss.backward()
             optimizer.step()
     return save_checkpoint(root / "tiny.pt", make_checkpoint(model.eval())), root / "data"
+
+
+@pytest.fixture()
+def noscope_model(tiny_noscope_task: TaskSpec) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(tiny_noscope_task, fold=2).eval()
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield

@@ -3,7 +3,6 @@
 import importlib.util
 
 import pytest
-import torch
 
 from foldedcnns.analysis import count_flops
 from foldedcnns.benchmark.profilers import can_profile, profile_interleaved, profile_layers
@@ -15,18 +14,12 @@ NO_OPENVINO = importlib.util.find_spec("openvino") is None or importlib.util.fin
 NEEDS_OPENVINO = pytest.mark.skipif(NO_OPENVINO, reason="openvino/nncf not installed")
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture()
-def model(tiny_noscope_task):
-    torch.manual_seed(0)
-    return build_model(tiny_noscope_task, fold=2).eval()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+def model(noscope_model):
+    return noscope_model
 
 
 @pytest.mark.parametrize("backend,precision", [

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from foldedcnns.errors import ConfigError
-from foldedcnns.models import build_model
 from foldedcnns.runtime.backends import (
     BACKENDS,
     BackendUnavailable,
@@ -19,18 +18,12 @@ from foldedcnns.runtime.engine import Engine
 COMPILE = pytest.param("compile", marks=pytest.mark.slow)
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture()
-def model(tiny_noscope_task):
-    torch.manual_seed(0)
-    return build_model(tiny_noscope_task, fold=2).eval()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+def model(noscope_model):
+    return noscope_model
 
 
 @pytest.mark.parametrize("name", ["eager", "channels-last", "onnxruntime"])
