@@ -1,4 +1,5 @@
-"""The one exception type that the command line turns into a one-line message and exit code 1."""
+"""The exception types: FoldedCNNsError and its kinds (config, data, shape), which the command line turns into a
+one-line message and exit code 1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Small image helpers shared by the data modules: decode, encode, nearest resize, atomic folders.
+"""Small image helpers shared by the data modules: decode, encode, nearest resize, size checks.
 
 Images are ``(H, W, 3)`` RGB ``uint8`` NumPy arrays here; the datasets turn them into ``(C, H, W)``
 tensors. Nearest-neighbour resizing follows OpenCV's ``INTER_NEAREST`` (source index
