@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytest.importorskip("av")
+pytest.importorskip("av", reason="PyAV is not installed; pip install 'foldedcnns[video]' to run the video tests")
 
-from foldedcnns.data.video import iter_frames, write_video
+import av
+
+from foldedcnns.data import video as video_module
+from foldedcnns.data.video import DecodeStats, iter_frames, write_video
 from foldedcnns.errors import ConfigError, DataError, ShapeError
 
 # The conftest's tiny_video: frame i is (mostly) grey 8*i, so indices can be read back, with a red 16x16
@@ -108,3 +114,113 @@ def test_write_video_checks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="video format"):
         write_video(tmp_path / "clip.xyz", [np.zeros((4, 4, 3), np.uint8)])
     assert list(tmp_path.iterdir()) == []  # failed writes leave nothing behind
+
+
+# -- joined segments, damaged packets, pipes ---------------------------------------------------------------
+
+
+def write_levels(path: Path, count: int, codec: str = "libx264") -> Path:
+    """A video whose frame i is flat grey ``STEP * (i % 30)`` (read back with :func:`grey`)."""
+    write_video(path, (np.full((HEIGHT, WIDTH, 3), STEP * (i % 30), np.uint8) for i in range(count)), codec=codec)
+    return path
+
+
+@pytest.mark.parametrize("codec", ["libx264", "mpeg2video"])
+def test_mpegts_segments_joined_with_cat_decode_whole(tmp_path: Path, codec: str) -> None:
+    segment = write_levels(tmp_path / "a.ts", 90, codec)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(segment.read_bytes() * 2)  # cat a.ts a.ts > joined.ts
+    with av.open(str(joined)) as container:  # PyAV's own loop, which decodes on past the seam as ffmpeg does
+        reference = sum(1 for _ in container.decode(video=0))
+    stats = DecodeStats()
+    frames = list(iter_frames(joined, stats=stats))
+    assert len(frames) == reference == 180
+    assert [i for i, _ in frames] == list(range(180))
+    assert [grey(f) for _, f in frames] == [i % 30 for i in range(90)] * 2  # both halves, in order
+    assert stats.damaged_packets >= 1  # the seam: the demuxer flags the packet cut by the second header
+    single = DecodeStats()
+    assert len(list(iter_frames(segment, stats=single))) == 90 and single.damaged_packets == 0
+
+
+class FakePacket:
+    def __init__(self, frames: list[str], corrupt: bool = False, refused: bool = False, size: int = 100) -> None:
+        self.frames, self.is_corrupt, self.refused, self.size = frames, corrupt, refused, size
+
+    def decode(self) -> list[str]:
+        if self.refused:
+            raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+        return self.frames
+
+
+class FakeStream:
+    class codec_context:  # PyAV's attribute name
+        @staticmethod
+        def decode(packet: None) -> list[str]:
+            return ["held in the decoder"]
+
+
+class FakeContainer:
+    def __init__(self, packets: list[FakePacket]) -> None:
+        self.packets = [*packets, FakePacket([], size=0)]  # the demuxer ends with an empty packet
+
+    def demux(self, stream: FakeStream) -> list[FakePacket]:
+        return self.packets
+
+
+def decode_fake(packets: list[FakePacket]) -> tuple[list[str], int, bool]:
+    frames: list[str] = []
+    stats = DecodeStats()
+    try:
+        for frame in video_module._pyav_frames(FakeContainer(packets), FakeStream(), stats):
+            frames.append(frame)
+    except video_module._CutStream:
+        return frames, stats.damaged_packets, True
+    return frames, stats.damaged_packets, False
+
+
+def test_damage_mid_stream_is_skipped_and_counted_damage_at_the_end_is_a_cut() -> None:
+    good, corrupt, refused = FakePacket, lambda f: FakePacket(f, corrupt=True), FakePacket([], refused=True)
+    # mid-stream: a refused packet is skipped, a corrupt-flagged one followed by others is decoded
+    assert decode_fake([good(["a"]), refused, corrupt(["b"]), good(["c"])]) == (
+        ["a", "b", "c", "held in the decoder"], 2, False)
+    # at the end: a corrupt-flagged last packet is a cut file; it is not decoded, the decoder is drained first
+    assert decode_fake([good(["a"]), corrupt(["half a frame"])]) == (["a", "held in the decoder"], 1, True)
+    assert decode_fake([good(["a"]), refused]) == (["a", "held in the decoder"], 1, True)
+
+
+def feed(fd: int, data: bytes) -> threading.Thread:
+    """Write ``data`` into the pipe ``fd`` from a thread (ends when the reader closes its end)."""
+
+    def run() -> None:
+        with contextlib.suppress(BrokenPipeError), open(fd, "wb") as pipe:
+            pipe.write(data)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_video_read_from_a_pipe(tmp_path: Path) -> None:
+    segment = write_levels(tmp_path / "a.ts", 40)
+    read_end, write_end = os.pipe()
+    writer = feed(write_end, segment.read_bytes())
+    with open(read_end, "rb") as pipe:
+        frames = list(iter_frames(pipe, size=(12, 16)))
+    writer.join(10)
+    assert not writer.is_alive()
+    assert [grey(f) for _, f in frames] == [i % 30 for i in range(40)]
+    # an MP4 whose index follows its frames needs to seek back: one error that says what a pipe can carry
+    rng = np.random.default_rng(0)
+    mp4 = tmp_path / "noise.mp4"
+    write_video(mp4, (rng.integers(0, 256, (HEIGHT, WIDTH, 3), np.uint8) for _ in range(40)))
+    read_end, write_end = os.pipe()
+    writer = feed(write_end, mp4.read_bytes())
+    with open(read_end, "rb") as pipe, pytest.raises(DataError, match=r"<pipe> .*a pipe can carry MPEG-TS"):
+        list(iter_frames(pipe))
+    writer.join(10)
+    assert not writer.is_alive()
+
+
+def test_a_device_is_neither_a_video_file_nor_a_pipe() -> None:
+    with pytest.raises(DataError, match=r"/dev/null is not a file or a pipe"):
+        iter_frames("/dev/null")

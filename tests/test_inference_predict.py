@@ -1,8 +1,17 @@
 """`foldedcnns predict` over image folders, globs and videos: one row per frame, in order, and faults."""
 
+import contextlib
 import csv
+import errno
+import importlib.util
+import io
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +19,7 @@ import pytest
 from PIL import Image
 
 from foldedcnns.cli.main import main
-from foldedcnns.data.video import iter_frames
+from foldedcnns.data.video import iter_frames, write_video
 from foldedcnns.inference import Predictor
 from foldedcnns.inference.pipeline import DECODE_CORES, model_threads, run_predict
 from foldedcnns.models import get_task
@@ -168,3 +177,150 @@ def test_unreadable_video_is_a_clear_error(ckpt, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "junk.mp4" in err and "not a readable video" in err and "no frame decoded; no CSV written" in err
     assert not (tmp_path / "p.csv").exists()
+
+
+# -- joined MPEG-TS, FIFOs and stdin -----------------------------------------------------------------------
+
+needs_pyav = pytest.mark.skipif(importlib.util.find_spec("av") is None,
+                                reason="PyAV is not installed; pip install 'foldedcnns[video]' to run this test")
+# The command line in a child process, as the installed ``foldedcnns`` script runs it.
+CLI = "from foldedcnns.cli.main import entry; entry()"
+CHILD_SECONDS = 120.0  # a child Python with PyTorch, on a loaded 2-core machine
+STOP_SECONDS = 8.0  # from SIGTERM to the exit (docs/reliability.md)
+
+
+@pytest.fixture(scope="module")
+def ts_segment(tmp_path_factory) -> Path:
+    """90 changing frames, H.264 in MPEG-TS (a format that streams)."""
+    pytest.importorskip("av", reason="PyAV is not installed; pip install 'foldedcnns[video]' to run this test")
+    path = tmp_path_factory.mktemp("ts") / "a.ts"
+    write_video(path, moving_frames(90))
+    return path
+
+
+def open_writer(fifo: Path, deadline: float) -> int | None:
+    """Open ``fifo`` for writing once a reader has opened it (None after ``deadline``, time.monotonic())."""
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:  # ENXIO: no reader yet
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
+            continue
+        os.set_blocking(fd, True)
+        return fd
+
+
+def feed_fifo(fifo: Path, data: bytes, seconds: float = 60.0) -> threading.Thread:
+    """Write ``data`` into ``fifo`` from a thread once a reader opens it; gives up after ``seconds``."""
+
+    def run() -> None:
+        fd = open_writer(fifo, time.monotonic() + seconds)
+        if fd is not None:
+            write_all(fd, data)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@needs_pyav
+def test_joined_mpegts_gives_a_row_per_frame_and_counts_the_damaged_packet(ckpt, ts_segment, tmp_path, capsys):
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(ts_segment.read_bytes() * 2)  # cat a.ts a.ts > joined.ts
+    out = tmp_path / "joined.csv"
+    assert main(["predict", str(ckpt), str(joined), "--out", str(out), "--batch-size", "8", "--no-progress",
+                 "--profile-frames", "0", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["errors"] == [] and report["frames"] == 180
+    assert report["results"][0]["damaged_packets"] == report["damaged_packets"] >= 1
+    rows = read_csv(out)
+    assert [int(r["frame"]) for r in rows] == list(range(180))
+    single = run_predict(ckpt, [str(ts_segment)], tmp_path / "a.csv", batch_size=8, profile_frames=0)
+    assert single.results[0].damaged_packets == 0 and "damaged_packets" not in single.extra
+    assert rows[:88] == read_csv(tmp_path / "a.csv")[:88]  # the first half: the same frames, the same rows
+
+
+@needs_pyav
+def test_a_fifo_is_decoded_once_without_the_profile_pass(ckpt, ts_segment, tmp_path):
+    fifo = tmp_path / "camera.ts"
+    os.mkfifo(fifo)
+    writer = feed_fifo(fifo, ts_segment.read_bytes())
+    report = run_predict(ckpt, [str(fifo)], tmp_path / "camera.csv", batch_size=8)  # profile_frames left on
+    writer.join(30)
+    assert not writer.is_alive()
+    assert report.errors == [] and report.results[0].rows == 90
+    assert report.stages is None and "camera.ts: a stream" in report.extra["profile_skipped"]
+    run_predict(ckpt, [str(ts_segment)], tmp_path / "file.csv", batch_size=8, profile_frames=0)
+    assert read_csv(tmp_path / "camera.csv") == read_csv(tmp_path / "file.csv")
+
+
+@needs_pyav
+def test_stdin_writes_one_named_csv_and_needs_a_format_that_streams(ckpt, ts_segment, tmp_path, capsys,
+                                                                     monkeypatch):
+    assert main(["predict", str(ckpt), "-", "--out", str(tmp_path)]) == 1
+    assert "pass - as the only input and --out FILE.csv" in capsys.readouterr().err
+    assert main(["predict", str(ckpt), "-", str(ts_segment), "--out", str(tmp_path / "both")]) == 1
+    assert "pass - as the only input" in capsys.readouterr().err
+    rng = np.random.default_rng(0)  # an MP4 with its index after the frames (no faststart) cannot stream
+    mp4 = tmp_path / "noise.mp4"
+    write_video(mp4, (rng.integers(0, 256, (48, 64, 3), np.uint8) for _ in range(40)))
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=write_all, args=(write_end, mp4.read_bytes()), daemon=True)
+    writer.start()
+    out = tmp_path / "p.csv"
+    with open(read_end, "rb") as pipe:
+        pipe.raw.name = "<stdin>"  # as sys.stdin.buffer names itself
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(pipe))
+        assert main(["predict", str(ckpt), "-", "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "<stdin>" in err and "a pipe can carry MPEG-TS" in err
+    assert not out.exists()
+    writer.join(10)
+    assert not writer.is_alive()
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to the pipe ``fd`` and close it (stops quietly when the reader has gone)."""
+    with contextlib.suppress(BrokenPipeError), open(fd, "wb") as pipe:
+        pipe.write(data)
+
+
+@needs_pyav
+@pytest.mark.slow
+def test_predict_reads_mpegts_piped_to_stdin(ckpt, ts_segment, tmp_path):
+    out = tmp_path / "piped.csv"
+    done = subprocess.run([sys.executable, "-c", CLI, "predict", str(ckpt), "-", "--out", str(out), "--batch-size",
+                           "8", "--no-progress", "--json"], input=ts_segment.read_bytes() * 2, capture_output=True,
+                          timeout=CHILD_SECONDS, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(done.stdout)
+    assert report["results"][0]["source"] == "-" and report["damaged_packets"] >= 1
+    assert "a stream (stdin or a FIFO) is read once" in report["profile_skipped"] and report["stages"] is None
+    assert [int(r["frame"]) for r in read_csv(out)] == list(range(180))
+
+
+@needs_pyav
+@pytest.mark.slow
+def test_sigterm_while_a_fifo_has_no_data_stops_at_once(ckpt, tmp_path):
+    fifo, out = tmp_path / "camera.ts", tmp_path / "camera.csv"
+    os.mkfifo(fifo)
+    child = subprocess.Popen([sys.executable, "-c", CLI, "predict", str(ckpt), str(fifo), "--out", str(out),
+                              "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    fd = None
+    try:
+        fd = open_writer(fifo, time.monotonic() + CHILD_SECONDS)  # the decoder has opened the FIFO ...
+        assert fd is not None and child.poll() is None
+        time.sleep(0.3)  # ... and waits for bytes that never come
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=STOP_SECONDS)
+        assert child.returncode == 128 + signal.SIGTERM
+        assert err.decode().strip().startswith("foldedcnns: interrupted by SIGTERM") and len(err.splitlines()) == 1
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["camera.ts"]  # no CSV, no temporary file
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if fd is not None:
+            os.close(fd)

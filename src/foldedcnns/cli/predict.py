@@ -61,7 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "model-only frames/s.")
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by 'foldedcnns train', or an OpenVINO "
                                                            "IR (.xml) written by 'foldedcnns export --format openvino'")
-    parser.add_argument("inputs", metavar="INPUT", nargs="+", help="video file, folder of images, or glob")
+    parser.add_argument("inputs", metavar="INPUT", nargs="+",
+                        help="video file, folder of images, or glob; a FIFO or - (stdin, with --out FILE.csv) is a "
+                             "video read once, in order (MPEG-TS streams; an MP4 only with its index first)")
     parser.add_argument("--out", required=True,
                         help="CSV file for one input; a folder (one <name>.csv per input) for several. Rows "
                              "decoded before a fault go to <name>.csv.partial")

@@ -2,8 +2,15 @@
 
 Frames are decoded in order from the first one; nothing seeks and nothing trusts the frame count in
 the header (both are unreliable for H.264, see opencv#9053). Frame indices are therefore the true
-positions in the stream. PyAV is used when installed: it reports a decode fault in the middle of a
-file, which OpenCV silently turns into an early end of stream; OpenCV is the fallback.
+positions in the stream of decoded frames. PyAV is used when installed; OpenCV is the fallback. Since
+nothing seeks, a video may also come from a pipe: a FIFO path, or a binary file object such as
+``sys.stdin.buffer`` (PyAV only).
+
+Damage is handled as ffmpeg handles it: a packet the demuxer flags as corrupt or the decoder rejects
+in the middle of the stream (the seam of MPEG-TS segments joined with ``cat``, a damaged block) is
+skipped and counted in :class:`DecodeStats`, and decoding goes on. Only damage at the very end (a cut
+file) ends the stream with an error, after every frame before it. OpenCV cannot tell damage from the
+end of the stream.
 
 Resizing is nearest neighbour with OpenCV's ``INTER_NEAREST`` rule, as the original NoScope
 preparation did. For the common ``yuv420p`` streams the resized frame is sampled straight from the
@@ -14,9 +21,11 @@ says so), which keeps decoding the only real cost.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -27,7 +36,7 @@ from foldedcnns.utils.atomic import atomic_path
 
 BACKENDS = ("auto", "pyav", "opencv")
 DEFAULT_FPS = 30
-CONTAINER_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
+CONTAINER_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".ts": "mpegts"}
 
 # Y'CbCr -> R'G'B' for 8-bit video: (Kr, Kb) of the matrix; limited range scales Y by 255/219, C by 255/224.
 _KR_KB = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
@@ -35,6 +44,8 @@ _AV_COLORSPACE_BT709 = 1  # AVColorSpace.AVCOL_SPC_BT709
 _AV_RANGE_FULL = 2  # AVColorRange.AVCOL_RANGE_JPEG
 _FAST_FORMATS = ("yuv420p", "yuvj420p")
 SMALL_FRAME_PIXELS = 640 * 480  # up to here ``small_frame_threads`` applies (see iter_frames)
+_PIPE_HINT = ("a pipe can carry MPEG-TS, or an MP4 with its index first (movflags=faststart); pass the file's path "
+              "for other MP4s")
 
 
 def _yuv_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, matrix: str, full_range: bool) -> np.ndarray:
@@ -95,6 +106,34 @@ class _Sampler:
         return _yuv_to_rgb(luma[rows[:, None], cols[None, :]], cb[r2, c2], cr[r2, c2], matrix, full)
 
 
+@dataclass
+class DecodeStats:
+    """What one decode met, filled in as it goes (PyAV backend). ``damaged_packets``: packets flagged corrupt by
+    the demuxer or rejected by the decoder, skipped mid-stream as ffmpeg skips them."""
+
+    damaged_packets: int = 0
+
+
+def is_stream_path(path: str | os.PathLike[str]) -> bool:
+    """True for a FIFO (a named pipe, or ``/dev/stdin`` fed by a pipe): it can be read once, in order."""
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _check_input(path: Path) -> None:
+    """A regular file or a FIFO (never opened here: opening a FIFO waits for its writer)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"video {path} does not exist; check the path") from None
+    except OSError as exc:
+        raise DataError(f"cannot use video {path} ({exc.strerror}); check the path and its permissions") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        raise DataError(f"video {path} is not a file or a pipe; pass a video file, a FIFO or - for stdin")
+
+
 def _pick_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ConfigError(f"unknown video backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -112,12 +151,16 @@ def _pick_backend(backend: str) -> str:
     return "opencv"
 
 
-def iter_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | int | None = None, start: int = 0,
-                end: int | None = None, crop: Crop | None = None, backend: str = "auto",
-                small_frame_threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def iter_frames(path: str | os.PathLike[str] | BinaryIO, *, size: tuple[int, int] | int | None = None,
+                start: int = 0, end: int | None = None, crop: Crop | None = None, backend: str = "auto",
+                small_frame_threads: int | None = None,
+                stats: DecodeStats | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Decode ``path`` in order and yield ``(frame index, (H, W, 3) RGB uint8 array)``.
 
     Args:
+        path: a video file, a FIFO, or a readable binary file object such as ``sys.stdin.buffer`` (PyAV
+            only). A pipe is read once, in order; an MP4 whose index comes after its frames cannot be
+            streamed (that is a one-line error): pipe MPEG-TS, or an MP4 written with ``movflags=faststart``.
         size: ``(height, width)`` (or one int for a square) to resize to, nearest neighbour.
         start, end: yield frames ``start <= index < end``; earlier frames are decoded and dropped
             (no seeking), and decoding stops at ``end`` or at the end of the stream.
@@ -127,13 +170,14 @@ def iter_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | int | N
             frame (default: FFmpeg's choice, about one per core); one leaves the other cores to a model
             running next to the decoder. Larger videos keep FFmpeg's threads: their decoding is the
             bottleneck (docs/inference.md has the measured figures).
+        stats: filled in while decoding (damaged packets skipped; PyAV only).
 
-    A missing or unreadable file raises :class:`DataError` at the call, before any frame. A decode
-    fault in the middle of the stream (truncated or corrupt file) raises :class:`DataError` naming
-    the file and the last good frame, after every frame decoded before it has been yielded (the
-    OpenCV backend cannot tell such a fault from the end of the stream).
+    A missing or unreadable file raises :class:`DataError` at the call, before any frame (a FIFO is
+    opened at the first frame: opening it waits for its writer). A damaged packet mid-stream is skipped
+    and counted in ``stats``; damage at the end of the stream (a cut file) or a read error raises
+    :class:`DataError` naming the file and the last good frame, after every frame decoded before it
+    has been yielded (the OpenCV backend cannot tell a cut from the end of the stream).
     """
-    path = Path(path)
     size = check_size(size)
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
         raise ConfigError(f"start must be a frame index >= 0, got {start!r}")
@@ -143,12 +187,25 @@ def iter_frames(path: str | os.PathLike[str], *, size: tuple[int, int] | int | N
         crop = tuple(int(v) for v in crop)  # type: ignore[assignment]
         if len(crop) != 4:
             raise ConfigError(f"crop must be (x, y, width, height), got {crop!r}")
-    if not path.is_file():
-        raise DataError(f"video {path} does not exist; check the path")
+    stats = DecodeStats() if stats is None else stats
+    if not isinstance(path, (str, os.PathLike)):
+        name = getattr(path, "name", None)
+        name = Path(name if isinstance(name, str) else "<pipe>")
+        if _pick_backend("pyav" if backend == "auto" else backend) != "pyav":
+            raise DataError(f"reading video from {name} needs the PyAV backend; pip install 'foldedcnns[video]'")
+        return _frames_pyav(path, name, _Sampler(size, crop, name), start, end, small_frame_threads, stats)
+    path = Path(path)
+    _check_input(path)
     sampler = _Sampler(size, crop, path)
     if _pick_backend(backend) == "pyav":
-        return _frames_pyav(path, sampler, start, end, small_frame_threads)
+        if is_stream_path(path):  # opened at the first frame, in the caller's decoding thread
+            return _lazy(lambda: _frames_pyav(str(path), path, sampler, start, end, small_frame_threads, stats))
+        return _frames_pyav(str(path), path, sampler, start, end, small_frame_threads, stats)
     return _frames_opencv(path, sampler, start, end)
+
+
+def _lazy(make: Callable[[], Iterator[tuple[int, np.ndarray]]]) -> Iterator[tuple[int, np.ndarray]]:
+    yield from make()
 
 
 def _no_frames(path: Path, last: int, start: int) -> DataError:
@@ -158,36 +215,72 @@ def _no_frames(path: Path, last: int, start: int) -> DataError:
                      "ask for frames the video has")
 
 
-def _frames_pyav(path: Path, sampler: _Sampler, start: int, end: int | None,
-                 small_frame_threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def _frames_pyav(source: str | BinaryIO, path: Path, sampler: _Sampler, start: int, end: int | None,
+                 small_frame_threads: int | None, stats: DecodeStats) -> Iterator[tuple[int, np.ndarray]]:
     import av
 
+    streamed = not isinstance(source, str) or is_stream_path(source)
     try:
-        container = av.open(str(path))
+        container = av.open(source, mode="r")
     except (av.error.FFmpegError, OSError) as exc:
-        raise DataError(f"cannot open video {path} ({exc}); the file is not a readable video") from exc
+        hint = _PIPE_HINT if streamed else "the file is not a readable video"
+        raise DataError(f"cannot open video {path} ({exc}); {hint}") from exc
     if not container.streams.video or container.streams.video[0].codec_context is None:  # none, or no decoder
         container.close()
         raise DataError(f"{path} has no decodable video stream; the file is not a readable video")
-    return _decode_pyav(container, path, sampler, start, end, small_frame_threads)
+    return _decode_pyav(container, path, sampler, start, end, small_frame_threads, stats, streamed)
 
 
-class _CorruptPacket(Exception):
+class _CutStream(Exception):
     pass
 
 
-def _pyav_frames(container: Any, stream: Any) -> Iterator[Any]:
-    """Decoded frames in order. A packet the demuxer flags as corrupt (a truncated file) ends the
-    stream with :class:`_CorruptPacket`, after the frames of the good packets still in the decoder."""
+def _decode_packet(packet: Any, errors: type[Exception]) -> tuple[list[Any], bool]:
+    """The frames a packet completes, and whether the decoder accepted it (it may refuse a damaged one)."""
+    try:
+        return packet.decode(), True
+    except errors as exc:
+        if isinstance(exc, MemoryError):  # out of memory is no damage to skip
+            raise
+        return [], False
+
+
+def _pyav_frames(container: Any, stream: Any, stats: DecodeStats) -> Iterator[Any]:
+    """Decoded frames in order, damage handled as ffmpeg does (see the module docstring).
+
+    A packet flagged corrupt is held until another packet follows it: then it was mid-stream (at the
+    seam of joined MPEG-TS segments it is whole) and goes to the decoder like any other; if the
+    stream ends instead, the file was cut there and it is dropped. A packet the decoder refuses is
+    counted and skipped. When the last packet was damaged, :class:`_CutStream` follows the frames still
+    in the decoder.
+    """
+    import av
+
+    errors = av.error.FFmpegError
+    held, last_damaged = None, False
     for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's end-of-stream packet: flushed below
+            continue
+        if held is not None:
+            frames, _ = _decode_packet(held, errors)  # already counted, whether or not the decoder takes it
+            yield from frames
+            held = None
         if packet.is_corrupt:
-            yield from stream.codec_context.decode(None)
-            raise _CorruptPacket("a corrupt or truncated packet")
-        yield from packet.decode()
+            stats.damaged_packets += 1
+            held, last_damaged = packet, True
+            continue
+        frames, ok = _decode_packet(packet, errors)
+        stats.damaged_packets += not ok
+        last_damaged = not ok
+        yield from frames
+    yield from stream.codec_context.decode(None)
+    if last_damaged:
+        raise _CutStream("the last packet is cut or corrupt")
 
 
-def _decode_pyav(container: Any, path: Path, sampler: _Sampler, start: int,
-                 end: int | None, small_frame_threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def _decode_pyav(container: Any, path: Path, sampler: _Sampler, start: int, end: int | None,
+                 small_frame_threads: int | None, stats: DecodeStats,
+                 streamed: bool) -> Iterator[tuple[int, np.ndarray]]:
     import av
 
     stream = container.streams.video[0]
@@ -197,14 +290,16 @@ def _decode_pyav(container: Any, path: Path, sampler: _Sampler, start: int,
         stream.thread_count = small_frame_threads
     index = -1
     try:
-        for frame in _pyav_frames(container, stream):
+        for frame in _pyav_frames(container, stream, stats):
             index += 1
             if index < start:
                 continue
             if end is not None and index >= end:
                 return
             yield index, sampler.from_av(frame)
-    except (av.error.FFmpegError, _CorruptPacket) as exc:
+    except (av.error.FFmpegError, _CutStream) as exc:
+        if streamed and index < 0:  # e.g. an MP4 whose index comes after its frames: a pipe cannot seek back
+            raise DataError(f"cannot decode video {path} ({exc}); {_PIPE_HINT}") from exc
         good = f"frames 0..{index} are good" if index >= 0 else "no frame is good"
         raise DataError(f"decoding {path} failed after frame {index} ({exc}); the video is truncated or "
                         f"corrupt, {good}") from exc

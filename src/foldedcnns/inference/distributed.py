@@ -162,6 +162,9 @@ def run_ray_predict(checkpoint: str | Path, inputs: Sequence[str], out: str | Pa
     local = Predictor(ckpt, batch_size=batch_size)  # checks the checkpoint and batch size, gives sizes and names
     engine = engine.for_deployment(local.config.task)  # int8 without calibration fails here, not in every actor
     crop, sources, outputs = plan_inputs(inputs, out, local, crop, task_check, overwrite)
+    if any(source.stream for source in sources):
+        raise ConfigError("--ray reads inputs by path on the cluster's nodes, and a stream (stdin or a FIFO) can be "
+                          "read only once: run predict on it without --ray")
     started_ray = _connect(ray, cluster.address, cluster.num_cpus)
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))

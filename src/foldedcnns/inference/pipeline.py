@@ -5,7 +5,9 @@ For each source a worker thread decodes, crops and resizes frames into batches o
 the model and appends rows to the CSV. The CSV is written under a temporary name and renamed at the
 end. When decoding fails part-way (a truncated video, an unreadable image), the rows of every frame
 decoded before the fault go to ``NAME.partial`` (never over ``NAME``), and the source's result
-carries the error. An existing CSV (or ``.partial``) is refused unless ``overwrite``.
+carries the error; damaged video packets skipped mid-stream are counted in it. An existing CSV (or
+``.partial``) is refused unless ``overwrite``. Streams (stdin, FIFOs) are read once: the isolated
+stage measurement, which decodes frames again, leaves them out.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from tqdm import tqdm
 
 from foldedcnns.data.crop import Crop
 from foldedcnns.data.model_input import RGB_CHANNELS
+from foldedcnns.data.video import DecodeStats
 from foldedcnns.errors import ConfigError, DataError, FoldedCNNsError
 from foldedcnns.inference.csvout import PredictionCSV, output_paths
 from foldedcnns.inference.predictor import Predictor
-from foldedcnns.inference.sources import VIDEO, Source, check_task_match, iter_source, resolve_inputs
+from foldedcnns.inference.sources import STDIN, VIDEO, Source, check_task_match, iter_source, resolve_inputs
 from foldedcnns.runtime.engine import Engine
 from foldedcnns.runtime.threads import torch_threads
 
@@ -42,11 +45,15 @@ STOP_POLL_SECONDS = 0.1
 PROFILE_FRAMES = 512
 # ... and the model runs on them for at least this long.
 PROFILE_MODEL_SECONDS = 0.5
+# Seconds to wait for the decoder of a stream (stdin, a FIFO) to stop after the run ends early: one blocked
+# on a pipe that nobody writes cannot be stopped, and is left behind (a daemon thread) after this long.
+STREAM_JOIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
 class SourceResult:
-    """What happened to one input: rows written, time per stage, and the fault if decoding stopped early."""
+    """What happened to one input: rows written, time per stage, the fault if decoding stopped early, and the
+    damaged video packets skipped mid-stream (as ffmpeg skips them)."""
 
     source: str
     kind: str
@@ -56,6 +63,7 @@ class SourceResult:
     decode_seconds: float
     model_seconds: float
     error: str | None = None
+    damaged_packets: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,18 +135,19 @@ class DecodedBatch:
 
 
 def decode_batches(source: Source, size: tuple[int, int], batch_size: int, crop: Crop | None = None,
-                   decode_threads: int | None = None, stop: threading.Event | None = None) -> Iterator[DecodedBatch]:
+                   decode_threads: int | None = None, stop: threading.Event | None = None,
+                   stats: DecodeStats | None = None) -> Iterator[DecodedBatch]:
     """Decode ``source`` into batches of ``batch_size`` frames at ``size`` (height, width), in order.
 
     When decoding fails part-way, the last batch holds the frames decoded since the previous one
     (possibly none) and carries the error; nothing decoded is lost. Decoding ends early, between two
-    frames, once ``stop`` is set.
+    frames, once ``stop`` is set. ``stats`` counts the damaged video packets skipped.
     """
     height, width = size
     keys: list[int | str] = []
     images = np.empty((batch_size, height, width, RGB_CHANNELS), dtype=np.uint8)
     try:
-        for key, frame in iter_source(source, size, crop, decode_threads=decode_threads):
+        for key, frame in iter_source(source, size, crop, decode_threads=decode_threads, stats=stats):
             if stop is not None and stop.is_set():
                 return
             images[len(keys)] = frame
@@ -166,13 +175,17 @@ _END = object()
 class BackgroundBatches:
     """Iterate :func:`decode_batches` while a worker thread decodes ahead (a bounded queue).
 
-    ``decode_seconds`` is the worker's busy time (waiting on a full queue excluded).
+    ``decode_seconds`` is the worker's busy time (waiting on a full queue excluded); ``stats`` what the
+    video decoder met. The worker of a stream may be blocked on its pipe: it is waited for at most
+    :data:`STREAM_JOIN_SECONDS` when the consumer stops early.
     """
 
     def __init__(self, source: Source, size: tuple[int, int], batch_size: int, crop: Crop | None,
                  depth: int = QUEUE_DEPTH, decode_threads: int | None = None) -> None:
         self._stop = threading.Event()
-        self._batches = decode_batches(source, size, batch_size, crop, decode_threads, self._stop)
+        self.stats = DecodeStats()
+        self._join_seconds = STREAM_JOIN_SECONDS if source.stream else None
+        self._batches = decode_batches(source, size, batch_size, crop, decode_threads, self._stop, self.stats)
         self.decode_seconds = 0.0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._work, name=f"decode-{source.stem}", daemon=True)
@@ -212,7 +225,7 @@ class BackgroundBatches:
                 yield item
         finally:
             self._stop.set()
-            self._thread.join()
+            self._thread.join(self._join_seconds)
 
 
 def predict_source(predictor: Predictor, source: Source, output: str | Path, *, crop: Crop | None = None,
@@ -240,7 +253,7 @@ def predict_source(predictor: Predictor, source: Source, output: str | Path, *, 
                 error = str(batch.error)
                 writer.stopped_early()
     return SourceResult(source.name, source.kind, writer.output, writer.rows, time.perf_counter() - started,
-                        batches.decode_seconds, model_seconds, error)
+                        batches.decode_seconds, model_seconds, error, batches.stats.damaged_packets)
 
 
 def measure_stages(predictor: Predictor, sources: Sequence[Source], *, crop: Crop | None = None,
@@ -305,9 +318,13 @@ def decoder_threads(device: torch.device) -> int | None:
 def plan_inputs(inputs: Sequence[str], out: str | Path, predictor: Predictor, crop: Crop | str | None,
                 task_check: bool, overwrite: bool = False) -> tuple[Crop | None, list[Source], list[Path]]:
     """Parse the crop, resolve the inputs and their output CSVs (existing ones refused unless ``overwrite``),
-    and check labelled folders fit the task."""
+    and check labelled folders fit the task. Standard input (``-``) has no name to derive a CSV name from:
+    it must be the only input, with ``out`` a ``.csv`` file."""
     crop = Crop.parse(crop) if isinstance(crop, str) else crop
     sources = resolve_inputs(inputs)
+    if any(s.name == STDIN for s in sources) and (len(sources) > 1 or Path(out).suffix.lower() != ".csv"):
+        raise ConfigError(f"reading a video from stdin (-) writes one CSV: pass - as the only input and --out "
+                          f"FILE.csv (got {len(sources)} inputs, --out {out})")
     outputs = output_paths(sources, out, overwrite)
     if task_check:
         for source in sources:
@@ -347,7 +364,16 @@ def run_predict(checkpoint: str | Path | dict[str, Any], inputs: Sequence[str], 
                 results.append(predict_source(predictor, source, output, crop=crop, progress=bar,
                                               decode_threads=decode_threads))
         wall = time.perf_counter() - started
-        stages = measure_stages(predictor, sources, crop=crop, max_frames=profile_frames,
+        rereadable = [s for s in sources if not s.stream]
+        stages = measure_stages(predictor, rereadable, crop=crop, max_frames=profile_frames,
                                 decode_threads=decode_threads) if profile_frames else None
+    extra: dict[str, Any] = {"model_threads": threads}
+    damaged = sum(r.damaged_packets for r in results)
+    if damaged:
+        extra["damaged_packets"] = damaged
+    if profile_frames and len(rereadable) < len(sources):
+        names = ", ".join("stdin" if s.name == STDIN else s.name for s in sources if s.stream)
+        extra["profile_skipped"] = (f"{names}: a stream (stdin or a FIFO) is read once; the decode-only and "
+                                    "model-only figures leave it out")
     return PredictReport(results, predictor.fold, predictor.batch_size, predictor.backend, str(predictor.device),
-                         wall, stages, extra={"model_threads": threads})
+                         wall, stages, extra=extra)

@@ -1,14 +1,17 @@
-"""What ``foldedcnns predict`` reads: video files, folders of images, globs.
+"""What ``foldedcnns predict`` reads: video files, FIFOs and stdin (``-``), folders of images, globs.
 
 :func:`resolve_inputs` turns command-line inputs into :class:`Source` objects: one per video, one
-for all images of a folder or a glob. :func:`iter_source` decodes a source sequentially and yields
-``(key, frame)`` pairs, ``key`` being the frame index (videos) or the file path (images), and
-``frame`` an RGB uint8 array already cropped and resized to the model's input.
+for all images of a folder or a glob. A FIFO (named pipe) and ``-`` (standard input) are videos read
+once, in order (:attr:`Source.stream`); nothing opens them before decoding starts.
+:func:`iter_source` decodes a source sequentially and yields ``(key, frame)`` pairs, ``key`` being
+the frame index (videos) or the file path (images), and ``frame`` an RGB uint8 array already cropped
+and resized to the model's input.
 """
 
 from __future__ import annotations
 
 import glob
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,7 @@ import numpy as np
 
 from foldedcnns.data.crop import Crop
 from foldedcnns.data.imageio import IMG_EXTENSIONS, is_image_file, read_image
-from foldedcnns.data.video import iter_frames
+from foldedcnns.data.video import DecodeStats, is_stream_path, iter_frames
 from foldedcnns.errors import ConfigError, DataError
 from foldedcnns.inference.preprocess import prepare_frame
 from foldedcnns.models.spec import TaskSpec
@@ -26,15 +29,21 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".m
 VIDEO = "video"
 IMAGES = "images"
 GLOB_CHARS = "*?["
+STDIN = "-"  # the input name that reads a video from standard input
 
 
 @dataclass(frozen=True)
 class Source:
-    """One input that produces one CSV: a video file, or an ordered list of image files."""
+    """One input that produces one CSV: a video file, or an ordered list of image files.
+
+    ``stream``: a video that can be read only once, in order (a FIFO, or standard input when ``name`` is
+    :data:`STDIN`, with no path).
+    """
 
     kind: str
     name: str
     paths: tuple[Path, ...]
+    stream: bool = False
 
     @property
     def key_column(self) -> str:
@@ -44,6 +53,8 @@ class Source:
     @property
     def stem(self) -> str:
         """Default output file name (without ``.csv``) when several sources are written to a folder."""
+        if self.name == STDIN:
+            return "stdin"
         path = Path(self.name)
         return path.stem if self.kind == VIDEO else (path.name.replace("*", "_") or "images")
 
@@ -61,6 +72,8 @@ def _images_under(folder: Path) -> list[Path]:
 
 
 def _resolve_one(text: str) -> list[Source]:
+    if text == STDIN:
+        return [Source(VIDEO, STDIN, (), stream=True)]
     path = Path(text)
     if any(c in text for c in GLOB_CHARS) and not path.exists():
         matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
@@ -80,10 +93,15 @@ def _resolve_one(text: str) -> list[Source]:
                     if any(_is_video(p) for p in path.iterdir()) else "")
             raise DataError(f"folder {path} holds no images ({', '.join(IMG_EXTENSIONS)}){hint}")
         return [Source(IMAGES, str(path), tuple(images))]
+    if is_stream_path(path):
+        return [Source(VIDEO, str(path), (path,), stream=True)]
     if path.is_file():
         if is_image_file(path):
             return [Source(IMAGES, str(path), (path,))]
         return [Source(VIDEO, str(path), (path,))]
+    if path.exists():
+        raise DataError(f"input {text} is not a file, a folder or a pipe; pass a video file, a FIFO, - (stdin), "
+                        "a folder of images or a glob")
     raise DataError(f"input {text} does not exist; pass a video file, a folder of images or a glob")
 
 
@@ -139,7 +157,8 @@ def check_task_match(source: Source, task: TaskSpec, size: tuple[int, int], crop
 
 
 def iter_source(source: Source, size: tuple[int, int], crop: Crop | None = None, start: int = 0,
-                decode_threads: int | None = None) -> Iterator[tuple[int | str, np.ndarray]]:
+                decode_threads: int | None = None,
+                stats: DecodeStats | None = None) -> Iterator[tuple[int | str, np.ndarray]]:
     """Yield ``(key, frame)`` for every frame of ``source`` in order, frames at ``size`` (height, width).
 
     Videos are decoded sequentially; on a truncated or corrupt file every good frame is yielded
@@ -147,12 +166,15 @@ def iter_source(source: Source, size: tuple[int, int], crop: Crop | None = None,
     the images before it. ``start`` skips the first frames (videos) or files (images).
     ``decode_threads`` caps the video decoder's threads for frames of up to 640x480 pixels (larger
     videos keep FFmpeg's one thread per core; see :func:`foldedcnns.data.video.iter_frames`).
+    ``stats`` counts the damaged packets a video decoder skipped. Standard input is read from
+    ``sys.stdin.buffer``.
     """
     height, width = size
     if source.kind == VIDEO:
-        yield from iter_frames(source.paths[0], size=(height, width), start=start,
+        video = sys.stdin.buffer if source.name == STDIN and not source.paths else source.paths[0]
+        yield from iter_frames(video, size=(height, width), start=start,
                                crop=None if crop is None else crop.as_tuple(),
-                               small_frame_threads=decode_threads)
+                               small_frame_threads=decode_threads, stats=stats)
         return
     for path in source.paths[start:]:
         yield str(path), prepare_frame(read_image(path), height, width, crop, where=str(path))
