@@ -1,5 +1,9 @@
 """Small image helpers shared by the data modules: decode, encode, nearest resize, size checks.
 
+Decoding comes in two steps where the size matters before the pixels do: :func:`open_image` reads
+only the header (Pillow is lazy), so a caller can check the declared width and height against its own
+limit, then :func:`decode_image` decodes (and optionally crops) the pixels. :func:`read_image` is both.
+
 Images are ``(H, W, 3)`` RGB ``uint8`` NumPy arrays here; the datasets turn them into ``(C, H, W)``
 tensors. Nearest-neighbour resizing follows OpenCV's ``INTER_NEAREST`` (source index
 ``floor(i * src / dst)``), the interpolation the original NoScope preparation used; it is computed
@@ -12,7 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import zlib
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -34,19 +38,58 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
+class ImageTooLarge(DataError):
+    """An image whose header declares more pixels than will be decoded (Pillow's decompression-bomb limit)."""
+
+
+# Raster formats Pillow decodes itself. Others it recognises are refused: EPS, for one, would run Ghostscript
+# on untrusted input, which no pixel limit bounds.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+
+
+def open_image(source: str | os.PathLike[str] | BinaryIO) -> Image.Image:
+    """Open an image reading only its header: ``size`` and ``mode`` are known, no pixel is decoded yet.
+
+    Pillow decodes lazily, so a declared size can be checked (``width * height``) before
+    :func:`decode_image` allocates it. Only :data:`IMAGE_FORMATS` are opened. A missing or unreadable file raises a one-line
+    :class:`DataError`; a size past Pillow's own bomb limit :class:`ImageTooLarge`.
+    """
+    try:
+        return Image.open(source, formats=IMAGE_FORMATS)
+    except FileNotFoundError as exc:
+        raise DataError(f"image {source} does not exist; check the path or rebuild the image folder") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image {source} declares too many pixels to decode ({exc}); resize it or "
+                            "replace the file") from exc
+    except _DECODE_ERRORS as exc:
+        raise DataError(f"cannot decode image {source} ({exc}); the file is corrupt, replace or delete it") from exc
+
+
+def decode_image(img: Image.Image, box: tuple[int, int, int, int] | None = None, where: object = None
+                 ) -> np.ndarray:
+    """Decode an image from :func:`open_image` to ``(H, W, 3)`` RGB ``uint8``; ``box = (x, y, w, h)`` crops it
+    before the conversion, so only the box is converted (the same pixels as converting, then cropping).
+
+    ``where`` names the image in errors (default: its file name). The caller checks that ``box`` fits.
+    """
+    try:
+        img.load()
+        if box is not None:
+            x, y, w, h = box
+            img = img.crop((x, y, x + w, y + h))
+        return np.asarray(img.convert("RGB"))
+    except _DECODE_ERRORS as exc:
+        name = where if where is not None else getattr(img, "filename", "") or "the data"
+        raise DataError(f"cannot decode image {name} ({exc}); the file is corrupt, replace or delete it") from exc
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode an image file to an ``(H, W, 3)`` RGB ``uint8`` array.
 
     A missing, truncated or corrupt file raises a one-line :class:`DataError` naming the file.
     """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return np.asarray(img.convert("RGB"))
-    except FileNotFoundError as exc:
-        raise DataError(f"image {path} does not exist; check the path or rebuild the image folder") from exc
-    except _DECODE_ERRORS as exc:
-        raise DataError(f"cannot decode image {path} ({exc}); the file is corrupt, replace or delete it") from exc
+    with open_image(path) as img:
+        return decode_image(img, where=path)
 
 
 @functools.cache

@@ -6,9 +6,18 @@
 * ``application/x-npy``: a NumPy ``.npy`` array, uint8 ``(N, H, W, 3)`` (or one ``(H, W, 3)`` image),
   for high-rate clients that skip the PNG round trip.
 
-Every image is decoded by :func:`foldedcnns.data.imageio.read_image`, then cropped and resized by
-:func:`foldedcnns.inference.preprocess.stack_frames`, exactly as ``foldedcnns predict`` prepares files.
-Problems are :class:`ServingError` with the HTTP status (400, 413, 415) and a one-line message.
+What a request may cost is checked from headers before any pixel is decoded or allocated: each
+image's declared width x height against a per-image limit, their sum against a per-request budget
+(:func:`pixel_limits`: a few times the larger of the model's input and the crop's extent, never below
+a 4K frame nor above an 8K one), an ``.npy`` header's dtype, shape and byte count against the body,
+and the crop against each image's declared size. Past a limit: 413 (or 400) with one line, nothing
+decoded. Then the images are decoded (:func:`foldedcnns.data.imageio.decode_image`), cropped and
+resized (:func:`foldedcnns.inference.preprocess.prepare_frame`), exactly as ``foldedcnns predict``
+prepares files, on the decode executor in slices of at most :data:`DECODE_SLICE_PIXELS`, the
+request's deadline checked before each slice: one request never holds a decode thread for long, and
+a request whose client has given up costs no decoding.
+
+Problems are :class:`ServingError` with the HTTP status (400, 413, 415, 504) and a one-line message.
 :func:`decode_request` is the whole path from a request to images, shared by the native server and the
 Ray Serve replica.
 """
@@ -16,19 +25,29 @@ Ray Serve replica.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
+import math
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+import warnings
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from foldedcnns.data.crop import Crop
-from foldedcnns.data.imageio import read_image
+from foldedcnns.data.imageio import ImageTooLarge, decode_image, open_image
 from foldedcnns.errors import DataError, FoldedCNNsError, first_line
-from foldedcnns.inference.preprocess import stack_frames
-from foldedcnns.serving.errors import BadRequest, RequestTooLarge, ServingError, UnsupportedMediaType
+from foldedcnns.inference.preprocess import prepare_frame, stack_frames
+from foldedcnns.serving.errors import (
+    BadRequest,
+    ClientDisconnected,
+    DeadlineExceeded,
+    RequestTooLarge,
+    UnsupportedMediaType,
+)
 from foldedcnns.serving.metrics import require
 
 NPY = "application/x-npy"
@@ -37,6 +56,32 @@ DEFAULT_MAX_BODY_MB = 16.0
 MAX_PARTS = 4096
 MEDIA_TYPES = "image/png, image/jpeg (any image/*), multipart/form-data or application/x-npy"
 
+# What one request may decode, from the declared sizes (docs/serving.md, "Limits on what a request may cost").
+MIN_IMAGE_PIXELS = 3840 * 2160   # the per-image limit is never below a 4K frame, whatever the model and crop
+IMAGE_PIXEL_FACTOR = 4           # ...and else this many times the larger of the model's input and the crop's extent
+MAX_IMAGE_PIXELS = 7680 * 4320   # ...and never above an 8K frame, whatever the crop asks for
+REQUEST_PIXEL_FACTOR = 4         # all images of one request: at most this many images at the per-image limit
+DECODE_SLICE_PIXELS = 1920 * 1080  # one decode-thread job decodes images of at most this many pixels in all
+#                                    (one larger image is a job of its own), then other requests get a turn
+
+
+@dataclass(frozen=True)
+class PixelLimits:
+    """Declared pixels (width x height) one image (``image``) and all images of a request (``request``) may have."""
+
+    image: int
+    request: int
+
+
+def pixel_limits(hw: tuple[int, int], box: Crop | None = None) -> PixelLimits:
+    """The limits for a model of input ``hw = (height, width)`` and an optional crop: the per-image limit is
+    :data:`IMAGE_PIXEL_FACTOR` times the larger of the model's input and the crop's extent (``(x + w) * (y + h)``,
+    the smallest image the crop fits), clamped to [:data:`MIN_IMAGE_PIXELS`, :data:`MAX_IMAGE_PIXELS`]; a request
+    may have :data:`REQUEST_PIXEL_FACTOR` such images in all."""
+    extent = (box.x + box.w) * (box.y + box.h) if box is not None else 0
+    image = min(MAX_IMAGE_PIXELS, max(MIN_IMAGE_PIXELS, IMAGE_PIXEL_FACTOR * max(hw[0] * hw[1], extent)))
+    return PixelLimits(image, REQUEST_PIXEL_FACTOR * image)
+
 
 def body_limit(max_body_mb: float) -> int:
     """``--max-body-mb`` in bytes."""
@@ -44,19 +89,52 @@ def body_limit(max_body_mb: float) -> int:
 
 
 async def decode_request(headers: Mapping[str, str], chunks: AsyncIterator[bytes], query: Mapping[str, str],
-                         hw: tuple[int, int], *, max_body: int, executor: Executor | None = None) -> np.ndarray:
-    """The images of one ``POST /v1/predict`` as uint8 ``(N, H, W, 3)`` at ``hw``: media type checked (415),
-    body read up to ``max_body`` bytes (413), a multipart body split into its file parts (its ``crop``
-    field used unless the query has one), then decoded, cropped and resized on ``executor`` (None: the
-    loop's default), off the event loop (400 for what cannot be decoded)."""
+                         hw: tuple[int, int], *, max_body: int, executor: Executor | None = None,
+                         deadline: float | None = None, admit: Callable[[int], None] | None = None) -> np.ndarray:
+    """The images of one ``POST /v1/predict`` as uint8 ``(N, H, W, 3)`` at ``hw``.
+
+    Media type checked (415); body read up to ``max_body`` bytes (413); a multipart body split into its
+    file parts (its ``crop`` field used unless the query has one); then, before any pixel is decoded, the
+    declared sizes checked (:func:`pixel_limits`: 413; a crop outside an image: 400), ``admit(n)`` called
+    with the request's image count (it raises to refuse, e.g. 503 when the queue has no room) and
+    ``deadline`` (the event loop's ``time()``; None: none) checked (504). Decoding, cropping and resizing
+    run on ``executor`` (None: the loop's default), in slices, the deadline checked before each
+    (400 for what cannot be decoded).
+    """
     kind = check_media_type(headers.get("content-type"))
     body = await read_body(chunks, max_body, headers.get("content-length"))
+    loop = asyncio.get_running_loop()
+    check_deadline(deadline, loop, "before its images were decoded")
     crop = query.get("crop")
-    payload: bytes | list[bytes] = body
+    parts: list[bytes] = [body]
     if kind == MULTIPART:
-        payload, form_crop = await split_multipart(headers, body, max_body)
+        parts, form_crop = await split_multipart(headers, body, max_body)
         crop = crop or form_crop
-    return await asyncio.get_running_loop().run_in_executor(executor, decode_images, kind, payload, hw, crop)
+    box = parse_crop(crop)
+    limits = pixel_limits(hw, box)
+    if kind == NPY:
+        array = read_npy(body, limits, box)
+        if admit is not None:
+            admit(len(array))
+        check_deadline(deadline, loop, "before its images were decoded")
+        return await loop.run_in_executor(executor, _prepare_npy, array, hw, box)
+    if len(parts) == 1:  # one image: header check and decode in one job (a lone image pays one thread hop)
+        if admit is not None:
+            admit(1)
+        return await loop.run_in_executor(executor, _open_and_decode, parts[0], limits, hw, box)
+    images = await loop.run_in_executor(executor, open_parts, parts, limits, box)
+    try:
+        if admit is not None:
+            admit(len(images))
+        out = np.empty((len(images), hw[0], hw[1], 3), np.uint8)
+        for start, stop in decode_slices([img.width * img.height for img in images]):
+            check_deadline(deadline, loop, f"before image {start} of {len(images)} was decoded")
+            out[start:stop] = await loop.run_in_executor(executor, decode_parts, images[start:stop], start,
+                                                         len(images), hw, box)
+        return out
+    finally:
+        for img in images:
+            img.close()
 
 
 def media_type(content_type: str | None) -> str:
@@ -72,17 +150,25 @@ def check_media_type(content_type: str | None) -> str:
 
 
 async def read_body(chunks: AsyncIterator[bytes], limit: int, content_length: str | None = None) -> bytes:
-    """The request body, at most ``limit`` bytes (else 413 at once, without reading the rest)."""
+    """The request body, at most ``limit`` bytes (else 413 at once, without reading the rest). A client that
+    disconnects part-way (Starlette's ``ClientDisconnect``) is :class:`ClientDisconnected` (499): counted,
+    not an error of the server. Time limits are the caller's: the native server reads through
+    :func:`foldedcnns.serving.connections.timed_chunks` (408, and 503 at the drain deadline)."""
     if content_length is not None and content_length.isdigit() and int(content_length) > limit:
         raise RequestTooLarge(f"body of {int(content_length)} bytes exceeds the limit of {limit} bytes "
                               "(--max-body-mb); send fewer or smaller images per request")
     body, size = [], 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLarge(f"body exceeds the limit of {limit} bytes (--max-body-mb); send fewer or smaller "
-                                  "images per request")
-        body.append(chunk)
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge(f"body exceeds the limit of {limit} bytes (--max-body-mb); send fewer or "
+                                      "smaller images per request")
+            body.append(chunk)
+    except Exception as exc:
+        if type(exc).__name__ != "ClientDisconnect":  # starlette.requests.ClientDisconnect, not imported here
+            raise
+        raise ClientDisconnected(f"the client disconnected after {size} bytes of the body") from None
     if size == 0:
         raise BadRequest("empty body; send one image, a multipart form of images or an .npy array")
     return b"".join(body)
@@ -118,47 +204,164 @@ async def split_multipart(headers: Mapping[str, str], body: bytes, limit: int) -
     return files, crop
 
 
-def decode_images(kind: str, payload: bytes | Sequence[bytes], hw: tuple[int, int],
-                  crop: str | None = None) -> np.ndarray:
-    """Decode, crop and resize a body (``kind`` from :func:`check_media_type`) into uint8 ``(N, H, W, 3)``.
-
-    ``payload`` is the raw body, or the file parts of a multipart body. CPU work: run it off the loop.
-    """
+def parse_crop(crop: str | None) -> Crop | None:
+    """The request's ``crop`` (query or form field), checked: a bad one is 400 before the body is decoded."""
     try:
-        box = Crop.parse(crop) if crop else None
-        if kind == NPY:
-            frames: Any = _load_npy(payload)
-        else:
-            parts = [payload] if isinstance(payload, (bytes, bytearray)) else list(payload)
-            frames = [_decode(part, i, len(parts)) for i, part in enumerate(parts)]
-        return stack_frames(frames, hw[0], hw[1], box)
-    except ServingError:
-        raise
-    except FoldedCNNsError as exc:  # a bad crop (ConfigError), a crop outside an image (DataError/ConfigError)
+        return Crop.parse(crop) if crop else None
+    except FoldedCNNsError as exc:
         raise BadRequest(first_line(exc, 300)) from exc
 
 
-def _decode(data: bytes, index: int, count: int) -> np.ndarray:
-    where = "the image" if count == 1 else f"image {index} of {count}"
-    try:
-        return read_image(io.BytesIO(data))
-    except DataError as exc:
-        reason = first_line(exc.__cause__) if exc.__cause__ is not None else first_line(exc)
-        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", reason)
-        raise BadRequest(f"cannot decode {where} ({reason}); send PNG, JPEG or another format Pillow reads"
-                         ) from exc
+def check_deadline(deadline: float | None, loop: asyncio.AbstractEventLoop, when: str) -> None:
+    """504 when the request's ``deadline`` (the loop's ``time()``) has passed: its client has given up, so its
+    images are not decoded."""
+    if deadline is not None and loop.time() > deadline:
+        late = (loop.time() - deadline) * 1000
+        raise DeadlineExceeded(f"the request's deadline passed {late:.0f} ms {when}; dropped without decoding "
+                               "the rest (send a longer X-Request-Timeout-Ms or retry when the server is less busy)")
 
 
-def _load_npy(data: bytes) -> np.ndarray:
+def _too_many(what: str, pixels: int, limit: int, per: str = "image") -> RequestTooLarge:
+    return RequestTooLarge(f"{what} declares {pixels:,} pixels, over the limit of {limit:,} per {per}; send smaller "
+                           "images (crop or resize them first) or fewer per request")
+
+
+def _check_fits(box: Crop | None, width: int, height: int, where: str) -> None:
+    if box is not None:
+        try:
+            box.check_fits(width, height, where)
+        except FoldedCNNsError as exc:
+            raise BadRequest(first_line(exc, 300)) from exc
+
+
+def check_pixels(sizes: Sequence[tuple[int, int]], limits: PixelLimits, box: Crop | None = None) -> None:
+    """Declared ``(width, height)`` of each image of a request against ``limits`` (413) and the crop (400)."""
+    count, total = len(sizes), 0
+    for i, (width, height) in enumerate(sizes):
+        where = _where(i, count)
+        if width * height > limits.image:
+            raise _too_many(f"{where} ({width}x{height})", width * height, limits.image)
+        _check_fits(box, width, height, where)
+        total += width * height
+    if total > limits.request:
+        raise _too_many(f"the request ({count} images)", total, limits.request, "request")
+
+
+def read_npy(body: bytes, limits: PixelLimits, box: Crop | None = None) -> np.ndarray:
+    """The images of an ``.npy`` body as a uint8 ``(N, H, W, 3)`` view of ``body``, nothing allocated: the header
+    is parsed alone (never unpickling), its dtype, shape, declared pixels and byte count checked first (400, 413),
+    and the crop against the declared size (400)."""
+    stream = io.BytesIO(body)
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        version = np.lib.format.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"format version {version[0]}.{version[1]}; np.save writes 1.0 for uint8 arrays")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(stream)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
         raise BadRequest(f"cannot read the .npy body ({first_line(exc)}); send np.save of a uint8 array") from exc
-    if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim not in (3, 4) \
-            or array.shape[-1] != 3:
-        raise BadRequest(f"the .npy array must be uint8 (N, H, W, 3) or (H, W, 3), got "
-                         f"{getattr(array, 'dtype', type(array).__name__)} {getattr(array, 'shape', '')}")
-    array = array[None] if array.ndim == 3 else array
-    if len(array) == 0:
+    if dtype != np.uint8 or len(shape) not in (3, 4) or shape[-1] != 3 or min(shape) < 0:
+        raise BadRequest(f"the .npy array must be uint8 (N, H, W, 3) or (H, W, 3), got {dtype} {shape}")
+    shape = (1, *shape) if len(shape) == 3 else shape
+    count, height, width = shape[0], shape[1], shape[2]
+    if count == 0:
         raise BadRequest("the .npy array holds no images")
-    return array
+    if height == 0 or width == 0:
+        raise BadRequest(f"the .npy images are empty (shape {shape}); send images of at least one pixel")
+    if height * width > limits.image:
+        raise _too_many(f"each .npy image ({width}x{height})", height * width, limits.image)
+    if count * height * width > limits.request:
+        raise _too_many(f"the request ({count:,} images)", count * height * width, limits.request, "request")
+    _check_fits(box, width, height, "the .npy images")
+    offset, size = stream.tell(), math.prod(shape)
+    if len(body) - offset != size:
+        raise BadRequest(f"the .npy header declares {size:,} bytes of data but the body holds {len(body) - offset:,}; "
+                         "send the whole output of np.save")
+    array = np.frombuffer(body, np.uint8, size, offset)
+    return array.reshape(shape[::-1]).transpose() if fortran_order else array.reshape(shape)
+
+
+def _prepare_npy(array: np.ndarray, hw: tuple[int, int], box: Crop | None) -> np.ndarray:
+    try:
+        return stack_frames(array, hw[0], hw[1], box)
+    except FoldedCNNsError as exc:  # a crop outside the images
+        raise BadRequest(first_line(exc, 300)) from exc
+
+
+@functools.cache
+def _quiet_pillow_bomb_warning() -> None:
+    """The server's limits are far below Pillow's, so its DecompressionBombWarning only repeats, once per size, in
+    the log what the server already refused (413)."""
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _open(data: bytes, where: str) -> Image.Image:
+    _quiet_pillow_bomb_warning()
+    try:
+        return open_image(io.BytesIO(data))
+    except ImageTooLarge as exc:
+        raise RequestTooLarge(f"{where} declares more pixels than Pillow decodes; send smaller images") from exc
+    except DataError as exc:
+        raise _undecodable(exc, where) from exc
+
+
+def _undecodable(exc: DataError, where: str) -> BadRequest:
+    reason = first_line(exc.__cause__) if exc.__cause__ is not None else first_line(exc)
+    reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", reason)
+    return BadRequest(f"cannot decode {where} ({reason}); send PNG, JPEG or another format Pillow reads")
+
+
+def _where(index: int, count: int) -> str:
+    return "the image" if count == 1 else f"image {index} of {count}"
+
+
+def open_parts(parts: Sequence[bytes], limits: PixelLimits, box: Crop | None = None) -> list[Image.Image]:
+    """Open every part reading its header only, and check the declared sizes (:func:`check_pixels`) before any
+    part is decoded. CPU work (a little): run it off the loop."""
+    images: list[Image.Image] = []
+    try:
+        for i, part in enumerate(parts):
+            images.append(_open(part, _where(i, len(parts))))
+        check_pixels([img.size for img in images], limits, box)
+    except BaseException:
+        for img in images:
+            img.close()
+        raise
+    return images
+
+
+def decode_slices(pixels: Sequence[int], budget: int = DECODE_SLICE_PIXELS) -> list[tuple[int, int]]:
+    """``(start, stop)`` runs of images whose declared pixels sum to at most ``budget`` (an image larger than
+    ``budget`` alone): each run is one decode job, so others' jobs interleave with a large request's."""
+    slices, start, total = [], 0, 0
+    for i, p in enumerate(pixels):
+        if i > start and total + p > budget:
+            slices.append((start, i))
+            start, total = i, 0
+        total += p
+    if pixels:
+        slices.append((start, len(pixels)))
+    return slices
+
+
+def decode_parts(images: Sequence[Image.Image], first: int, count: int, hw: tuple[int, int],
+                 box: Crop | None = None) -> np.ndarray:
+    """Decode opened images (numbered from ``first`` of ``count`` in errors), crop, resize: uint8 ``(n, H, W, 3)``.
+    CPU work: run it off the loop."""
+    out = np.empty((len(images), hw[0], hw[1], 3), np.uint8)
+    crop = box.as_tuple() if box is not None else None
+    for i, img in enumerate(images):
+        where = _where(first + i, count)
+        try:
+            frame = decode_image(img, crop, where)
+        except DataError as exc:
+            raise _undecodable(exc, where) from exc
+        out[i] = prepare_frame(frame, hw[0], hw[1], where=where)
+    return out
+
+
+def _open_and_decode(data: bytes, limits: PixelLimits, hw: tuple[int, int], box: Crop | None) -> np.ndarray:
+    (img,) = open_parts([data], limits, box)
+    with img:
+        return decode_parts([img], 0, 1, hw, box)

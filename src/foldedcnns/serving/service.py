@@ -1,10 +1,13 @@
 """``Service``: the server's endpoints as plain async methods, free of any web framework.
 
 The HTTP layer (:mod:`foldedcnns.serving.http`) turns a :class:`Reply` into a response; the same
-service runs under any ASGI server. A request's life: refused at once while draining (503); body
-read up to the size limit (413); media type checked (415); decoded and resized on a decode thread
-(400); queued in the :class:`~foldedcnns.serving.batcher.DynamicBatcher` (503 when full, 504 past
-its deadline, 500 when its batch fails); answered with one ``{label, class_name, score}`` per image.
+service runs under any ASGI server. A request's life: refused at once while draining (503) or, from
+its headers, with the body unread, while the queue has no room (503); body read up to the size limit
+(413); media type checked (415); declared sizes checked before decoding (413, :mod:`~.decode`), room
+checked again for its image count (503), its deadline checked (504); decoded and resized on a decode
+thread in slices (400); queued in the :class:`~foldedcnns.serving.batcher.DynamicBatcher` (503 when
+full, 504 past its deadline, 500 when its batch fails); answered with one ``{label, class_name, score}``
+per image.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from foldedcnns.serving.batcher import (
     DEFAULT_QUEUE_IMAGES,
     DynamicBatcher,
     batch_images,
+    check_request_images,
     describe,
 )
 from foldedcnns.serving.decode import DEFAULT_MAX_BODY_MB, body_limit, decode_request
-from foldedcnns.serving.errors import BadRequest, Reply, ShuttingDown, error_reply, reply_for
+from foldedcnns.serving.errors import BadRequest, QueueFull, Reply, ShuttingDown, error_reply, reply_for
 from foldedcnns.serving.metrics import ServingMetrics
 
 LOG = logging.getLogger("foldedcnns.serving")
@@ -118,8 +122,10 @@ class Service:
         images = 0
         try:
             deadline = self._timeout(headers)
+            self.admit(1)  # from the headers alone: no room for even one image is 503 with the body unread
             batch = await decode_request(headers, chunks, query, self.predictor.input_hw, max_body=self.max_body,
-                                         executor=self._decoder)
+                                         executor=self._decoder, admit=self.admit,
+                                         deadline=None if deadline is None else arrived_loop + deadline)
             images = len(batch)
             preds = await self.batcher.submit(batch, timeout_s=deadline, arrived=arrived_loop)
             reply = Reply(200, {"predictions": predictions_json(preds)})
@@ -130,6 +136,19 @@ class Service:
             self.metrics.inflight.dec()
         self.metrics.answered(reply.status, images, time.perf_counter() - arrived)
         return reply
+
+    def admit(self, images: int) -> None:
+        """Refuse a request of ``images`` images the queue has no room for now, before its body is read (one
+        image, from the headers) or decoded (its count, from the .npy header or the multipart parts): 503 with
+        ``Retry-After`` (:class:`QueueFull`; :class:`ShuttingDown` once the batcher closes), 413 when it could
+        never fit. The batcher checks again when the images are submitted."""
+        batcher = self.batcher
+        if batcher.closing:
+            raise ShuttingDown("the server is shutting down; retry on another replica")
+        check_request_images(images, batcher.max_queue_images)
+        if batcher.queued_images + images > batcher.max_queue_images:
+            raise QueueFull(f"queue full ({batcher.queued_images} of {batcher.max_queue_images} images waiting); "
+                            "retry later")
 
     def _timeout(self, headers: Mapping[str, str]) -> float | None:
         """The request's deadline in seconds: the server's ``--request-timeout-ms`` or the client's header."""
