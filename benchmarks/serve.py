@@ -1,140 +1,197 @@
-"""Online serving on loopback: the native server and Ray Serve at f = 1 and f = 4, against `bench`'s offline figure.
+"""Online serving on loopback: the native server beside LitServe and Ray Serve, wrk beside `foldedcnns loadtest`.
 
-    .venv/bin/python benchmarks/serve.py                      # about 5 minutes on 2 cores
-    .venv/bin/python benchmarks/serve.py --no-ray --seconds 1 # a quick look
+    .venv/bin/python benchmarks/serve.py                                   # the measurement (about 10 minutes)
+    .venv/bin/python benchmarks/serve.py --backend openvino --precision bf16 --doc docs/serving.md
+    .venv/bin/python benchmarks/serve.py --seconds 1 --warmup 0 --trials 1 --servers native  # does it run?
 
-For lol/goldnumber-fraction (seeded random weights: throughput does not depend on them) at each fold
-of ``--folds`` it starts ``foldedcnns serve`` (eager fp32 on the CPU, N = ``--batch-images``, D = 5 ms
-by default), runs :func:`foldedcnns.serving.loadtest` on it (single-image PNG requests at
-``--single-concurrency``, ``--batch-images``-image ``.npy`` requests at ``--batch-concurrency``), stops it
-with SIGTERM, does the same on a local Ray Serve deployment (one replica with every CPU), and times
-the offline model with ``bench``'s protocol (:func:`foldedcnns.benchmark.runner.run_benchmark`, the same
-backend and batch size). The load generator runs on the same machine as the server and takes CPU
-from it: the figures are what one 2-core box does end to end, not the server's ceiling.
+One model runtime for every server: lol/goldnumber-fraction at ``--fold`` (seeded random weights: throughput
+does not depend on them) in a ``Predictor`` on one ``Engine`` (``--backend``, ``--precision``, ``--threads``),
+batches of N = ``--batch-images``, wait D = ``--max-delay-ms``:
 
-It prints one line per level and the two checks of issue 12 (f = 4 server with 64-image requests at
->= 50 % of the offline images/s; native >= Ray Serve at every level), writes the raw results as
-JSON (``--json``) and the generated part of ``--doc`` (default docs/serving.md) between
-``<!-- serve-bench:start/end -->``.
+* ``native``: ``foldedcnns serve``;
+* ``litserve``: the same Predictor in a LitServe ``LitAPI`` (``serve_litserve.py``; skipped with a notice when
+  litserve is not installed: it is a benchmark-only dependency);
+* ``ray``: ``foldedcnns serve --ray``, one replica with every CPU.
+
+Cells: one PNG per request as an ``image/png`` body at ``--single-concurrency`` (1, 8, 64), and
+``--batch-images``-image ``.npy`` requests at ``--batch-concurrency`` (8). Each cell is measured by ``wrk``
+(when installed; ``apt-get install wrk``) and by :func:`foldedcnns.serving.loadtest.run_level`, the two
+clients in alternating order, on the same server; both report their own CPU. The offline engine rate at the
+same batch size (``bench``'s protocol) is measured once per trial. Trials are interleaved (each trial starts
+every server in turn, in a rotated order, and measures all its cells), and the table reports medians.
+
+The client runs on the same machine as the server and takes CPU from it: the figures are what one box
+does end to end. Writes ``--out``.csv (every trial) and ``--out``.md (medians and the issue-25 checks), and,
+with ``--doc``, the Markdown into that file between ``<!-- serve-bench:start/end -->``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
+import csv
+import importlib.util
 import os
-import queue
-import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from docs_report import replace_section  # this folder's docs helpers
+from serve_clients import free_port, measure_loadtest, measure_wrk, start_server, stop_server, wrk_available
 
 from foldedcnns.benchmark.machine import machine_info
 from foldedcnns.benchmark.runner import BenchConfig, run_benchmark
 from foldedcnns.models import build_model
+from foldedcnns.models.registry import get_task
 from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
-from foldedcnns.serving import loadtest
+from foldedcnns.serving.loadtest import build_bodies, default_processes, image_paths
 
 TASK = "lol/goldnumber-fraction"
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"^foldedcnns: serving .*(http://[\d.]+:\d+)")
+HERE = Path(__file__).resolve().parent
+FIELDS = ["trial", "server", "client", "payload", "images_per_request", "concurrency", "requests_per_s",
+          "images_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms", "ok", "errors", "client_cpu_cores",
+          "client_saturated", "batch_images", "seconds"]
 
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "foldedcnns.cli.main", *args]
 
 
-def start_server(args: list[str], timeout: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(cli("serve", *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            seen.append(lines.get(timeout=0.5))
-        except queue.Empty:
-            continue
-        match = READY.search(seen[-1])
-        if match:
-            return proc, match.group(1)
-    stop_server(proc)
-    raise SystemExit("server did not start:\n" + "".join(seen[-20:]))
+def engine_args(args: argparse.Namespace) -> list[str]:
+    return ["--backend", args.backend, "--precision", args.precision, "--threads", str(args.threads)]
 
 
-def stop_server(proc: subprocess.Popen) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=120)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever the server left (Ray's raylet and workers)
-    return proc.wait(timeout=30)
+def server_command(name: str, checkpoint: Path, port: int, args: argparse.Namespace) -> tuple[list[str], str]:
+    """(command, health URL) of one server on ``port``."""
+    knobs = ["--max-batch-images", str(args.batch_images), "--max-delay-ms", str(args.max_delay_ms)]
+    url = f"http://127.0.0.1:{port}"
+    if name == "native":
+        return cli("serve", str(checkpoint), "--port", str(port), *engine_args(args), *knobs), f"{url}/healthz"
+    if name == "ray":
+        cpus = str(os.cpu_count())
+        return cli("serve", str(checkpoint), "--ray", "--ray-cpus", cpus, "--replica-cpus", cpus, "--port", str(port),
+                   "--backend", args.backend, "--precision", args.precision, *knobs), f"{url}/healthz"
+    return [sys.executable, str(HERE / "serve_litserve.py"), str(checkpoint), "--port", str(port), *engine_args(args),
+            "--batch-images", str(args.batch_images), "--max-delay-ms", str(args.max_delay_ms)], f"{url}/health"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def cells(args: argparse.Namespace) -> list[tuple[str, int, int]]:
+    """(payload, images per request, concurrency) of every cell."""
+    return [("png", 1, c) for c in args.single_concurrency] + \
+           [("npy", args.batch_images, c) for c in args.batch_concurrency]
 
 
-def measure(server: str, fold: int, url: str, images: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+def measure_server(name: str, url: str, bodies: dict[str, list], trial: int, clients: list[str],
+                   args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    plan = [(c, 1, "image") for c in args.single_concurrency] + \
-           [(c, args.batch_images, args.batch_payload) for c in args.batch_concurrency]
-    for concurrency, per_request, payload in plan:
-        (level,) = loadtest(url, images, concurrency=[concurrency], per_request=per_request, seconds=args.seconds,
-                            warmup_s=args.warmup, payload=payload)
-        row = {**level.to_dict(), "server_name": server, "fold": fold, "payload": payload}
-        rows.append(row)
-        errors = {k: v for k, v in level.statuses.items() if k != "200"}
-        print(f"{server:6s} f={fold} c={concurrency:3d} k={per_request:3d}: {level.images_per_s:9.1f} images/s "
-              f"{level.requests_per_s:8.1f} req/s  p50 {level.p50_ms or 0:7.1f} ms  p99 {level.p99_ms or 0:7.1f} ms"
-              f"{'  errors ' + str(errors) if errors else ''}", flush=True)
+    for payload, per_request, concurrency in cells(args):
+        order = clients if trial % 2 == 0 else clients[::-1]
+        for client in order:
+            if client == "wrk":
+                got = measure_wrk(url + "/v1/predict", bodies[payload], concurrency, args.seconds, args.warmup,
+                                  args.processes)
+            else:
+                got = measure_loadtest(url, bodies[payload], concurrency, per_request, args.seconds, args.warmup,
+                                       args.processes)
+            row = {"trial": trial, "server": name, "client": client, "payload": payload,
+                   "images_per_request": per_request, "concurrency": concurrency, **got,
+                   "images_per_s": got["requests_per_s"] * per_request}
+            rows.append(row)
+            print(f"trial {trial} {name:8s} {client:8s} {payload} c={concurrency:3d}: {row['images_per_s']:9.1f} "
+                  f"images/s {row['requests_per_s']:8.1f} req/s p50 {row['p50_ms'] or 0:6.2f} ms "
+                  f"p99 {row['p99_ms'] or 0:7.2f} ms client {row['client_cpu_cores']:.2f} cores"
+                  f"{' SATURATED' if row['client_saturated'] else ''}"
+                  f"{'  errors ' + str(row['errors']) if row['errors'] else ''}", flush=True)
     return rows
 
 
-def offline(folds: list[int], batch: int, seconds: float, trials: int) -> dict[int, float]:
-    config = BenchConfig(tasks=(TASK,), folds=tuple(folds), batch_sizes=(batch,), backends=("eager",),
-                         seconds=seconds, trials=trials, peak_seconds=0)
-    records = run_benchmark(config).records
-    return {f: statistics.median(r.throughput for r in records if r.fold == f) for f in folds}
+def offline_rate(checkpoint_fold: int, args: argparse.Namespace) -> float:
+    config = BenchConfig(tasks=(TASK,), folds=(checkpoint_fold,), batch_sizes=(args.batch_images,),
+                         backends=(args.backend,), precisions=(args.precision,), seconds=args.bench_seconds,
+                         trials=1, threads=args.threads, peak_seconds=0)
+    return statistics.median(r.throughput for r in run_benchmark(config).records)
 
 
-def markdown(rows: list[dict[str, Any]], bench: dict[int, float], checks: list[str], args: argparse.Namespace,
+def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = sorted({(r["server"], r["client"], r["payload"], r["images_per_request"], r["concurrency"]) for r in rows},
+                  key=lambda k: (k[2] != "png", k[4], k[0], k[1]))
+    out = []
+    for key in keys:
+        group = [r for r in rows if (r["server"], r["client"], r["payload"], r["images_per_request"],
+                                     r["concurrency"]) == key]
+
+        def med(field: str, group: list[dict[str, Any]] = group) -> float | None:
+            values = [r[field] for r in group if r.get(field) is not None]
+            return statistics.median(values) if values else None
+
+        out.append({"server": key[0], "client": key[1], "payload": key[2], "images_per_request": key[3],
+                    "concurrency": key[4], "trials": len(group), "errors": sum(r["errors"] for r in group),
+                    "saturated": sum(bool(r["client_saturated"]) for r in group),
+                    **{f: med(f) for f in ("requests_per_s", "images_per_s", "p50_ms", "p99_ms", "client_cpu_cores",
+                                           "batch_images")}})
+    return out
+
+
+def find(table: list[dict[str, Any]], server: str, client: str, payload: str, concurrency: int) -> dict | None:
+    return next((m for m in table if (m["server"], m["client"], m["payload"], m["concurrency"])
+                 == (server, client, payload, concurrency)), None)
+
+
+def checks(table: list[dict[str, Any]], offline: float, args: argparse.Namespace) -> list[str]:
+    """The issue-25 targets that these cells can decide, each with its figures."""
+    out = []
+    client = "wrk" if any(m["client"] == "wrk" for m in table) else "loadtest"
+    if (one := find(table, "native", client, "png", 1)) and one["p50_ms"] is not None:
+        out.append(f"native, {client}, c=1: p50 {one['p50_ms']:.2f} ms (target <= 3 ms)")
+    if many := find(table, "native", client, "png", 64):
+        out.append(f"native, {client}, c=64: {many['requests_per_s']:,.0f} requests/s (target >= 2,700)")
+    for c in args.batch_concurrency:
+        if big := find(table, "native", client, "npy", c):
+            share = big["images_per_s"] / offline
+            out.append(f"native, {client}, {args.batch_images}-image npy at c={c}: {big['images_per_s']:,.0f} images/s"
+                       f" = {share:.0%} of the offline {offline:,.0f} images/s (target >= 70 %)")
+    for payload, _, c in cells(args):
+        native, lit = find(table, "native", client, payload, c), find(table, "litserve", client, payload, c)
+        if native and lit and lit["requests_per_s"]:
+            ratio = native["requests_per_s"] / lit["requests_per_s"]
+            out.append(f"native / LitServe, {client}, {payload} c={c}: {ratio:.2f}x (target >= 2x)")
+    for payload, _, c in cells(args):
+        ours, wrk = find(table, "native", "loadtest", payload, c), find(table, "native", "wrk", payload, c)
+        if ours and wrk and wrk["requests_per_s"]:
+            gap = ours["requests_per_s"] / wrk["requests_per_s"] - 1
+            said = f"; it said it was the bottleneck in {ours['saturated']} of {ours['trials']} trials" \
+                if ours["saturated"] else ""
+            out.append(f"loadtest vs wrk on native, {payload} c={c}: {gap:+.0%} (target within 20 %{said})")
+    return out
+
+
+def markdown(table: list[dict[str, Any]], offline: float, found: list[str], args: argparse.Namespace,
              machine: dict[str, Any]) -> str:
     lines = [f"Measured by `benchmarks/serve.py` on {machine.get('cpu')} ({machine.get('logical_cpus')} logical "
-             f"CPUs; the load generator on the same machine), {TASK}, eager fp32, N = {args.batch_images}, "
-             f"D = {args.max_delay_ms:g} ms, {args.seconds:g} s per level after {args.warmup:g} s of warm-up. "
-             "Images/s count answered (200) images; latency is the client's.", "",
-             "| server | f | images/request | concurrency | images/s | requests/s | p50 ms | p95 ms | p99 ms "
-             "| mean batch | errors |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        errors = ", ".join(f"{k}: {v}" for k, v in r["statuses"].items() if k != "200") or "-"
-        batch = r["server"].get("batch_images")  # the native server's /metrics; Ray Serve has none here
-        lines.append(f"| {r['server_name']} | {r['fold']} | {r['images_per_request']} | {r['concurrency']} | "
-                     f"{r['images_per_s']:,.0f} | {r['requests_per_s']:,.0f} | {_ms(r['p50_ms'])} | "
-                     f"{_ms(r['p95_ms'])} | {_ms(r['p99_ms'])} | {'-' if batch is None else f'{batch:.1f}'} | "
-                     f"{errors} |")
-    lines += ["", "Offline (`bench`'s protocol, same backend, batch of "
-              f"{args.batch_images} images): " + ", ".join(f"f = {f}: {v:,.0f} images/s" for f, v in bench.items()),
-              "", *[f"- {c}" for c in checks]]
+             f"CPUs; the clients on the same machine), {TASK} at f = {args.fold}, {args.backend} {args.precision} "
+             f"with {args.threads} threads, N = {args.batch_images}, D = {args.max_delay_ms:g} ms; medians of "
+             f"{args.trials} interleaved trials of {args.seconds:g} s per cell. Requests/s and images/s count the "
+             "answered (2xx) requests; latency is the client's; client CPU is the load generator's own, in cores.",
+             "", "| server | client | request | concurrency | requests/s | images/s | p50 ms | p99 ms | mean batch "
+             "| client CPU | errors |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in table:
+        request = "1 PNG" if m["payload"] == "png" else f"{m['images_per_request']}-image npy"
+        batch = "-" if m["batch_images"] is None else f"{m['batch_images']:.1f}"
+        cpu = f"{m['client_cpu_cores']:.2f}" + (" (saturated)" if m["saturated"] else "")
+        lines.append(f"| {m['server']} | {m['client']} | {request} | {m['concurrency']} | {m['requests_per_s']:,.0f} "
+                     f"| {m['images_per_s']:,.0f} | {_ms(m['p50_ms'])} | {_ms(m['p99_ms'])} | {batch} | {cpu} "
+                     f"| {m['errors'] or '-'} |")
+    lines += ["", f"Offline (`bench`'s protocol, same engine, batch of {args.batch_images} images): "
+              f"{offline:,.0f} images/s (median of {args.trials}).", "", *[f"- {c}" for c in found]]
     return "\n".join(lines)
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+    return "-" if value is None else f"{value:.2f}"
 
 
 def parse_levels(text: str) -> list[int]:
@@ -143,73 +200,80 @@ def parse_levels(text: str) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folds", default="1,4")
+    parser.add_argument("--fold", type=int, default=4)
+    parser.add_argument("--backend", default="eager")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="the engine's threads (default: all CPUs)")
     parser.add_argument("--per-class", type=int, default=40, help="synthetic images per class (test split is 15 %%)")
+    parser.add_argument("--servers", default="native,litserve,ray")
+    parser.add_argument("--clients", default="wrk,loadtest")
     parser.add_argument("--single-concurrency", type=parse_levels, default=[1, 8, 64])
-    parser.add_argument("--batch-concurrency", type=parse_levels, default=[4])
-    parser.add_argument("--batch-images", type=int, default=64, help="N, and the images of a batch request")
-    parser.add_argument("--batch-payload", choices=("npy", "image"), default="npy")
-    parser.add_argument("--max-delay-ms", type=float, default=5.0)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--batch-concurrency", type=parse_levels, default=[8])
+    parser.add_argument("--batch-images", type=int, default=64, help="N, and the images of an npy request")
+    parser.add_argument("--max-delay-ms", type=float, default=0.0, help="D of every server (default: 0, no wait)")
+    parser.add_argument("--processes", type=int, default=default_processes(),
+                        help="loadtest's processes and wrk's threads (default: loadtest's default)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell (wrk: whole seconds)")
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--bench-seconds", type=float, default=2.0)
-    parser.add_argument("--bench-trials", type=int, default=3)
-    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Serve deployment")
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "serve_cpu.json")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "serving.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_cpu",
+                        help="writes OUT.csv and OUT.md")
+    parser.add_argument("--doc", type=Path, default=None, help="also write the table into this Markdown file")
     args = parser.parse_args()
-    folds = parse_levels(args.folds)
+    servers = [s for s in args.servers.split(",") if s]
+    clients = [c for c in args.clients.split(",") if c]
+    if "wrk" in clients and not wrk_available():
+        print("notice: wrk is not installed (apt-get install wrk); measuring with loadtest only", flush=True)
+        clients.remove("wrk")
+    if "litserve" in servers and importlib.util.find_spec("litserve") is None:
+        print("notice: litserve is not installed (pip install litserve, a benchmark-only dependency); skipping it",
+              flush=True)
+        servers.remove("litserve")
+    if "ray" in servers and importlib.util.find_spec("ray") is None:
+        print("notice: ray is not installed (pip install 'foldedcnns[ray,serve]'); skipping Ray Serve", flush=True)
+        servers.remove("ray")
     work = Path(tempfile.mkdtemp(prefix="fcnn-serve-"))
-    print(f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}; work in {work}", flush=True)
+    print(f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}; servers {servers}; clients {clients}; "
+          f"work in {work}", flush=True)
     subprocess.run(cli("data", "synth", TASK, str(work / "synth"), "--per-class", str(args.per_class),
                        "--no-progress"), check=True, stdout=subprocess.DEVNULL)
-    images = work / "synth" / "test"
-    knobs = ["--max-batch-images", str(args.batch_images), "--max-delay-ms", str(args.max_delay_ms)]
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(work / f"f{args.fold}.pt", make_checkpoint(build_model(TASK, fold=args.fold)))
+    paths = image_paths(work / "synth" / "test")
+    _, height, width = get_task(TASK).input_size
+    bodies = {"png": build_bodies(paths, 1), "npy": build_bodies(paths, args.batch_images, "npy", (height, width))}
     rows: list[dict[str, Any]] = []
-    for fold in folds:
-        torch.manual_seed(0)
-        checkpoint = save_checkpoint(work / f"f{fold}.pt", make_checkpoint(build_model(TASK, fold=fold)))
-        proc, url = start_server([str(checkpoint), "--port", "0", *knobs], timeout=120)
-        try:
-            rows += measure("native", fold, url, images, args)
-        finally:
-            code = stop_server(proc)
-        print(f"native f={fold}: SIGTERM exit code {code}", flush=True)
-        if not args.no_ray:
+    offline: list[float] = []
+    for trial in range(args.trials):
+        order = servers[trial % len(servers):] + servers[:trial % len(servers)]
+        for name in order:
             port = free_port()
-            proc, url = start_server([str(checkpoint), "--ray", "--ray-cpus", str(os.cpu_count()), "--replica-cpus",
-                                      str(os.cpu_count()), "--port", str(port), *knobs], timeout=300)
+            cmd, health = server_command(name, checkpoint, port, args)
+            proc = start_server(cmd, health, timeout=300 if name == "ray" else 120, log=work / f"{name}.log")
             try:
-                rows += measure("ray", fold, url, images, args)
+                rows += measure_server(name, f"http://127.0.0.1:{port}", bodies, trial, clients, args)
             finally:
                 stop_server(proc)
-    bench = offline(folds, args.batch_images, args.bench_seconds, args.bench_trials)
-    print("offline: " + ", ".join(f"f={f} {v:,.0f} images/s" for f, v in bench.items()), flush=True)
-    checks = []
-    for fold in folds:
-        big = [r for r in rows if r["server_name"] == "native" and r["fold"] == fold
-               and r["images_per_request"] == args.batch_images]
-        if big:
-            share = max(r["images_per_s"] for r in big) / bench[fold]
-            checks.append(f"f = {fold}, {args.batch_images}-image requests: native server at {share:.0%} of the "
-                          f"offline images/s ({'meets' if share >= 0.5 else 'misses'} the 50 % target)")
-    if not args.no_ray:
-        for fold in folds:
-            pairs = [(n, r) for n in rows for r in rows if n["server_name"] == "native" and r["server_name"] == "ray"
-                     and n["fold"] == r["fold"] == fold and n["concurrency"] == r["concurrency"]
-                     and n["images_per_request"] == r["images_per_request"]]
-            ahead = sum(n["images_per_s"] >= r["images_per_s"] for n, r in pairs)
-            checks.append(f"f = {fold}: native images/s >= Ray Serve's at {ahead} of {len(pairs)} levels")
-    for line in checks:
+        offline.append(offline_rate(args.fold, args))
+        print(f"trial {trial} offline: {offline[-1]:,.0f} images/s", flush=True)
+    table = medians(rows)
+    found = checks(table, statistics.median(offline), args)
+    for line in found:
         print(line)
-    machine = machine_info("cpu")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine, "rows": rows, "offline": bench, "checks": checks},
-                                    indent=2, default=str) + "\n", encoding="utf-8")
-    doc = args.doc.read_text(encoding="utf-8") if args.doc.exists() else "# Serving\n"
-    args.doc.write_text(replace_section(doc, "serve-bench", markdown(rows, bench, checks, args, machine)),
-                        encoding="utf-8")
-    print(f"wrote {args.json} and {args.doc}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.with_suffix(".csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*FIELDS, "offline_images_per_s"], extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "offline_images_per_s": round(offline[row["trial"]], 1)})
+    text = markdown(table, statistics.median(offline), found, args, machine_info("cpu"))
+    args.out.with_suffix(".md").write_text("# Serving benchmark\n\n" + text + "\n", encoding="utf-8")
+    if args.doc is not None:
+        doc = args.doc.read_text(encoding="utf-8") if args.doc.exists() else "# Serving\n"
+        args.doc.write_text(replace_section(doc, "serve-bench", text), encoding="utf-8")
+    print(f"wrote {args.out.with_suffix('.csv')} and {args.out.with_suffix('.md')}"
+          + (f" and {args.doc}" if args.doc else ""))
 
 
 if __name__ == "__main__":

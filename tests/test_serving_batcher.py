@@ -113,6 +113,82 @@ def test_a_lone_request_waits_d_and_a_full_batch_does_not_wait():
     assert full < 2.0
 
 
+class FrozenClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock never moves: no timer ever fires, so only a dispatch that waits for
+    nothing can reach the model."""
+
+    def time(self) -> float:
+        return 1000.0
+
+
+def on_frozen_clock(coro_fn, seconds: float = 20.0):
+    """Run ``coro_fn()`` on a FrozenClockLoop in a thread; its result, or None if it did not finish in
+    ``seconds`` (then it is cancelled, and the loop closed)."""
+    box: dict = {}
+    loop = FrozenClockLoop()
+    task = loop.create_task(coro_fn())
+
+    def main() -> None:
+        try:
+            box["result"] = loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(30)
+    return box.get("result")
+
+
+def test_the_default_is_no_wait_so_a_lone_request_runs_at_once():
+    from foldedcnns.serving.batcher import DEFAULT_DELAY_MS
+
+    assert DEFAULT_DELAY_MS == 0
+
+    async def main():
+        model = FakePredictor(4)
+        async with DynamicBatcher(model, max_batch_images=64) as batcher:
+            result = await batcher.submit(images(7))
+        return model.batches, result.labels.tolist()
+
+    # The loop's clock stands still, so the old rule (start once the oldest has waited D) never starts
+    # the batch; the request must reach the model without any timer.
+    assert on_frozen_clock(main) == ([1], [7])
+
+
+def test_with_no_wait_batches_still_fill_under_concurrent_load():
+    gate = threading.Event()
+
+    async def main():
+        model, seen = FakePredictor(2, gate=gate), Recorder()
+        async with DynamicBatcher(model, max_batch_images=8, observer=seen) as batcher:
+            first = asyncio.ensure_future(batcher.submit(images(1)))
+            for _ in range(100):  # the lone request is taken at once (a timer never fires here)
+                await asyncio.sleep(0)
+            rest = [asyncio.ensure_future(batcher.submit(images(v))) for v in range(2, 22)]  # 20 arrive meanwhile
+            for _ in range(100):
+                await asyncio.sleep(0)
+            queued = batcher.queued_images
+            gate.set()
+            answers = await asyncio.gather(first, *rest)
+        return model.batches, seen.batches, queued, [a.labels.tolist() for a in answers]
+
+    try:
+        result = on_frozen_clock(main, seconds=10)
+    finally:
+        gate.set()
+    assert result is not None, "the batcher waited for a timer"
+    batches, seen, queued, answers = result
+    assert queued == 20                       # they queued while the model was busy...
+    assert batches == [1, 8, 8, 4]            # ...and went in full batches of N as soon as it was free
+    assert [b[0] for b in seen] == [1, 8, 8, 4] and answers == [[v] for v in range(1, 22)]
+
+
 def test_a_request_larger_than_n_is_split_and_answered_in_order():
     async def main():
         model = FakePredictor(4)

@@ -5,15 +5,19 @@ Example (inside any asyncio service)::
     from foldedcnns.inference import Predictor
     from foldedcnns.serving import DynamicBatcher
 
-    async with DynamicBatcher(Predictor("best.pt"), max_batch_images=64, max_delay_ms=5) as batcher:
+    async with DynamicBatcher(Predictor("best.pt"), max_batch_images=64) as batcher:
         preds = await batcher.submit(images)        # uint8 (n, H, W, 3) at the model's input size
 
 Rules:
 
-* A batch starts when ``max_batch_images`` (N, a multiple of the fold f) images are waiting, or when
-  the oldest waiting image has waited ``max_delay_ms`` (D), or at once while draining. At most
-  ``max_concurrent_batches`` batches run at a time, on a worker thread (never on the event loop);
-  while one runs the queue fills, and the next batch is cut the moment a model slot is free.
+* No wait when it buys nothing (Triton's default): with ``max_delay_ms`` D = 0, the default, a batch
+  starts the moment a model slot is free and anything is waiting, so a lone request on an idle server
+  goes straight to the model. Batches still form under load: at most ``max_concurrent_batches`` batches
+  run at a time, on a worker thread (never on the event loop); while one runs the queue fills, and the
+  next batch takes up to N images of it at once. With D > 0 a batch that is not full also waits until
+  the oldest waiting image has waited D (or N = ``max_batch_images`` images wait, or a drain starts):
+  worth it only when a batch of N costs the model much less per image than the batches that form by
+  themselves.
 * A batch holds at most N images. Its last partial group of f is padded by the project's one
   rule (:func:`foldedcnns.core.pad_to_multiple`, inside ``Predictor.predict_batch``) and the pad is
   counted as padded slots. By default images of different requests share fold groups; with
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -43,7 +48,7 @@ from foldedcnns.inference.predictor import Predictions
 from foldedcnns.serving.errors import BatchFailed, DeadlineExceeded, QueueFull, RequestTooLarge, ShuttingDown
 
 DEFAULT_BATCH_IMAGES = 64     # N, rounded up to a multiple of the fold
-DEFAULT_DELAY_MS = 5.0        # D
+DEFAULT_DELAY_MS = 0.0        # D: no wait (see the module doc)
 DEFAULT_QUEUE_IMAGES = 1024   # Q
 
 
@@ -228,9 +233,10 @@ class DynamicBatcher:
             if not slices:
                 self._slots.release()
                 continue
-            task = loop.create_task(self._execute(slices))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            # The model thread's future answers the batch from a callback: no task of its own per batch.
+            future = loop.run_in_executor(self._executor, self._compute, slices)
+            self._running.add(future)
+            future.add_done_callback(functools.partial(self._finish, slices))
 
     async def _wait_for_batch(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Wait until a batch should start (True) or the batcher is closed and empty (False)."""
@@ -291,20 +297,23 @@ class DynamicBatcher:
         padded_slots = (-len(batch)) % self.fold + (len(batch) - sum(s.count for s in slices))
         return self.predictor.predict_batch(batch), offsets, padded_slots, time.perf_counter() - clock
 
-    async def _execute(self, slices: list[_Slice]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            preds, offsets, padded, seconds = await loop.run_in_executor(self._executor, self._compute, slices)
-        except Exception as exc:  # a model fault fails this batch's requests only
-            self._fail(slices, exc)
+    def _finish(self, slices: list[_Slice], future: asyncio.Future) -> None:
+        """On the event loop, when a batch is done: free its model slot, then answer its requests."""
+        self._running.discard(future)
+        self._slots.release()
+        self._wakeup.set()
+        if future.cancelled() or future.exception() is not None:  # a model fault fails this batch's requests only
+            self._fail(slices, future.exception() if not future.cancelled() else asyncio.CancelledError())
             return
-        finally:
-            self._slots.release()
-            self._wakeup.set()
+        preds, offsets, padded, seconds = future.result()
         self.observer.batch(sum(s.count for s in slices), padded, len({id(s.pending) for s in slices}), seconds)
         for s, offset in zip(slices, offsets, strict=True):
             pending = s.pending
             if pending.future.done():
+                continue
+            if s.start == 0 and s.count == len(pending):  # the whole request in this batch: no concatenation
+                pending.done = s.count
+                pending.future.set_result(_rows(preds, offset, s.count))
                 continue
             pending.parts.append((s.start, _rows(preds, offset, s.count)))
             pending.done += s.count
@@ -312,7 +321,7 @@ class DynamicBatcher:
                 parts = [p for _, p in sorted(pending.parts, key=lambda item: item[0])]
                 pending.future.set_result(Predictions.concatenate(parts, preds.class_names))
 
-    def _fail(self, slices: list[_Slice], exc: Exception) -> None:
+    def _fail(self, slices: list[_Slice], exc: BaseException) -> None:
         error = BatchFailed(f"the model failed on a batch of {sum(s.count for s in slices)} images: "
                             f"{type(exc).__name__}: {first_line(exc)}")
         for pending in {id(s.pending): s.pending for s in slices}.values():
