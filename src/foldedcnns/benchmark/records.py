@@ -4,7 +4,8 @@ The CSV keeps the original's columns first, ``Model,Trial,Batch Size,Mode,Fold,T
 TputNorm,FLOPNorm``, then ``Backend,Precision,Device,Utilization``, ``Images`` (the images one
 call really ran: ``Batch Size`` rounded up to a multiple of ``Fold``) and ``Ops Unit``: what ``FLOPs/sec``
 counts, ``FLOP/s``, or ``int8 OP/s`` (integer multiply-adds x 2) on int8 rows, whose Utilization is
-against the int8 matmul peak (:mod:`foldedcnns.benchmark.peak`). ``TputNorm`` and ``FLOPNorm``
+against the int8 matmul peak (:mod:`foldedcnns.benchmark.peak`), and ``Utilization Note``: why a
+Utilization is above 1 (:func:`utilization_note`), empty otherwise. ``TputNorm`` and ``FLOPNorm``
 divide by the Original row (fold 1) of the same model, trial, batch size, backend, precision and
 device; ``Utilization`` is FLOPs/sec over the measured dense-matmul peak of that device and
 precision. A ratio that has no reference is an empty cell.
@@ -26,8 +27,24 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "Model", "Trial", "Batch Size", "Mode", "Fold", "Throughput", "FLOPs/sec", "TputNorm", "FLOPNorm",
     "Backend", "Precision", "Device", "Utilization", "Images",
 )
-CSV_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "Ops Unit")  # read_csv accepts files without the last
+# read_csv accepts files without the columns after REQUIRED_COLUMNS
+CSV_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "Ops Unit", "Utilization Note")
 ORIGINAL = "Original"
+# Why FLOPs/sec can exceed the best dense matmul of its precision: the FLOPs counted are 2 x MACs of a
+# direct convolution (analysis.flops), whatever algorithm the engine runs.
+ABOVE_PEAK_NOTE = ("over 100 % of the dense-matmul peak: the engine's convolutions outran the best matmul "
+                   "measured here (Winograd or fused convolution kernels do fewer operations than the 2 x MACs "
+                   "counted)")
+
+
+def utilization_note(utilization: float | None) -> str:
+    """Why ``utilization`` is above 1 (:data:`ABOVE_PEAK_NOTE`), ``""`` when it is not (or unknown).
+
+    The peak is the best dense matmul of the engines present (:mod:`foldedcnns.benchmark.peak`), so a row
+    above it ran a convolution algorithm that does less work than counted, or a kernel better than any
+    dense matmul measured: the figure is then not a fraction of the machine's ceiling, and says so.
+    """
+    return ABOVE_PEAK_NOTE if utilization is not None and math.isfinite(utilization) and utilization > 1 else ""
 
 
 def ops_unit(precision: str) -> str:
@@ -76,8 +93,13 @@ class BenchRecord:
             "Fold": str(self.fold), "Throughput": f"{self.throughput:.2f}", "FLOPs/sec": f"{self.flops_per_sec:.6g}",
             "TputNorm": _opt(self.tput_norm, 4), "FLOPNorm": _opt(self.flop_norm, 4), "Backend": self.backend,
             "Precision": self.precision, "Device": self.device, "Utilization": _opt(self.utilization, 4),
-            "Images": str(self.images), "Ops Unit": self.ops_unit,
+            "Images": str(self.images), "Ops Unit": self.ops_unit, "Utilization Note": self.utilization_note,
         }
+
+    @property
+    def utilization_note(self) -> str:
+        """Why ``utilization`` is above 1, ``""`` when it is not (:func:`utilization_note`)."""
+        return utilization_note(self.utilization)
 
     @property
     def ops_unit(self) -> str:

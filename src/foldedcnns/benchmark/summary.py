@@ -5,6 +5,8 @@ FLOPs/sec, utilization, and the median of the per-trial ratios TputNorm and FLOP
 ``best_configs`` picks, per model, the fastest Original configuration and the fastest configuration
 of each fold (any backend, precision and batch size), and gives the *best-vs-best* speedup: the
 median over trials of (best folded throughput / best Original throughput in the same trial).
+A utilization above 1 carries its reason (``utilization_note``); the tables mark it with
+:data:`ABOVE_PEAK_MARK` and :func:`table_legend` gives the footnote.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import asdict, dataclass
 from statistics import median
 from typing import Any
 
-from foldedcnns.benchmark.records import ORIGINAL, BenchRecord
+from foldedcnns.benchmark.records import ORIGINAL, BenchRecord, utilization_note
+from foldedcnns.runtime.backends import is_quantized
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class SummaryRow:
     tput_norm: float | None
     flop_norm: float | None
     utilization: float | None
+    utilization_note: str = ""  # why utilization is above 1 (records.utilization_note), else ""
 
     @property
     def spread(self) -> float:
@@ -64,12 +68,13 @@ def summarize(records: Sequence[BenchRecord]) -> list[SummaryRow]:
     rows = []
     for (model, mode, fold, batch, backend, precision, device), rs in groups.items():
         tput = [r.throughput for r in rs]
+        util = _median_or_none([r.utilization for r in rs])
         rows.append(SummaryRow(
             model=model, mode=mode, fold=fold, batch_size=batch, backend=backend, precision=precision,
             device=device, images=rs[0].images, trials=len(rs), throughput=median(tput),
             throughput_min=min(tput), throughput_max=max(tput), flops_per_sec=median([r.flops_per_sec for r in rs]),
             tput_norm=_median_or_none([r.tput_norm for r in rs]), flop_norm=_median_or_none([r.flop_norm for r in rs]),
-            utilization=_median_or_none([r.utilization for r in rs])))
+            utilization=util, utilization_note=utilization_note(util)))
     return rows
 
 
@@ -90,6 +95,7 @@ class BestRow:
     flops_per_sec: float
     utilization: float | None
     trials: int
+    utilization_note: str = ""  # why utilization is above 1 (records.utilization_note), else ""
 
     @property
     def config(self) -> str:
@@ -121,7 +127,8 @@ def best_configs(records: Sequence[BenchRecord]) -> list[BestRow]:
         out.append(BestRow(model=model, mode=mode, fold=fold, backend=row.backend, precision=row.precision,
                            batch_size=row.batch_size, images=row.images, throughput=row.throughput,
                            speedup=speedup, same_config_speedup=row.tput_norm, flops_per_sec=row.flops_per_sec,
-                           utilization=row.utilization, trials=row.trials))
+                           utilization=row.utilization, trials=row.trials,
+                           utilization_note=row.utilization_note))
     order = {"Original": 0, "Folded": 1, "Compound": 2}
     models = list(dict.fromkeys(r.model for r in records))
     return sorted(out, key=lambda b: (models.index(b.model), order.get(b.mode, 9), b.fold))
@@ -140,19 +147,38 @@ def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
+# marks a utilization above 100 % in the tables; table_legend's footnote says why
+ABOVE_PEAK_MARK = "*"
+
+
 def _pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.1f}%"
+
+
+def format_utilization(value: float | None) -> str:
+    """``42.0%``; above 100 % with :data:`ABOVE_PEAK_MARK` (``196.0%*``), which :func:`table_legend` explains."""
+    return _pct(value) + (ABOVE_PEAK_MARK if utilization_note(value) else "")
+
+
+def table_legend(rows: Sequence[SummaryRow | BestRow]) -> list[str]:
+    """The footnotes the tables of ``rows`` need: what G(FL)OP/s counts where int8 rows are present, and
+    why a utilization is above 100 % where one is (never a bare figure over 100 %)."""
+    lines = [RATE_LEGEND] if any(is_quantized(r.precision) for r in rows) else []
+    notes = list(dict.fromkeys(r.utilization_note for r in rows if r.utilization_note))
+    lines += [f"{ABOVE_PEAK_MARK} util {note}" for note in notes]
+    return lines
 
 
 def summary_table(rows: Sequence[SummaryRow]) -> list[list[Any]]:
     """Rows for :data:`SUMMARY_HEADERS` (numbers formatted for reading)."""
     return [[r.model, r.mode, r.fold, r.batch_size, r.backend, r.precision, round(r.throughput), _pct(r.spread),
-             f"{r.flops_per_sec / 1e9:.2f}", _ratio(r.tput_norm), _pct(r.utilization)] for r in rows]
+             f"{r.flops_per_sec / 1e9:.2f}", _ratio(r.tput_norm), format_utilization(r.utilization)] for r in rows]
 
 
 def best_table(rows: Sequence[BestRow]) -> list[list[Any]]:
     """Rows for :data:`BEST_HEADERS`."""
     return [[r.model, r.mode, r.fold, r.config, round(r.throughput), _ratio(r.speedup),
-             _ratio(r.same_config_speedup), f"{r.flops_per_sec / 1e9:.2f}", _pct(r.utilization)] for r in rows]
+             _ratio(r.same_config_speedup), f"{r.flops_per_sec / 1e9:.2f}", format_utilization(r.utilization)]
+            for r in rows]
 
 

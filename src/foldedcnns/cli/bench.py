@@ -26,12 +26,12 @@ from foldedcnns.benchmark.runner import (
 )
 from foldedcnns.benchmark.summary import (
     BEST_HEADERS,
-    RATE_LEGEND,
     SUMMARY_HEADERS,
     best_configs,
     best_table,
     summarize,
     summary_table,
+    table_legend,
 )
 from foldedcnns.benchmark.tune import (
     FINAL_SECONDS,
@@ -105,12 +105,13 @@ def run_bench(args: argparse.Namespace) -> int:
         print_json({**run.to_dict(), "summary": [r.to_dict() for r in summarize(run.records)],
                     "best": [b.to_dict() for b in best_configs(run.records)]})
         return 0
-    print(format_table(SUMMARY_HEADERS, summary_table(summarize(run.records))))
+    summary, best = summarize(run.records), best_configs(run.records)
+    print(format_table(SUMMARY_HEADERS, summary_table(summary)))
     print()
     print("Best configuration per model and fold (medians over trials; 'vs best original' = best vs best):")
-    print(format_table(BEST_HEADERS, best_table(best_configs(run.records))))
-    if any(is_quantized(r.precision) for r in run.records):
-        print(RATE_LEGEND)
+    print(format_table(BEST_HEADERS, best_table(best)))
+    for line in table_legend([*summary, *best]):
+        print(line)
     print()
     for precision, peak in run.peaks.items():
         unit = "GFLOP/s" if peak.unit == "FLOP/s" else "GOP/s (int8 integer ops)"
@@ -153,6 +154,8 @@ def run_tune(args: argparse.Namespace) -> int:
         return 0
     print("Final interleaved measurement of each fold's winner (medians over trials):")
     print(format_table(BEST_HEADERS, best_table(result.best)))
+    for line in table_legend(result.best):
+        print(line)
     if result.costs:
         print()
         print("Accuracy cost of reduced precision (test split, against fp32 eager):")

@@ -24,8 +24,9 @@ from foldedcnns.analysis import flops_per_image
 from foldedcnns.errors import ConfigError, DataError
 from foldedcnns.models.registry import ModelConfig, build_from_config, get_task
 from foldedcnns.training.trainer import TrainConfig, TrainResult, plan_run, train
-from foldedcnns.utils.atomic import atomic_open, atomic_path, atomic_write_text
+from foldedcnns.utils.atomic import atomic_open, atomic_write_text
 from foldedcnns.utils.outputs import claim_folder
+from foldedcnns.utils.plotting import line_style, new_axes, save_figure
 from foldedcnns.utils.signals import on_interrupt
 from foldedcnns.utils.text import json_safe
 
@@ -123,28 +124,30 @@ def write_summary(rows: Sequence[dict[str, Any]], out: str | Path) -> tuple[Path
     return out / SUMMARY_CSV, out / SUMMARY_JSON
 
 
-def plot_accuracy_vs_fold(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Test Top-1 (at the best validation epoch) against fold, one line per task."""
+def accuracy_figure(rows: Sequence[dict[str, Any]]) -> Figure:
+    """Test Top-1 (at the best validation epoch) against fold, one line per task (colour, marker and dash
+    told apart for up to 20 tasks), the legend beside the axes."""
     by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_task[row["task"]].append(row)
-    fig = Figure(figsize=(7, 4.5))  # no pyplot: no global backend or figure state
-    ax = fig.subplots()
-    for task, task_rows in sorted(by_task.items()):
+    fig, ax = new_axes((9, 4.8))
+    for i, (task, task_rows) in enumerate(sorted(by_task.items())):
         task_rows = sorted(task_rows, key=lambda r: r["fold"])
-        ax.plot([r["fold"] for r in task_rows], [r["test_top1"] for r in task_rows], marker="o", label=task)
+        ax.plot([r["fold"] for r in task_rows], [r["test_top1"] for r in task_rows], label=task,
+                **line_style(i, len(by_task)))
     folds = sorted({r["fold"] for r in rows})
-    ax.set_xticks(folds)
+    ax.set_xticks(folds, [str(f) for f in folds])
     ax.set_xlabel("fold f (1 = original CNN)")
     ax.set_ylabel("test Top-1 (%)")
     ax.set_title("Accuracy vs fold")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    return path
+    fig.legend(loc="outside right upper", fontsize=8)
+    return fig
+
+
+def plot_accuracy_vs_fold(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """:func:`accuracy_figure` written as a PNG at ``path``."""
+    return save_figure(accuracy_figure(rows), path)
 
 
 def sweep(config: SweepConfig, *, on_run: Callable[[dict[str, Any]], None] | None = None) -> SweepResult:

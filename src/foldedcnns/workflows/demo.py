@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from foldedcnns.benchmark.peak import DEFAULT_SECONDS as PEAK_SECONDS
 from foldedcnns.benchmark.records import write_csv
 from foldedcnns.benchmark.runner import DEFAULT_TIMED_SECONDS, BenchConfig, BenchRun, run_benchmark
-from foldedcnns.benchmark.summary import BestRow, best_configs, summarize
+from foldedcnns.benchmark.summary import ABOVE_PEAK_MARK, BestRow, best_configs, format_utilization, summarize
 from foldedcnns.data.calibration import Calibration, load_calibration
 from foldedcnns.data.synth import generate_synthetic
 from foldedcnns.errors import ConfigError
@@ -37,8 +37,9 @@ from foldedcnns.models import TaskSpec, get_task
 from foldedcnns.runtime.backends import available_backends, calibration_notice, is_quantized
 from foldedcnns.runtime.engine import Engine, default_backends
 from foldedcnns.training.trainer import TrainConfig, TrainResult, evaluate, train
-from foldedcnns.utils.atomic import atomic_save, atomic_write_text
+from foldedcnns.utils.atomic import atomic_write_text
 from foldedcnns.utils.outputs import claim_folder
+from foldedcnns.utils.plotting import bars_height, grouped_barh, new_figure, save_figure
 from foldedcnns.utils.text import markdown_table
 
 DEFAULT_TASK = "lol/goldnumber-fraction"
@@ -106,6 +107,7 @@ class DemoRow:
     backend: str
     checkpoint: str
     train_seconds: float
+    utilization_note: str = ""  # why utilization is above 1 (benchmark.records.utilization_note), else ""
 
 
 @dataclass
@@ -159,7 +161,14 @@ def table_rows(report: DemoReport) -> list[list[Any]]:
     """The demo's table (:data:`TABLE_HEADERS`) with numbers formatted for reading."""
     return [[r.model, r.fold, f"{r.top1:.2f}", f"{r.engine_top1:.2f}", f"{r.throughput:,.0f}",
              "" if r.speedup is None else f"{r.speedup:.2f}x", f"{r.flops_per_sec / GIGA:.2f}",
-             "" if r.utilization is None else f"{100 * r.utilization:.1f}%", r.backend] for r in report.rows]
+             format_utilization(r.utilization), r.backend] for r in report.rows]
+
+
+def table_notes(notes: list[str], *, markdown: bool = False) -> list[str]:
+    """The footnote of each distinct reason a utilization in the tables is above 100 % (marked
+    :data:`ABOVE_PEAK_MARK`): a figure over 100 % is never printed without it."""
+    mark = "\\" + ABOVE_PEAK_MARK if markdown else ABOVE_PEAK_MARK  # a leading '*' would start a Markdown list
+    return [f"{mark} utilization {note}" for note in dict.fromkeys(n for n in notes if n)]
 
 
 def _synthetic_data(spec: TaskSpec, root: Path, settings: DemoSettings, seed: int, progress: bool,
@@ -220,33 +229,34 @@ def _best(rows: list[BestRow], mode: str, fold: int) -> BestRow:
     raise ConfigError(f"the benchmark measured no {mode} model at fold {fold}; every backend was skipped")
 
 
-def plot_demo(report: DemoReport, run: BenchRun, path: Path) -> Path:
-    """Two panels: Top-1 of both models, and median throughput of both on every backend measured."""
-    fig = Figure(figsize=PLOT_SIZE)
-    ax_acc, ax_tput = fig.subplots(1, 2)
-    names = [f"{r.model.split('/')[-1]}\n{'original' if r.fold == 1 else f'folded f={r.fold}'}" for r in report.rows]
-    colours = ("tab:blue", "tab:orange")
-    bars = ax_acc.bar(names, [r.top1 for r in report.rows], color=colours)
-    ax_acc.bar_label(bars, fmt="%.1f")
-    ax_acc.set_ylabel("test Top-1 (%)")
-    ax_acc.set_ylim(0, 105)
-    ax_acc.set_title("accuracy")
+def demo_figure(report: DemoReport, run: BenchRun) -> Figure:
+    """Two panels: Top-1 of both models, and the median throughput of both on every backend and
+    precision measured, one row each (horizontal bars: engine names never print over each other)."""
     summary = summarize(run.records)
     labels = list(dict.fromkeys(f"{s.backend} {s.precision}" for s in summary))
-    width = 0.38
-    for i, (row, colour) in enumerate(zip(report.rows, colours, strict=True)):
-        values = [next((s.throughput for s in summary if f"{s.backend} {s.precision}" == label and s.fold == row.fold),
-                       0.0) for label in labels]
-        ax_tput.bar([x + (i - 0.5) * width for x in range(len(labels))], values, width, color=colour,
-                    label="original" if row.fold == 1 else f"folded f={row.fold}")
-    ax_tput.set_xticks(range(len(labels)), labels, fontsize=8)
-    ax_tput.set_ylabel("images/s (median over trials)")
-    ax_tput.set_title(f"throughput on {report.device}, batch {report.settings.bench_batch}")
-    ax_tput.legend(fontsize=8)
+    fig = new_figure((PLOT_SIZE[0], bars_height(len(labels), len(report.rows), minimum=PLOT_SIZE[1])))
+    ax_acc, ax_tput = fig.subplots(1, 2, width_ratios=(1, 2.2))
+    names = [f"{r.model.split('/')[-1]}\n{'original' if r.fold == 1 else f'folded f={r.fold}'}" for r in report.rows]
+    colours = ("tab:blue", "tab:orange")
+    ax_acc.bar_label(ax_acc.bar(names, [r.top1 for r in report.rows], color=colours), fmt="%.1f", fontsize=8)
+    ax_acc.set_ylabel("test Top-1 (%)")
+    ax_acc.set_ylim(0, 112)  # room for the value above a bar at 100 %
+    ax_acc.tick_params(axis="x", labelsize=8)
+    ax_acc.set_title("accuracy", fontsize=10)
+    series = [("original" if row.fold == 1 else f"folded f={row.fold}",
+               [next((s.throughput for s in summary if f"{s.backend} {s.precision}" == label and s.fold == row.fold),
+                     None) for label in labels], colour) for row, colour in zip(report.rows, colours, strict=True)]
+    grouped_barh(ax_tput, labels, series)
+    ax_tput.set_xlabel("images/s (median over trials)")
+    ax_tput.set_title(f"throughput on {report.device}, batch {report.settings.bench_batch}", fontsize=10)
+    fig.legend(*ax_tput.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
     fig.suptitle(f"{report.task}: original CNN vs FoldedCNN (f={report.fold})", fontsize=10)
-    fig.tight_layout()
-    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=PLOT_DPI))
-    return path
+    return fig
+
+
+def plot_demo(report: DemoReport, run: BenchRun, path: Path) -> Path:
+    """:func:`demo_figure` written as a PNG at ``path``."""
+    return save_figure(demo_figure(report, run), path, dpi=PLOT_DPI)
 
 
 def render_markdown(report: DemoReport, run: BenchRun) -> str:
@@ -254,7 +264,9 @@ def render_markdown(report: DemoReport, run: BenchRun) -> str:
     s = report.settings
     per_backend = [[r.model.split("/")[-1], "original" if r.fold == 1 else f"folded f={r.fold}", r.backend,
                     r.precision, f"{r.throughput:,.0f}", f"{100 * r.spread:.1f}%", f"{r.flops_per_sec / GIGA:.2f}",
-                    "" if r.utilization is None else f"{100 * r.utilization:.1f}%"] for r in summarize(run.records)]
+                    format_utilization(r.utilization)] for r in summarize(run.records)]
+    notes = table_notes([r.utilization_note for r in report.rows], markdown=True)
+    backend_notes = table_notes([r.utilization_note for r in summarize(run.records)], markdown=True)
     lines = [
         f"# FoldedCNNs demo: {report.task}, fold {report.fold}",
         "",
@@ -265,7 +277,8 @@ def render_markdown(report: DemoReport, run: BenchRun) -> str:
         "per-trial ratios). 'Top-1 %' is the fp32 model's; 'on best engine' is the same checkpoint run by "
         "that engine (int8: calibrated on training images). GFLOP/s is the model's FLOPs per image times "
         "images/s (integer GOP/s for int8); utilization is that over the measured dense-matmul peak of the "
-        "same precision.",
+        "same precision (the best dense kernel of the engines present).",
+        *(["", *notes] if notes else []),
         "",
         f"![accuracy and throughput]({PLOT_PNG})",
         "",
@@ -288,6 +301,7 @@ def render_markdown(report: DemoReport, run: BenchRun) -> str:
         "",
         markdown_table(("model", "mode", "backend", "precision", "images/s", "spread", "GFLOP/s", "utilization"),
                        per_backend),
+        *(["", *backend_notes] if backend_notes else []),
     ]
     if report.notices:
         lines += ["", "Notes: " + "; ".join(report.notices)]
@@ -349,7 +363,8 @@ def run_demo(out: str | Path = "demo_out", *, task: str | Path = DEFAULT_TASK, f
                               engine=Engine(b.backend, b.precision, device, calibration=calibration)))
         rows.append(DemoRow(spec.name, f, float(score["top1"]), float(score["top5"]), float(on_engine["top1"]),
                             b.throughput, 1.0 if f == 1 else b.speedup, b.flops_per_sec, b.utilization,
-                            f"{b.backend} {b.precision}", str(result.best_checkpoint), result.seconds))
+                            f"{b.backend} {b.precision}", str(result.best_checkpoint), result.seconds,
+                            b.utilization_note))
     files = {"bench_csv": str(out / BENCH_CSV), "plot": str(out / PLOT_PNG), "report": str(out / REPORT_MD),
              "json": str(out / REPORT_JSON), "data": str(out / DATA_DIR), "runs": str(out / RUNS_DIR)}
     int8_notice = calibration_notice(precisions, calibration)
