@@ -13,7 +13,7 @@ from typing import Any
 
 from foldedcnns.benchmark.peak import Peak
 from foldedcnns.benchmark.profilers import LayerProfile
-from foldedcnns.benchmark.summary import RATE_HEADER, BestRow
+from foldedcnns.benchmark.summary import RATE_HEADER, BestRow, format_utilization, table_legend
 from foldedcnns.utils.text import markdown_table
 
 SPEEDUP_TARGET = 1.5  # best folded vs best original, game and NoScope tasks (issue 11)
@@ -48,6 +48,12 @@ def _fmt_pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def with_legend(table: str, best: Sequence[BestRow]) -> str:
+    """``table`` and, after a blank line (so Markdown ends the table), the footnotes its rows need."""
+    legend = table_legend(best)
+    return table + ("\n\n" + "  \n".join(legend) if legend else "")
+
+
 def best_vs_best_markdown(best: Sequence[BestRow], folds: Sequence[int] = (2, 3, 4)) -> str:
     """One row per task: the best Original, then best-vs-best speedup at each fold, and the targets."""
     headers = ["task", "best original (img/s)", *[f"f={f}" for f in folds], "best folded",
@@ -65,9 +71,9 @@ def best_vs_best_markdown(best: Sequence[BestRow], folds: Sequence[int] = (2, 3,
             f"{original.config}: {original.throughput:,.0f}" if original else "n/a",
             *[_fmt_ratio(folded[f].speedup) if f in folded else "n/a" for f in folds],
             f"f={top.fold} {top.config}: {top.throughput:,.0f}" if top else "n/a",
-            _fmt_pct(top.utilization if top else None), speed_ok, util_ok,
+            format_utilization(top.utilization) if top else "n/a", speed_ok, util_ok,
         ])
-    return markdown_table(headers, rows)
+    return with_legend(markdown_table(headers, rows), best)
 
 
 def detail_markdown(best: Sequence[BestRow]) -> str:
@@ -75,9 +81,9 @@ def detail_markdown(best: Sequence[BestRow]) -> str:
     headers = ["task", "mode", "f", "best configuration", "img/s", "vs best original", "vs same-config original",
                RATE_HEADER, "util."]
     rows = [[b.model, b.mode, b.fold, b.config, f"{b.throughput:,.0f}", _fmt_ratio(b.speedup),
-             _fmt_ratio(b.same_config_speedup), f"{b.flops_per_sec / 1e9:.1f}", _fmt_pct(b.utilization)]
+             _fmt_ratio(b.same_config_speedup), f"{b.flops_per_sec / 1e9:.1f}", format_utilization(b.utilization)]
             for b in best]
-    return markdown_table(headers, rows)
+    return with_legend(markdown_table(headers, rows), best)
 
 
 def profile_summary_markdown(profiles: Sequence[LayerProfile], peaks: Mapping[str, Peak]) -> str:

@@ -147,7 +147,7 @@ def test_summary_markdown_has_a_row_per_task_and_the_steps():
                        {"name": "train", "status": "failed", "seconds": 1.0, "detail": "exit 1: a|b\nc"}],
              "peaks": {"fp16": 1e15}, "budget_s": 480, "elapsed_s": 100}
     text = report.summary_markdown(state, best)
-    assert "| a | 100 | eager fp16 B=256 | 150 | 2 | eager fp16 B=256 | 1.50x | 15.00% | 10.00% |" in text
+    assert "| a | 100 | eager fp16 B=256 | 150 | 2 | eager fp16 B=256 | 1.50x | 15.0% | 10.0% |" in text
     assert "| pytest | ok | 3.0 | 20 passed |" in text and "NVIDIA H200" in text and "1000.00" in text
     assert "| train | failed | 1.0 | exit 1: a\\|b c |" in text  # a detail cannot break the table
     assert "No benchmark records yet." in report.summary_markdown({"steps": []}, [])

@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foldedcnns.benchmark.records import ORIGINAL, BenchRecord, utilization, write_csv
-from foldedcnns.benchmark.summary import BestRow, best_configs
+from foldedcnns.benchmark.records import ORIGINAL, BenchRecord, utilization, utilization_note, write_csv
+from foldedcnns.benchmark.summary import ABOVE_PEAK_MARK, BestRow, best_configs, format_utilization
 from foldedcnns.utils.atomic import atomic_open, atomic_write_text
 from foldedcnns.utils.text import markdown_table
 from gpucheck.plan import best_folded
@@ -70,7 +70,8 @@ def _config_text(best: Mapping[str, str], prefix: str) -> str:
 
 
 def _percent(value: str) -> str:
-    return f"{100 * float(value):.2f}%" if value else ""
+    """A CSV utilization as a percentage, marked (and footnoted below the table) when above 100 %."""
+    return format_utilization(float(value)) if value else ""
 
 
 def summary_markdown(state: Mapping[str, Any], best: Sequence[Mapping[str, str]]) -> str:
@@ -101,6 +102,9 @@ def summary_markdown(state: Mapping[str, Any], best: Sequence[Mapping[str, str]]
               fmt_rate(b["Folded Throughput"]), b["Folded Fold"], _config_text(b, "Folded"),
               f"{float(b['Speedup']):.2f}x" if b["Speedup"] else "", _percent(b["Folded Utilization"]),
               _percent(b["Original Utilization"])) for b in best]))
+        cells = [b[f"{mode} Utilization"] for b in best for mode in ("Folded", "Original")]
+        notes = dict.fromkeys(utilization_note(float(c)) for c in cells if c)
+        lines += [f"\n{ABOVE_PEAK_MARK} util {note}" for note in notes if note]
     else:
         lines.append("No benchmark records yet.")
     headline = state.get("headline") or {}
