@@ -8,6 +8,17 @@ from foldedcnns.cli.common import add_engine_options, engine_from_args
 from foldedcnns.runtime.threads import torch_threads
 from foldedcnns.serving import build_service, serve, serve_ray
 from foldedcnns.serving.batcher import DEFAULT_DELAY_MS, DEFAULT_QUEUE_IMAGES
+from foldedcnns.serving.connections import (
+    DEFAULT_BACKLOG,
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_S,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_UPLOAD_TIMEOUT_S,
+    FD_RESERVE,
+    ConnectionLimits,
+    bind_socket,
+)
 from foldedcnns.serving.decode import DEFAULT_MAX_BODY_MB
 from foldedcnns.serving.http import DEFAULT_DRAIN_TIMEOUT_S
 from foldedcnns.serving.ray_serve import DEFAULT_REPLICA_CPUS
@@ -23,11 +34,15 @@ def run(args: argparse.Namespace) -> int:
     if args.ray:
         return serve_ray(args.checkpoint, host=args.host, port=args.port, address=args.ray_address,
                          num_cpus=args.ray_cpus, replicas=args.replicas, replica_cpus=args.replica_cpus, **common)
-    with torch_threads(engine.threads):
+    limits = ConnectionLimits(header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+                              upload_timeout_s=args.upload_timeout_s, keep_alive_s=args.keep_alive_s,
+                              max_connections=args.max_connections, backlog=args.backlog)
+    with bind_socket(args.host, args.port, limits.backlog) as sock, torch_threads(engine.threads):
+        # bound before the model loads: a port in use is one line at once
         service = build_service(args.checkpoint, request_timeout_ms=args.request_timeout_ms or None,
                                 isolate_requests=args.isolate_requests, **common)
-        return serve(service, host=args.host, port=args.port, drain_timeout_s=args.drain_timeout_s,
-                     log_level=args.log_level)
+        return serve(service, sock=sock, drain_timeout_s=args.drain_timeout_s, log_level=args.log_level,
+                     limits=limits)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve CKPT over HTTP (POST /v1/predict with image/*, multipart/form-data or application/x-npy; "
                     "GET /v1/model, /healthz, /readyz, /metrics). A dynamic batcher runs a batch when N images "
                     "wait or the oldest has waited D ms; batches are multiples of the fold. SIGTERM drains: "
-                    "/readyz turns 503, new requests get 503, accepted ones are answered, exit 0. "
+                    "/readyz turns 503, new requests get 503, accepted ones are answered (uploads still arriving "
+                    "at --drain-timeout-s get 503), exit 0. "
                     "Needs pip install 'foldedcnns[serve]'.")
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by 'foldedcnns train'")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
@@ -59,7 +75,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     batching.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB,
                           help=f"largest request body; past it 413 (default: {DEFAULT_MAX_BODY_MB:g})")
     batching.add_argument("--drain-timeout-s", type=float, default=DEFAULT_DRAIN_TIMEOUT_S,
-                          help=f"longest SIGTERM drain (default: {DEFAULT_DRAIN_TIMEOUT_S:g})")
+                          help="longest SIGTERM drain; uploads still arriving then get 503 "
+                               f"(default: {DEFAULT_DRAIN_TIMEOUT_S:g})")
+    connections = parser.add_argument_group("connections (native server; what one client may hold)")
+    connections.add_argument("--header-timeout-s", type=float, default=DEFAULT_HEADER_TIMEOUT_S, metavar="S",
+                             help="a connection that has not sent a whole request head within S s of opening (or "
+                                  "of its previous answer) is closed, 408 if it sent part of one "
+                                  f"(default: {DEFAULT_HEADER_TIMEOUT_S:g})")
+    connections.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S, metavar="S",
+                             help="a request body that pauses S s between two chunks gets 408 "
+                                  f"(default: {DEFAULT_BODY_TIMEOUT_S:g})")
+    connections.add_argument("--upload-timeout-s", type=float, default=DEFAULT_UPLOAD_TIMEOUT_S, metavar="S",
+                             help="a request body not wholly received within S s gets 408, however steady "
+                                  f"(default: {DEFAULT_UPLOAD_TIMEOUT_S:g})")
+    connections.add_argument("--keep-alive-s", type=float, default=DEFAULT_KEEP_ALIVE_S, metavar="S",
+                             help="an idle keep-alive connection is closed after S s "
+                                  f"(default: {DEFAULT_KEEP_ALIVE_S:g})")
+    connections.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="C",
+                             help="open connections; one more gets 503 with Retry-After at once and is closed, "
+                                  "so idle clients cannot use up file descriptors (default: "
+                                  f"{DEFAULT_MAX_CONNECTIONS}, at most the open-file limit less {FD_RESERVE})")
+    connections.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG,
+                             help="connections the kernel queues before the server accepts them "
+                                  f"(default: {DEFAULT_BACKLOG})")
     parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
                         help="uvicorn's log level (default: warning)")
     ray = parser.add_argument_group("Ray Serve (pip install 'foldedcnns[ray,serve]')")

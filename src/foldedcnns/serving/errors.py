@@ -47,6 +47,18 @@ class DeadlineExceeded(ServingError):
     status = 504
 
 
+class RequestTimeout(ServingError):
+    """The body stalled or took too long to arrive (the native server's ``--body-timeout-s``)."""
+
+    status = 408
+
+
+class ClientDisconnected(ServingError):
+    """The client closed the connection before its request was read: counted as 499 (nginx's code), never sent."""
+
+    status = 499
+
+
 class BatchFailed(ServingError):
     status = 500
 

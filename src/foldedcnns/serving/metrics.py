@@ -7,7 +7,14 @@
 * ``foldedcnns_batch_images``, ``foldedcnns_batch_padded_slots``, ``foldedcnns_batch_requests``:
   per batch, the real images, the padded slots of the fold groups, and the requests it served;
 * ``foldedcnns_queue_images``: images waiting; ``foldedcnns_inflight_requests``: requests accepted
-  and not yet answered; ``foldedcnns_ready``: 1 until a drain starts.
+  and not yet answered; ``foldedcnns_ready``: 1 until a drain starts;
+* ``foldedcnns_open_connections``: HTTP connections open; ``foldedcnns_connections_refused_total``:
+  connections refused on arrival past ``--max-connections``; ``foldedcnns_connections_cut_total{reason}``:
+  connections closed by the server before a whole request head arrived (``header_timeout``,
+  ``head_too_large``).
+
+A client that disconnects before its body is read is counted as ``status="499"`` (never sent); a body
+cut by ``--body-timeout-s`` / ``--upload-timeout-s`` as ``status="408"``.
 """
 
 from __future__ import annotations
@@ -55,6 +62,24 @@ class ServingMetrics(Observer):
         self.inflight = prom.Gauge("inflight_requests", "Requests accepted and not yet answered", **kw)
         self.ready = prom.Gauge("ready", "1 while the server takes new requests", **kw)
         self.ready.set(1)
+        self.connections = prom.Gauge("open_connections", "HTTP connections open", **kw)
+        self.refused = prom.Counter("connections_refused", "Connections refused on arrival (--max-connections)",
+                                    **kw)
+        self.cut = prom.Counter("connections_cut", "Connections closed before a whole request head arrived",
+                                ["reason"], **kw)
+
+    # Connection hooks (called on the event loop by the server's protocol)
+    def connection_opened(self) -> None:
+        self.connections.inc()
+
+    def connection_closed(self) -> None:
+        self.connections.dec()
+
+    def connection_refused(self) -> None:
+        self.refused.inc()
+
+    def connection_cut(self, reason: str) -> None:
+        self.cut.labels(reason).inc()
 
     # Observer hooks (called on the event loop by the batcher)
     def queue_depth(self, images: int) -> None:
