@@ -49,8 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "serve", help="serve a checkpoint over HTTP, batching requests in multiples of its fold",
         description="Serve CKPT over HTTP (POST /v1/predict with image/*, multipart/form-data or application/x-npy; "
-                    "GET /v1/model, /healthz, /readyz, /metrics). A dynamic batcher runs a batch when N images "
-                    "wait or the oldest has waited D ms; batches are multiples of the fold. SIGTERM drains: "
+                    "GET /v1/model, /healthz, /readyz, /metrics). A dynamic batcher starts a batch of up to N images "
+                    "as soon as the model is free (with D > 0, a batch that is not full waits up to D ms for more); "
+                    "batches are multiples of the fold. SIGTERM drains: "
                     "/readyz turns 503, new requests get 503, accepted ones are answered (uploads still arriving "
                     "at --drain-timeout-s get 503), exit 0. "
                     "Needs pip install 'foldedcnns[serve]'.")
