@@ -10,8 +10,9 @@ from foldedcnns.data.model_input import to_model_input
 from foldedcnns.errors import ConfigError, DataError, ShapeError
 from foldedcnns.inference import Predictor, deployment_engine
 from foldedcnns.models.spec import spec_from_dict
-from foldedcnns.runtime import Engine
+from foldedcnns.runtime import BACKENDS, Backend, Engine, Runner
 from foldedcnns.runtime.checkpoint import model_from_checkpoint
+from foldedcnns.runtime.threads import torch_threads
 
 
 @pytest.fixture
@@ -158,3 +159,28 @@ def test_an_openvino_ir_runs_on_the_cpu_with_the_engines_threads(checkpoint, tmp
                                Predictor(ckpt, batch_size=4).predict(images).probabilities, atol=1e-5)
     with pytest.raises(ConfigError, match="--device"):  # an IR on a GPU: drop --device (or no GPU here: --device cpu)
         Predictor(tmp_path / "model.xml", engine=Engine(device="cuda"))
+
+
+def test_pytorch_prepares_the_input_on_one_thread_when_another_engine_runs_the_model(tiny_checkpoint, monkeypatch):
+    """An engine with its own threads (openvino, onnxruntime) must not share its cores with PyTorch's idle,
+    spinning threads: the whole predict_batch runs on one PyTorch thread, and the count is restored."""
+    seen: list[int] = []
+
+    class OwnThreads(Backend):
+        name = "own-threads"
+        torch_runs_model = False
+
+        def build(self, model, example, engine, fold):
+            def run(x):
+                seen.append(torch.get_num_threads())
+                with torch.inference_mode():
+                    return model(x)
+
+            return Runner(run, lambda x: x, lambda y: y)
+
+    monkeypatch.setitem(BACKENDS, OwnThreads.name, OwnThreads())
+    predictor = Predictor(tiny_checkpoint(2), engine=Engine(OwnThreads.name, threads=2))
+    with torch_threads(2):
+        seen.clear()
+        predictor.predict_batch(np.zeros((4, *predictor.input_hw, 3), np.uint8))
+        assert seen == [1] and torch.get_num_threads() == 2

@@ -51,7 +51,8 @@ def open_image(source: str | os.PathLike[str] | BinaryIO) -> Image.Image:
     """Open an image reading only its header: ``size`` and ``mode`` are known, no pixel is decoded yet.
 
     Pillow decodes lazily, so a declared size can be checked (``width * height``) before
-    :func:`decode_image` allocates it. Only :data:`IMAGE_FORMATS` are opened. A missing or unreadable file raises a one-line
+    :func:`decode_image` allocates it. Only :data:`IMAGE_FORMATS` are opened. A missing or unreadable file
+    raises a one-line
     :class:`DataError`; a size past Pillow's own bomb limit :class:`ImageTooLarge`.
     """
     try:

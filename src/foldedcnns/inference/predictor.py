@@ -37,7 +37,7 @@ from foldedcnns.errors import ConfigError, ShapeError
 from foldedcnns.inference.openvino_ir import is_ir_path, prepare_ov_model, read_ir
 from foldedcnns.inference.preprocess import stack_frames
 from foldedcnns.models.registry import ModelConfig
-from foldedcnns.runtime.backends.base import RunsOnEngine
+from foldedcnns.runtime.backends.base import RunsOnEngine, get_backend
 from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint
 from foldedcnns.runtime.engine import Engine
 from foldedcnns.runtime.threads import torch_threads
@@ -139,17 +139,20 @@ class Predictor(RunsOnEngine):
             return self._runner.classify(x.to(self.device))
 
     def _threads(self) -> contextlib.AbstractContextManager[None]:
-        """The engine's intra-op threads around a model call (PyTorch's count unless it names one)."""
-        threads = self.engine.threads
+        """PyTorch's intra-op threads around a call: the engine's (PyTorch's count unless it names one) when
+        PyTorch runs the model; one when another engine does, since PyTorch then only prepares the input and
+        its idle threads would spin on the cores the engine's own threads need."""
+        threads = self.engine.threads if get_backend(self.backend).torch_runs_model else 1
         return contextlib.nullcontext() if threads in (None, torch.get_num_threads()) else torch_threads(threads)
 
     def predict_batch(self, images: np.ndarray) -> Predictions:
         """Classify a uint8 batch ``(N, H, W, 3)`` already at the model's size, in one model call."""
         if len(images) == 0:
             return Predictions.concatenate([], self.class_names)
-        logits = self.logits(to_model_input(images, self.config.task, self.device))
-        probabilities = torch.softmax(logits.float(), dim=1)
-        scores, labels = probabilities.max(dim=1)
+        with self._threads():
+            logits = self.logits(to_model_input(images, self.config.task, self.device))
+            probabilities = torch.softmax(logits.float(), dim=1)
+            scores, labels = probabilities.max(dim=1)
         return Predictions(labels.cpu().numpy().astype(np.int64), scores.cpu().numpy(),
                            probabilities.cpu().numpy(), self.class_names)
 

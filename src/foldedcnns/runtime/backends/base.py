@@ -184,6 +184,9 @@ class Backend:
     static_shapes: ClassVar[bool] = False  # True: one preparation per input shape (compilation, graph capture)
     quantizes: ClassVar[bool] = False  # True: quantizes int8 itself (the one list of quantizing engines)
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")  # device types it runs on
+    # False: another engine with its own threads runs the model, and PyTorch only prepares the input, on one
+    # thread, so its idle threads do not spin on the cores the engine needs
+    torch_runs_model: ClassVar[bool] = True
 
     def available(self, device: torch.device, precision: str) -> tuple[bool, str]:
         """The backend's own requirements (installed packages, supported precisions); shared checks come first."""

@@ -91,6 +91,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime (CPU provider, or CUDA provider with I/O binding)"
     quantizes = True
+    torch_runs_model = False
     SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("fp32", "fp16", "int8"), "cuda": ("fp32", "fp16")}
 
     def available(self, device: torch.device, precision: str) -> tuple[bool, str]:

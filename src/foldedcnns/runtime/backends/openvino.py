@@ -121,6 +121,7 @@ class OpenVinoBackend(Backend):
     description = "OpenVINO on the CPU (in-memory conversion, static shapes; int8 by NNCF)"
     static_shapes = True
     quantizes = True
+    torch_runs_model = False
     devices = ("cpu",)
     PERFORMANCE_HINT: ClassVar[str] = "LATENCY"
 
