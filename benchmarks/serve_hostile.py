@@ -28,13 +28,8 @@ import asyncio
 import contextlib
 import io
 import json
-import queue
-import re
-import signal
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,10 +39,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import serve_process
 from PIL import Image
+from serve_process import Server
 
 TASK = "lol/goldnumber-fraction"
-READY = re.compile(r"on (http://[\d.]+:\d+)")
 NPY_10_12 = (333_334, 1000, 1000, 3)  # an .npy shape of about 10^12 uint8 elements
 
 
@@ -170,51 +166,10 @@ def peak_rss_growth(pid: int) -> Iterator[dict[str, int]]:
         out["growth"] = max(0, peak - before)
 
 
-class Server:
-    """A ``foldedcnns serve`` process on a free loopback port (``url``); ``output()`` is what it printed so far."""
-
-    def __init__(self, proc: subprocess.Popen, url: str, lines: queue.Queue, seen: list[str]) -> None:
-        self.proc, self.url, self._lines, self._seen = proc, url, lines, seen
-
-    def output(self) -> str:
-        while not self._lines.empty():
-            self._seen.append(self._lines.get())
-        return "".join(self._seen)
-
-
-@contextlib.contextmanager
 def serving(checkpoint: Path, *args: str, timeout: float = 90.0,
-            fail: Callable[[str], Any] = SystemExit) -> Iterator[Server]:
-    """Run ``foldedcnns serve CKPT --port 0 --threads 1 ARGS`` until the block ends (then SIGTERM, and a kill
-    after 10 s); ``fail(message)`` is raised or called when it does not start within ``timeout``."""
-    cmd = [sys.executable, "-m", "foldedcnns.cli.main", "serve", str(checkpoint), "--port", "0", "--threads", "1",
-           *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    seen: list[str] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                seen.append(lines.get(timeout=0.2))
-            except queue.Empty:
-                if proc.poll() is not None:
-                    break
-                continue
-            match = READY.search(seen[-1])
-            if match:
-                yield Server(proc, match.group(1), lines, seen)
-                return
-        raise fail(f"the server did not start: {''.join(seen)[-2000:]}")
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
+            fail: Callable[[str], Any] = SystemExit) -> contextlib.AbstractContextManager[Server]:
+    """:func:`serve_process.serving`, stopped by SIGTERM (then a kill after 10 s) as a user would stop it."""
+    return serve_process.serving(checkpoint, *args, timeout=timeout, fail=fail, stop="term")
 
 
 def make_checkpoint(path: Path, fold: int = 4, seed: int = 0) -> Path:

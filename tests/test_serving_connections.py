@@ -11,20 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import queue
-import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import serve_process
 from PIL import Image
+from serve_process import Server
 
 from foldedcnns.errors import ConfigError
 from foldedcnns.serving.connections import ConnectionLimits, Gate, bind_socket, timed_chunks
@@ -37,58 +36,12 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
 TASK = "lol/goldnumber-fraction"
-READY = re.compile(r"on http://([\d.]+):(\d+)")
 HEAD = ("POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nContent-Length: {n}\r\n\r\n")
 
 
-class Server:
-    def __init__(self, proc: subprocess.Popen, host: str, port: int, output: queue.Queue) -> None:
-        self.proc, self.host, self.port, self._output = proc, host, port, output
-        self.url = f"http://{host}:{port}"
-        self.seen: list[str] = []
-
-    def output(self) -> str:
-        while not self._output.empty():
-            self.seen.append(self._output.get())
-        return "".join(self.seen)
-
-    def connect(self, timeout: float = 10.0) -> socket.socket:
-        return socket.create_connection((self.host, self.port), timeout=timeout)
-
-    def metric(self, name: str) -> float:
-        """The value of one sample line of /metrics (0 when absent)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-        return float(match.group(1)) if match else 0.0
-
-
-@contextlib.contextmanager
-def serving(checkpoint: Path, *args: str, timeout: float = 90.0) -> Iterator[Server]:
-    """Start `foldedcnns serve CKPT --port 0 ARGS`, wait for its address line, kill it afterwards."""
-    cmd = [sys.executable, "-m", "foldedcnns.cli.main", "serve", str(checkpoint), "--port", "0", "--threads", "1",
-           *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    try:
-        seen, deadline = [], time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.2)
-            except queue.Empty:
-                if proc.poll() is not None:
-                    break
-                continue
-            seen.append(line)
-            match = READY.search(line)
-            if match:
-                yield Server(proc, match.group(1), int(match.group(2)), lines)
-                return
-        pytest.fail(f"server did not start: {''.join(seen)}")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
+def serving(checkpoint: Path, *args: str, timeout: float = 90.0) -> contextlib.AbstractContextManager[Server]:
+    """``foldedcnns serve CKPT --port 0 --threads 1 ARGS`` for the block (benchmarks/serve_process.py); killed after."""
+    return serve_process.serving(checkpoint, *args, timeout=timeout, fail=pytest.fail)
 
 
 def read_answer(sock: socket.socket, limit: float) -> bytes:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import struct
 import threading
@@ -38,6 +37,7 @@ from serve_hostile import (  # benchmarks/serve_hostile.py: the same hostile bod
     serving,
     under_bombs,
 )
+from serve_process import npy_bytes, one_chunk
 
 from foldedcnns.data.crop import Crop
 from foldedcnns.data.imageio import read_image
@@ -61,14 +61,7 @@ HW = (22, 52)
 MB = 2**20
 
 
-def npy(images: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, images)
-    return buffer.getvalue()
-
-
-async def chunks(body: bytes) -> AsyncIterator[bytes]:
-    yield body
+npy, chunks = npy_bytes, one_chunk  # benchmarks/serve_process.py: a request body and its stream
 
 
 def run(body: bytes, kind: str = "image/png", query: dict[str, str] | None = None, **kw: object) -> np.ndarray:

@@ -14,19 +14,19 @@ import contextlib
 import csv
 import io
 import json
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import serve_process
 import torch
+from serve_process import Server
 
 from foldedcnns.data.imageio import read_image
 from foldedcnns.inference import Predictor
@@ -41,47 +41,11 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
 TASK = "lol/goldnumber-fraction"
-READY = re.compile(r"on (http://\S+)")
 
 
-class Server:
-    def __init__(self, proc: subprocess.Popen, url: str, output: queue.Queue) -> None:
-        self.proc, self.url, self._output = proc, url, output
-
-    def output(self) -> str:
-        lines = []
-        while not self._output.empty():
-            lines.append(self._output.get())
-        return "".join(lines)
-
-
-@contextlib.contextmanager
-def serving(checkpoint: Path, *args: str, timeout: float = 90.0) -> Iterator[Server]:
-    """Start `foldedcnns serve CKPT --port 0 ARGS`, wait for its address line, kill it afterwards."""
-    cmd = [sys.executable, "-m", "foldedcnns.cli.main", "serve", str(checkpoint), "--port", "0", "--threads", "1",
-           *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    try:
-        seen, deadline = [], time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.2)
-            except queue.Empty:
-                if proc.poll() is not None:
-                    break
-                continue
-            seen.append(line)
-            match = READY.search(line)
-            if match:
-                yield Server(proc, match.group(1), lines)
-                return
-        pytest.fail(f"server did not start: {''.join(seen)}")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
+def serving(checkpoint: Path, *args: str, timeout: float = 90.0) -> contextlib.AbstractContextManager[Server]:
+    """``foldedcnns serve CKPT --port 0 --threads 1 ARGS`` for the block (benchmarks/serve_process.py); killed after."""
+    return serve_process.serving(checkpoint, *args, timeout=timeout, fail=pytest.fail)
 
 
 def separable_checkpoint(path: Path, fold: int = 4, seed: int = 0) -> Path:

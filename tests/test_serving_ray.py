@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import queue
 import re
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from serve_clients import stop_server
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -53,13 +53,7 @@ def serving(args: list[str], timeout: float) -> Iterator[tuple[subprocess.Popen,
                     return
         pytest.fail("server did not start:\n" + "".join(seen[-30:]))
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=60)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        stop_server(proc)  # SIGTERM, then SIGKILL what is left of its process group (Ray's workers)
 
 
 def answers(url: str, bodies: list[bytes]) -> list[tuple[int, float]]:

@@ -4,12 +4,11 @@ the Ray replica's endpoints without Ray, and ``build_service`` on an engine othe
 from __future__ import annotations
 
 import asyncio
-import io
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from serve_process import npy_bytes, one_chunk
 
 from foldedcnns.errors import ConfigError
 from foldedcnns.inference import Predictor
@@ -26,14 +25,7 @@ TASK = "lol/goldnumber-fraction"
 NPY = {"content-type": "application/x-npy"}
 
 
-def npy(images: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, images)
-    return buffer.getvalue()
-
-
-async def chunks(body: bytes) -> AsyncIterator[bytes]:
-    yield body
+npy, chunks = npy_bytes, one_chunk  # benchmarks/serve_process.py: a request body and its stream
 
 
 class Failing:

@@ -87,6 +87,11 @@ class BenchRecord:
         """The Original row a ratio divides by: same model, trial, batch size, backend, precision, device."""
         return (self.model, self.trial, self.batch_size, self.backend, self.precision, self.device)
 
+    @property
+    def ops_unit(self) -> str:
+        """What ``flops_per_sec`` counts: ``FLOP/s``, or ``int8 OP/s`` on an int8 row."""
+        return ops_unit(self.precision)
+
     def to_row(self) -> dict[str, str]:
         return {
             "Model": self.model, "Trial": str(self.trial), "Batch Size": str(self.batch_size), "Mode": self.mode,
@@ -100,11 +105,6 @@ class BenchRecord:
     def utilization_note(self) -> str:
         """Why ``utilization`` is above 1, ``""`` when it is not (:func:`utilization_note`)."""
         return utilization_note(self.utilization)
-
-    @property
-    def ops_unit(self) -> str:
-        """What ``flops_per_sec`` counts: ``FLOP/s``, or ``int8 OP/s`` on an int8 row."""
-        return ops_unit(self.precision)
 
 
 def _opt(value: float | None, digits: int) -> str:

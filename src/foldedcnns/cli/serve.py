@@ -26,6 +26,16 @@ from foldedcnns.serving.ray_serve import DEFAULT_REPLICA_CPUS
 DEFAULT_TIMEOUT_MS = 30_000.0
 
 
+# The seconds-valued connection limits: (flag, default, what happens past it).
+TIMEOUT_OPTIONS: tuple[tuple[str, float, str], ...] = (
+    ("--header-timeout-s", DEFAULT_HEADER_TIMEOUT_S, "a connection that has not sent a whole request head within S s "
+     "of opening (or of its previous answer) is closed, 408 if it sent part of one"),
+    ("--body-timeout-s", DEFAULT_BODY_TIMEOUT_S, "a request body that pauses S s between two chunks gets 408"),
+    ("--upload-timeout-s", DEFAULT_UPLOAD_TIMEOUT_S, "a request body not wholly received within S s gets 408, "
+     "however steady"),
+    ("--keep-alive-s", DEFAULT_KEEP_ALIVE_S, "an idle keep-alive connection is closed after S s"),
+)
+
 def run(args: argparse.Namespace) -> int:
     engine = engine_from_args(args)
     common = {"engine": engine, "data": args.data, "max_batch_images": args.max_batch_images,
@@ -79,19 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                           help="longest SIGTERM drain; uploads still arriving then get 503 "
                                f"(default: {DEFAULT_DRAIN_TIMEOUT_S:g})")
     connections = parser.add_argument_group("connections (native server; what one client may hold)")
-    connections.add_argument("--header-timeout-s", type=float, default=DEFAULT_HEADER_TIMEOUT_S, metavar="S",
-                             help="a connection that has not sent a whole request head within S s of opening (or "
-                                  "of its previous answer) is closed, 408 if it sent part of one "
-                                  f"(default: {DEFAULT_HEADER_TIMEOUT_S:g})")
-    connections.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S, metavar="S",
-                             help="a request body that pauses S s between two chunks gets 408 "
-                                  f"(default: {DEFAULT_BODY_TIMEOUT_S:g})")
-    connections.add_argument("--upload-timeout-s", type=float, default=DEFAULT_UPLOAD_TIMEOUT_S, metavar="S",
-                             help="a request body not wholly received within S s gets 408, however steady "
-                                  f"(default: {DEFAULT_UPLOAD_TIMEOUT_S:g})")
-    connections.add_argument("--keep-alive-s", type=float, default=DEFAULT_KEEP_ALIVE_S, metavar="S",
-                             help="an idle keep-alive connection is closed after S s "
-                                  f"(default: {DEFAULT_KEEP_ALIVE_S:g})")
+    for flag, default, text in TIMEOUT_OPTIONS:
+        connections.add_argument(flag, type=float, default=default, metavar="S", help=f"{text} (default: {default:g})")
     connections.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="C",
                              help="open connections; one more gets 503 with Retry-After at once and is closed, "
                                   "so idle clients cannot use up file descriptors (default: "

@@ -80,14 +80,14 @@ class Engine:
         """The registered :class:`Backend` of ``backend``."""
         return get_backend(self.backend)
 
+    def replace(self, **changes: object) -> Engine:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
     @property
     def quantized(self) -> bool:
         """Whether the engine quantizes the model (int8) rather than casting it."""
         return is_quantized(self.precision)
-
-    def replace(self, **changes: object) -> Engine:
-        """A copy with some fields changed (``dataclasses.replace``)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def resolved(self) -> Engine:
         """This engine with ``auto`` (or a bare ``cuda``) resolved to the device it runs on here."""

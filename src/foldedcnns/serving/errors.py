@@ -24,26 +24,38 @@ class ServingError(FoldedCNNsError):
 
 
 class BadRequest(ServingError):
+    """A body that cannot be decoded, or a crop or query that does not fit."""
+
     status = 400
 
 
 class RequestTooLarge(ServingError):
+    """A body, image or request past its declared-size limits (checked before decoding)."""
+
     status = 413
 
 
 class UnsupportedMediaType(ServingError):
+    """A Content-Type other than image/*, multipart/form-data or application/x-npy."""
+
     status = 415
 
 
 class QueueFull(ServingError):
+    """No room in the batcher's queue now; the client may retry after a second."""
+
     status, retry_after = 503, 1
 
 
 class ShuttingDown(ServingError):
+    """The server is draining; the client should retry on another replica."""
+
     status, retry_after = 503, 5
 
 
 class DeadlineExceeded(ServingError):
+    """The request was not taken into a batch within its deadline (it cost no model time)."""
+
     status = 504
 
 
@@ -60,6 +72,8 @@ class ClientDisconnected(ServingError):
 
 
 class BatchFailed(ServingError):
+    """The model failed on the batch that held this request."""
+
     status = 500
 
 

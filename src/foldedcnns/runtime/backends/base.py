@@ -83,12 +83,12 @@ class RunsOnEngine:
         return self.engine.backend
 
     @property
-    def precision(self) -> str:
-        return self.engine.precision
-
-    @property
     def device(self) -> torch.device:
         return torch.device(self.engine.device)
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
 
 
 class Prepared(RunsOnEngine):
