@@ -128,3 +128,9 @@ def test_exclude_pairs_are_parsed_and_bad_ones_named():
         parse_pairs("tensorrt:fp16")
     with pytest.raises(ConfigError, match="unknown precision int4"):
         parse_pairs("eager:int4")
+
+
+def test_a_misspelt_backend_is_one_line_with_the_closest_name(capsys):
+    assert main(["bench", "--tasks", "lol/goldnumber-fraction", "--backends", "opnvino", "--out", "never.csv"]) == 1
+    assert capsys.readouterr().err.strip().startswith("foldedcnns: error: unknown backend opnvino (did you mean "
+                                                      "'openvino'?)")

@@ -23,6 +23,7 @@ from foldedcnns.models.registry import COMPOUND_PREFIX, ModelConfig
 from foldedcnns.models.spec import TaskSpec
 from foldedcnns.runtime.backends import BACKENDS, PRECISIONS
 from foldedcnns.runtime.checkpoint import model_from_checkpoint
+from foldedcnns.utils.text import did_you_mean
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 MODE_ORDER = {"Original": 0, "Folded": 1, "Compound": 2}
@@ -34,7 +35,8 @@ def parse_names(text: str, known: Sequence[str], what: str) -> tuple[str, ...]:
     names = tuple(n for n in text.replace(" ", "").split(",") if n)
     bad = [n for n in names if n not in known]
     if not names or bad:
-        raise ConfigError(f"unknown {what} {', '.join(bad) or repr(text)}; use a comma-separated list of "
+        hint = did_you_mean(bad[0], known) if len(bad) == 1 else ""
+        raise ConfigError(f"unknown {what} {', '.join(bad) or repr(text)}{hint}; use a comma-separated list of "
                           f"{', '.join(known)}")
     return names
 
