@@ -99,3 +99,8 @@ def test_a_build_whose_check_call_fails_is_unavailable(model, toy, monkeypatch):
     monkeypatch.setattr(toy, "build", lambda self, *a: Runner(lambda x: x[:1], lambda x: x, lambda y: y))
     with pytest.raises(BackendUnavailable, match="returned 1 rows for 2 inputs"):
         Engine(toy.name).prepare(model, 4)
+
+
+def test_pytorch_keeps_one_thread_when_another_engine_runs_the_model():
+    assert Engine("eager", threads=2).pytorch_threads == 2 and Engine().pytorch_threads is None
+    assert Engine("openvino", threads=2).pytorch_threads == 1 and Engine("onnxruntime").pytorch_threads == 1

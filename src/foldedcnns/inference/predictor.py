@@ -37,7 +37,7 @@ from foldedcnns.errors import ConfigError, ShapeError
 from foldedcnns.inference.openvino_ir import is_ir_path, prepare_ov_model, read_ir
 from foldedcnns.inference.preprocess import stack_frames
 from foldedcnns.models.registry import ModelConfig
-from foldedcnns.runtime.backends.base import RunsOnEngine, get_backend
+from foldedcnns.runtime.backends.base import RunsOnEngine
 from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint
 from foldedcnns.runtime.engine import Engine
 from foldedcnns.runtime.threads import torch_threads
@@ -99,12 +99,13 @@ class Predictor(RunsOnEngine):
         _, self.height, self.width = config.image_size
         if ir is None:
             self._runner = engine.for_deployment(config.task, data).prepare(model, self.batch_size)
-            return
-        device = engine.resolved().device
-        if torch.device(device).type != "cpu":
-            raise ConfigError(f"an OpenVINO IR runs on the CPU; drop --device {device}")
-        self._runner = prepare_ov_model(ir[0], config, Engine("openvino", ir[2], "cpu", engine.threads),
-                                        self.batch_size // self.fold)
+        else:
+            device = engine.resolved().device
+            if torch.device(device).type != "cpu":
+                raise ConfigError(f"an OpenVINO IR runs on the CPU; drop --device {device}")
+            self._runner = prepare_ov_model(ir[0], config, Engine("openvino", ir[2], "cpu", engine.threads),
+                                            self.batch_size // self.fold)
+        self._pytorch_threads = self._runner.engine.pytorch_threads
 
     @property
     def engine(self) -> Engine:
@@ -139,10 +140,8 @@ class Predictor(RunsOnEngine):
             return self._runner.classify(x.to(self.device))
 
     def _threads(self) -> contextlib.AbstractContextManager[None]:
-        """PyTorch's intra-op threads around a call: the engine's (PyTorch's count unless it names one) when
-        PyTorch runs the model; one when another engine does, since PyTorch then only prepares the input and
-        its idle threads would spin on the cores the engine's own threads need."""
-        threads = self.engine.threads if get_backend(self.backend).torch_runs_model else 1
+        """PyTorch's intra-op threads around a call (:attr:`Engine.pytorch_threads`), unchanged when equal."""
+        threads = self._pytorch_threads
         return contextlib.nullcontext() if threads in (None, torch.get_num_threads()) else torch_threads(threads)
 
     def predict_batch(self, images: np.ndarray) -> Predictions:

@@ -80,6 +80,13 @@ class Engine:
         """The registered :class:`Backend` of ``backend``."""
         return get_backend(self.backend)
 
+    @property
+    def pytorch_threads(self) -> int | None:
+        """PyTorch's intra-op threads around this engine's calls: ``threads`` when PyTorch runs the model; one
+        when another engine with its own threads does (PyTorch then only prepares the input and post-processes,
+        and its idle OpenMP threads would spin on the cores the engine's threads need)."""
+        return self.threads if self.runner.torch_runs_model else 1
+
     def replace(self, **changes: object) -> Engine:
         """A copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

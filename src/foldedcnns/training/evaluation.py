@@ -23,6 +23,7 @@ from foldedcnns.models.spec import TaskSpec
 from foldedcnns.runtime.backends import Prepared
 from foldedcnns.runtime.checkpoint import load_checkpoint, model_from_checkpoint
 from foldedcnns.runtime.engine import Engine
+from foldedcnns.runtime.threads import torch_threads
 from foldedcnns.training.metrics import MetricAccumulator, ProgressLine, empty_summary, topk_correct
 from foldedcnns.training.splits import SplitData, load_split
 from foldedcnns.utils.text import json_safe
@@ -118,8 +119,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", *, e
     val_split = recipe.get("val_split", 0.1)
     split_data = load_split(data, config.task, split, config.image_size, val_split)
     runner = engine.prepare(model, batch_size)
-    outputs = evaluate_split(runner, split_data, config.task, batch_size=batch_size, epoch=ckpt.get("epoch") or 0,
-                             name=split, progress=progress)
+    with torch_threads(engine.pytorch_threads):
+        outputs = evaluate_split(runner, split_data, config.task, batch_size=batch_size,
+                                 epoch=ckpt.get("epoch") or 0, name=split, progress=progress)
     return {"checkpoint": str(checkpoint), "task": ckpt.get("task", config.name), "fold": config.fold,
             "multiplier": config.multiplier, "epoch": ckpt.get("epoch"), "split": split,
             **json_safe(outputs.summary())}
