@@ -50,7 +50,7 @@ def _fmt_pct(value: float | None) -> str:
 
 def with_legend(table: str, best: Sequence[BestRow]) -> str:
     """``table`` and, after a blank line (so Markdown ends the table), the footnotes its rows need."""
-    legend = table_legend(best)
+    legend = table_legend(best, markdown=True)
     return table + ("\n\n" + "  \n".join(legend) if legend else "")
 
 

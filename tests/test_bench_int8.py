@@ -32,10 +32,16 @@ from foldedcnns.benchmark.records import (
     read_csv,
     write_csv,
 )
-from foldedcnns.benchmark.summary import best_configs, best_table, summarize, summary_table, table_legend
+from foldedcnns.benchmark.summary import (
+    best_configs,
+    best_table,
+    summarize,
+    summary_table,
+    table_legend,
+    utilization_footnotes,
+)
 from foldedcnns.runtime.backends import get_backend
 from foldedcnns.runtime.engine import Engine
-from foldedcnns.workflows.demo import table_notes
 
 
 def test_int8_records_count_integer_ops(tmp_path: Path) -> None:
@@ -121,7 +127,7 @@ def test_a_utilization_above_the_peak_carries_its_reason(tmp_path: Path) -> None
     # tables: the figure is marked, and the legend printed beside the table says why
     assert [r[-1] for r in summary_table(summary)] == ["60.0%", "196.0%*"]
     assert best_table(best)[1][-1] == "196.0%*"
-    assert table_legend(best) == [f"* util {ABOVE_PEAK_NOTE}"]
+    assert table_legend(best) == [f"* utilization {ABOVE_PEAK_NOTE}"]
     assert table_legend(best[:1]) == []  # nothing above 100 %: no footnote
-    assert table_notes(["", ABOVE_PEAK_NOTE, ABOVE_PEAK_NOTE]) == [f"* utilization {ABOVE_PEAK_NOTE}"]
-    assert table_notes([ABOVE_PEAK_NOTE], markdown=True)[0].startswith("\\* ")  # not a Markdown list item
+    assert utilization_footnotes([None, 0.5, 1.96, 2.1]) == [f"* utilization {ABOVE_PEAK_NOTE}"]
+    assert table_legend(best, markdown=True)[0].startswith("\\* ")  # not a Markdown list item

@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foldedcnns.benchmark.records import ORIGINAL, BenchRecord, utilization, utilization_note, write_csv
-from foldedcnns.benchmark.summary import ABOVE_PEAK_MARK, BestRow, best_configs, format_utilization
+from foldedcnns.benchmark.records import ORIGINAL, BenchRecord, utilization, write_csv
+from foldedcnns.benchmark.summary import BestRow, best_configs, format_utilization, utilization_footnotes
 from foldedcnns.utils.atomic import atomic_open, atomic_write_text
 from foldedcnns.utils.text import markdown_table
 from gpucheck.plan import best_folded
@@ -103,8 +103,8 @@ def summary_markdown(state: Mapping[str, Any], best: Sequence[Mapping[str, str]]
               f"{float(b['Speedup']):.2f}x" if b["Speedup"] else "", _percent(b["Folded Utilization"]),
               _percent(b["Original Utilization"])) for b in best]))
         cells = [b[f"{mode} Utilization"] for b in best for mode in ("Folded", "Original")]
-        notes = dict.fromkeys(utilization_note(float(c)) for c in cells if c)
-        lines += [f"\n{ABOVE_PEAK_MARK} util {note}" for note in notes if note]
+        notes = utilization_footnotes((float(c) for c in cells if c), markdown=True)
+        lines += ["", *notes] if notes else []
     else:
         lines.append("No benchmark records yet.")
     headline = state.get("headline") or {}

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 
 from foldedcnns.benchmark.records import ops_unit
-from foldedcnns.runtime.backends import is_quantized, precision_dtype
+from foldedcnns.runtime.backends import BackendUnavailable, is_quantized, precision_dtype
 from foldedcnns.runtime.backends.onnxruntime import OnnxRuntimeBackend, ort_errors
-from foldedcnns.runtime.backends.openvino import CAPABILITIES, HINTS, cpu_capabilities, ov_core
+from foldedcnns.runtime.backends.openvino import CAPABILITIES, compile_openvino, cpu_capabilities
 from foldedcnns.runtime.device import resolve_device
 from foldedcnns.runtime.engine import Engine
 from foldedcnns.runtime.threads import torch_threads
@@ -168,15 +168,11 @@ def _openvino_call(n: int, dev: torch.device, precision: str) -> Callable[[], An
         scale = ops.constant(np.full((n, 1), 0.01, np.float32))
         y = ops.matmul(ops.fake_quantize(x, low, high, low, high, 256),
                        ops.multiply(ops.convert(weights, "f32"), scale), False, True)
-        hint = "f32"
     else:
         y = ops.matmul(x, ops.constant(rng.random((n, n), dtype=np.float32)), False, True)
-        hint = HINTS[precision]
-    try:
-        compiled = ov_core().compile_model(ov.Model([y], [x]), "CPU", {
-            "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": torch.get_num_threads()})
-    except RuntimeError:  # this plugin cannot compile it here
+    try:  # compiled as the openvino backend compiles (its precision hint, latency hint, threads of now)
+        compiled = compile_openvino(ov.Model([y], [x]), precision, int8_hint="fp32")
+    except BackendUnavailable:  # this plugin cannot compile it here
         return None
     request = compiled.create_infer_request()
     feed = {0: rng.random((n, n), dtype=np.float32)}

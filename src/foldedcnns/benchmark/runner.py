@@ -41,7 +41,7 @@ from foldedcnns.benchmark.records import BenchRecord, add_ratios, flops_per_sec,
 from foldedcnns.benchmark.timing import check_budget, time_calls
 from foldedcnns.data.calibration import Calibration
 from foldedcnns.errors import ConfigError
-from foldedcnns.runtime.backends import BackendUnavailable, Prepared, get_backend, precision_dtype
+from foldedcnns.runtime.backends import BackendUnavailable, Prepared, calibration_notice, get_backend, precision_dtype
 from foldedcnns.runtime.device import resolve_device
 from foldedcnns.runtime.engine import Engine
 from foldedcnns.runtime.threads import check_threads, torch_threads
@@ -265,6 +265,9 @@ def run_benchmark(config: BenchConfig, *, progress: bool = False, on_notice: Cal
         entries = model_entries(config.tasks, config.folds, config.seed)
         candidates = grid(entries, config.batch_sizes, config.backends, config.precisions)
         cache = PreparedCache(config.engine(), on_notice)
+        int8_notice = calibration_notice(config.precisions, config.calibration)
+        if int8_notice is not None:
+            cache.notice(int8_notice)  # first: what every int8 figure below was calibrated on
         setup = tqdm(candidates, desc="preparing", unit="cfg", disable=not progress, leave=False)
         runnable = [c for c in setup if cache.get(c) is not None]
         precisions = list(dict.fromkeys(c.precision for c in runnable))

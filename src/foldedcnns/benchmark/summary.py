@@ -11,7 +11,7 @@ A utilization above 1 carries its reason (``utilization_note``); the tables mark
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from statistics import median
 from typing import Any
@@ -40,7 +40,11 @@ class SummaryRow:
     tput_norm: float | None
     flop_norm: float | None
     utilization: float | None
-    utilization_note: str = ""  # why utilization is above 1 (records.utilization_note), else ""
+
+    @property
+    def utilization_note(self) -> str:
+        """Why ``utilization`` is above 1, ``""`` when it is not (:func:`records.utilization_note`)."""
+        return utilization_note(self.utilization)
 
     @property
     def spread(self) -> float:
@@ -52,7 +56,7 @@ class SummaryRow:
         return (self.model, self.mode, self.fold, self.batch_size, self.backend, self.precision, self.device)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "spread": self.spread}
+        return {**asdict(self), "spread": self.spread, "utilization_note": self.utilization_note}
 
 
 def _median_or_none(values: Sequence[float | None]) -> float | None:
@@ -74,7 +78,7 @@ def summarize(records: Sequence[BenchRecord]) -> list[SummaryRow]:
             device=device, images=rs[0].images, trials=len(rs), throughput=median(tput),
             throughput_min=min(tput), throughput_max=max(tput), flops_per_sec=median([r.flops_per_sec for r in rs]),
             tput_norm=_median_or_none([r.tput_norm for r in rs]), flop_norm=_median_or_none([r.flop_norm for r in rs]),
-            utilization=util, utilization_note=utilization_note(util)))
+            utilization=util))
     return rows
 
 
@@ -95,14 +99,18 @@ class BestRow:
     flops_per_sec: float
     utilization: float | None
     trials: int
-    utilization_note: str = ""  # why utilization is above 1 (records.utilization_note), else ""
 
     @property
     def config(self) -> str:
         return f"{self.backend} {self.precision} B={self.batch_size}"
 
+    @property
+    def utilization_note(self) -> str:
+        """Why ``utilization`` is above 1, ``""`` when it is not (:func:`records.utilization_note`)."""
+        return utilization_note(self.utilization)
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "config": self.config}
+        return {**asdict(self), "config": self.config, "utilization_note": self.utilization_note}
 
 
 def best_configs(records: Sequence[BenchRecord]) -> list[BestRow]:
@@ -127,8 +135,7 @@ def best_configs(records: Sequence[BenchRecord]) -> list[BestRow]:
         out.append(BestRow(model=model, mode=mode, fold=fold, backend=row.backend, precision=row.precision,
                            batch_size=row.batch_size, images=row.images, throughput=row.throughput,
                            speedup=speedup, same_config_speedup=row.tput_norm, flops_per_sec=row.flops_per_sec,
-                           utilization=row.utilization, trials=row.trials,
-                           utilization_note=row.utilization_note))
+                           utilization=row.utilization, trials=row.trials))
     order = {"Original": 0, "Folded": 1, "Compound": 2}
     models = list(dict.fromkeys(r.model for r in records))
     return sorted(out, key=lambda b: (models.index(b.model), order.get(b.mode, 9), b.fold))
@@ -160,13 +167,20 @@ def format_utilization(value: float | None) -> str:
     return _pct(value) + (ABOVE_PEAK_MARK if utilization_note(value) else "")
 
 
-def table_legend(rows: Sequence[SummaryRow | BestRow]) -> list[str]:
+def utilization_footnotes(utilizations: Iterable[float | None], *, markdown: bool = False) -> list[str]:
+    """The footnote of each distinct reason a utilization in a table is above 100 % (marked
+    :data:`ABOVE_PEAK_MARK` by :func:`format_utilization`): a figure over 100 % is never printed without it.
+    ``markdown`` escapes the mark, which would otherwise start a list item."""
+    mark = "\\" + ABOVE_PEAK_MARK if markdown else ABOVE_PEAK_MARK
+    notes = dict.fromkeys(utilization_note(u) for u in utilizations)
+    return [f"{mark} utilization {note}" for note in notes if note]
+
+
+def table_legend(rows: Sequence[SummaryRow | BestRow], *, markdown: bool = False) -> list[str]:
     """The footnotes the tables of ``rows`` need: what G(FL)OP/s counts where int8 rows are present, and
-    why a utilization is above 100 % where one is (never a bare figure over 100 %)."""
+    why a utilization is above 100 % where one is (:func:`utilization_footnotes`)."""
     lines = [RATE_LEGEND] if any(is_quantized(r.precision) for r in rows) else []
-    notes = list(dict.fromkeys(r.utilization_note for r in rows if r.utilization_note))
-    lines += [f"{ABOVE_PEAK_MARK} util {note}" for note in notes]
-    return lines
+    return lines + utilization_footnotes((r.utilization for r in rows), markdown=markdown)
 
 
 def summary_table(rows: Sequence[SummaryRow]) -> list[list[Any]]:

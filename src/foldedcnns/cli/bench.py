@@ -44,7 +44,7 @@ from foldedcnns.benchmark.tune import (
 from foldedcnns.cli.common import add_device_option, add_json_option, format_table, parse_int_list, print_json
 from foldedcnns.data.calibration import Calibration, load_calibration
 from foldedcnns.errors import ConfigError
-from foldedcnns.runtime.backends import BACKENDS, PRECISIONS, calibration_notice, is_quantized, quantizing_backends
+from foldedcnns.runtime.backends import BACKENDS, PRECISIONS, is_quantized, quantizing_backends
 from foldedcnns.runtime.device import check_device
 from foldedcnns.runtime.engine import Engine, default_backends
 from foldedcnns.utils.outputs import check_output
@@ -90,12 +90,7 @@ def run_bench(args: argparse.Namespace) -> int:
         seconds=None if args.iterations is not None else (args.seconds or DEFAULT_TIMED_SECONDS),
         trials=args.trials, threads=args.threads, peak_seconds=args.peak_seconds,
         calibration=bench_calibration(tasks, precisions, args.data))
-    int8_notice = calibration_notice(config.precisions, config.calibration)
-    if int8_notice is not None:
-        notice(int8_notice)
     run = run_benchmark(config, progress=not args.json, on_notice=notice)
-    if int8_notice is not None:
-        run.notices.insert(0, int8_notice)
     if not run.records:
         raise ConfigError("every configuration was skipped (see the notices); choose other --backends/--precisions")
     write_csv(args.out, run.records)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from foldedcnns.benchmark.summary import utilization_footnotes
 from foldedcnns.cli.common import add_device_option, add_json_option, format_table, print_json
 from foldedcnns.runtime.device import resolve_device
-from foldedcnns.workflows.demo import DEFAULT_FOLD, DEFAULT_TASK, TABLE_HEADERS, run_demo, table_notes, table_rows
+from foldedcnns.workflows.demo import DEFAULT_FOLD, DEFAULT_TASK, TABLE_HEADERS, run_demo, table_rows
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
         return 0
     print(format_table(TABLE_HEADERS, table_rows(report)))
-    for line in table_notes([r.utilization_note for r in report.rows]):
+    for line in utilization_footnotes(r.utilization for r in report.rows):
         print(line)
     print(f"\n{report.verdict}; speedup = best folded / best original throughput on {device}.")
     print(f"report: {report.files['report']}  plot: {report.files['plot']}  timings: {report.files['bench_csv']}")

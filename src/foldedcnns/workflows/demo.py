@@ -27,14 +27,14 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from foldedcnns.benchmark.peak import DEFAULT_SECONDS as PEAK_SECONDS
-from foldedcnns.benchmark.records import write_csv
+from foldedcnns.benchmark.records import utilization_note, write_csv
 from foldedcnns.benchmark.runner import DEFAULT_TIMED_SECONDS, BenchConfig, BenchRun, run_benchmark
-from foldedcnns.benchmark.summary import ABOVE_PEAK_MARK, BestRow, best_configs, format_utilization, summarize
+from foldedcnns.benchmark.summary import BestRow, best_configs, format_utilization, summarize, utilization_footnotes
 from foldedcnns.data.calibration import Calibration, load_calibration
 from foldedcnns.data.synth import generate_synthetic
 from foldedcnns.errors import ConfigError
 from foldedcnns.models import TaskSpec, get_task
-from foldedcnns.runtime.backends import available_backends, calibration_notice, is_quantized
+from foldedcnns.runtime.backends import available_backends, is_quantized
 from foldedcnns.runtime.engine import Engine, default_backends
 from foldedcnns.training.trainer import TrainConfig, TrainResult, evaluate, train
 from foldedcnns.utils.atomic import atomic_write_text
@@ -107,7 +107,6 @@ class DemoRow:
     backend: str
     checkpoint: str
     train_seconds: float
-    utilization_note: str = ""  # why utilization is above 1 (benchmark.records.utilization_note), else ""
 
 
 @dataclass
@@ -147,7 +146,8 @@ class DemoReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "fold": self.fold, "quick": self.quick, "device": self.device,
-                "settings": asdict(self.settings), "images": self.images, "rows": [asdict(r) for r in self.rows],
+                "settings": asdict(self.settings), "images": self.images,
+                "rows": [{**asdict(r), "utilization_note": utilization_note(r.utilization)} for r in self.rows],
                 "top1_gap": self.top1_gap, "top1_tolerance": TOP1_TOLERANCE,
                 "within_tolerance": self.within_tolerance, "backends": self.backends, "notices": self.notices,
                 "phase_seconds": self.phase_seconds, "files": self.files, "machine": self.machine}
@@ -163,12 +163,6 @@ def table_rows(report: DemoReport) -> list[list[Any]]:
              "" if r.speedup is None else f"{r.speedup:.2f}x", f"{r.flops_per_sec / GIGA:.2f}",
              format_utilization(r.utilization), r.backend] for r in report.rows]
 
-
-def table_notes(notes: list[str], *, markdown: bool = False) -> list[str]:
-    """The footnote of each distinct reason a utilization in the tables is above 100 % (marked
-    :data:`ABOVE_PEAK_MARK`): a figure over 100 % is never printed without it."""
-    mark = "\\" + ABOVE_PEAK_MARK if markdown else ABOVE_PEAK_MARK  # a leading '*' would start a Markdown list
-    return [f"{mark} utilization {note}" for note in dict.fromkeys(n for n in notes if n)]
 
 
 def _synthetic_data(spec: TaskSpec, root: Path, settings: DemoSettings, seed: int, progress: bool,
@@ -265,8 +259,8 @@ def render_markdown(report: DemoReport, run: BenchRun) -> str:
     per_backend = [[r.model.split("/")[-1], "original" if r.fold == 1 else f"folded f={r.fold}", r.backend,
                     r.precision, f"{r.throughput:,.0f}", f"{100 * r.spread:.1f}%", f"{r.flops_per_sec / GIGA:.2f}",
                     format_utilization(r.utilization)] for r in summarize(run.records)]
-    notes = table_notes([r.utilization_note for r in report.rows], markdown=True)
-    backend_notes = table_notes([r.utilization_note for r in summarize(run.records)], markdown=True)
+    notes = utilization_footnotes((r.utilization for r in report.rows), markdown=True)
+    backend_notes = utilization_footnotes((r.utilization for r in summarize(run.records)), markdown=True)
     lines = [
         f"# FoldedCNNs demo: {report.task}, fold {report.fold}",
         "",
@@ -363,13 +357,11 @@ def run_demo(out: str | Path = "demo_out", *, task: str | Path = DEFAULT_TASK, f
                               engine=Engine(b.backend, b.precision, device, calibration=calibration)))
         rows.append(DemoRow(spec.name, f, float(score["top1"]), float(score["top5"]), float(on_engine["top1"]),
                             b.throughput, 1.0 if f == 1 else b.speedup, b.flops_per_sec, b.utilization,
-                            f"{b.backend} {b.precision}", str(result.best_checkpoint), result.seconds,
-                            b.utilization_note))
+                            f"{b.backend} {b.precision}", str(result.best_checkpoint), result.seconds))
     files = {"bench_csv": str(out / BENCH_CSV), "plot": str(out / PLOT_PNG), "report": str(out / REPORT_MD),
              "json": str(out / REPORT_JSON), "data": str(out / DATA_DIR), "runs": str(out / RUNS_DIR)}
-    int8_notice = calibration_notice(precisions, calibration)
-    report = DemoReport(spec.name, fold, quick, device, settings, images, rows, backends,
-                        ([int8_notice] if int8_notice else []) + run.notices, phases, files, run.machine)
+    report = DemoReport(spec.name, fold, quick, device, settings, images, rows, backends, run.notices, phases,
+                        files, run.machine)
     write_csv(out / BENCH_CSV, run.records)
     plot_demo(report, run, out / PLOT_PNG)
     atomic_write_text(out / REPORT_MD, render_markdown(report, run))
