@@ -65,19 +65,18 @@ def add_device_option(parser: argparse.ArgumentParser, default: str = DEFAULT_DE
     parser.add_argument("--device", default=default, help=f"{DEVICE_HELP} (default: {default})")
 
 
-def add_engine_options(parser: argparse.ArgumentParser, *, device: str = DEFAULT_DEVICE, calibration: bool = True,
+def add_engine_options(parser: argparse.ArgumentParser, *, device: str = DEFAULT_DEVICE,
                        threads_help: str = "intra-op threads for the model (default: PyTorch's)") -> None:
     """The engine of a command that runs one model: ``--backend``, ``--precision``, ``--device``, ``--threads``
-    and, with ``calibration``, ``--data DIR`` (int8 calibration images). :func:`engine_from_args` reads them."""
+    and ``--data DIR`` (int8 calibration images). :func:`engine_from_args` reads them."""
     parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=list(BACKENDS),
                         help=f"how the model runs (default: {DEFAULT_BACKEND}; docs/engines.md compares them)")
     parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
                         help=f"default: {DEFAULT_PRECISION}; int8 is quantized by {', '.join(quantizing_backends())}")
     add_device_option(parser, device)
     parser.add_argument("--threads", type=int, default=None, help=threads_help)
-    if calibration:
-        parser.add_argument("--data", metavar="DIR", help="int8: the data set whose DIR/train (else DIR/val) images "
-                                                          "calibrate the engine (up to 300 seeded images)")
+    parser.add_argument("--data", metavar="DIR", help="int8: the data set whose DIR/train (else DIR/val) images "
+                                                      "calibrate the engine (up to 300 seeded images)")
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:

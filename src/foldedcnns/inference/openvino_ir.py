@@ -75,9 +75,3 @@ def prepare_ov_model(ov_model: Any, config: ModelConfig, engine: Engine, folded_
     example = torch.rand(folded_inputs, *config.input_shape, generator=torch.Generator().manual_seed(0))
     return finish(engine, runner, example, fold=config.fold, static=True, started=started)
 
-
-def prepare_ir(xml: str | Path, *, folded_inputs: int, threads: int | None = None) -> tuple[Prepared, ModelConfig]:
-    """A static-shape :class:`Prepared` runner of an exported IR for calls of ``folded_inputs`` inputs, run by
-    OpenVINO at the precision it was exported in with ``threads`` (None: PyTorch's count)."""
-    ov_model, config, precision = read_ir(xml)
-    return prepare_ov_model(ov_model, config, Engine("openvino", precision, "cpu", threads), folded_inputs), config

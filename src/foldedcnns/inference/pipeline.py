@@ -350,14 +350,13 @@ def run_predict(checkpoint: str | Path | dict[str, Any], inputs: Sequence[str], 
     if isinstance(profile_frames, bool) or not isinstance(profile_frames, int) or profile_frames < 0:
         raise ConfigError(f"--profile-frames must be an integer >= 0, got {profile_frames!r}")
     engine = (Engine() if engine is None else engine).resolved()
-    threads = model_threads(engine)
-    with torch_threads(threads):
-        predictor = Predictor(checkpoint, engine=engine.replace(threads=threads), batch_size=batch_size)
+    threads = model_threads(engine)  # the engine prepares under these; PyTorch's own count is the predictor's rule
+    predictor = Predictor(checkpoint, engine=engine.replace(threads=threads), batch_size=batch_size)
     crop, sources, outputs = plan_inputs(inputs, out, predictor, crop, task_check, overwrite)
     total = None if any(s.kind == VIDEO for s in sources) else sum(len(s) for s in sources)
     results = []
     decode_threads = decoder_threads(predictor.device)
-    with torch_threads(threads):
+    with torch_threads(predictor.engine.pytorch_threads):  # set once here, so no batch changes it
         started = time.perf_counter()
         with tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True) as bar:
             for source, output in zip(sources, outputs, strict=True):

@@ -133,11 +133,14 @@ class Predictor(RunsOnEngine):
         one shape (``compile``, ``cuda-graphs``), every call to ``batch_size`` images, so they never
         compile again.
         """
+        with self._threads():
+            return self._classify(x)
+
+    def _classify(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or tuple(x.shape[2:]) != self.input_hw:
             raise ShapeError(f"expected a batch (N, C, {self.height}, {self.width}), got {tuple(x.shape)}; "
                              "use predict() to resize images to the model's input")
-        with self._threads():
-            return self._runner.classify(x.to(self.device))
+        return self._runner.classify(x.to(self.device))
 
     def _threads(self) -> contextlib.AbstractContextManager[None]:
         """PyTorch's intra-op threads around a call (:attr:`Engine.pytorch_threads`), unchanged when equal."""
@@ -149,7 +152,7 @@ class Predictor(RunsOnEngine):
         if len(images) == 0:
             return Predictions.concatenate([], self.class_names)
         with self._threads():
-            logits = self.logits(to_model_input(images, self.config.task, self.device))
+            logits = self._classify(to_model_input(images, self.config.task, self.device))
             probabilities = torch.softmax(logits.float(), dim=1)
             scores, labels = probabilities.max(dim=1)
         return Predictions(labels.cpu().numpy().astype(np.int64), scores.cpu().numpy(),

@@ -67,7 +67,7 @@ class Engine:
         precision_dtype(self.precision)
         object.__setattr__(self, "device", check_device(self.device))
         check_threads(self.threads)
-        if self.calibration is not None and not isinstance(self.calibration, Calibration):
+        if self.calibration is not None:
             object.__setattr__(self, "calibration", Calibration.of(self.calibration))
 
     def __repr__(self) -> str:

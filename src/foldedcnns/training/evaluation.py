@@ -79,9 +79,10 @@ def evaluate_split(runner: Prepared, split: SplitData, task: TaskSpec, *, batch_
         logits = runner.classify(to_model_input(images[start:start + batch_size], task, device, layout="nchw"))
         loss = F.cross_entropy(logits, y, reduction="none")
         losses.append(loss)
-        hits1.append(topk_correct(logits, y, 1))
+        top1 = logits.argmax(dim=1)
+        predicted.append(top1)
+        hits1.append(top1 == y)
         hits5.append(topk_correct(logits, y, 5))
-        predicted.append(logits.argmax(dim=1))
         if progress:
             acc.add(loss, logits, y)
             line.step(step, start + batch_size >= n, acc)
