@@ -47,12 +47,14 @@ def run(args: argparse.Namespace) -> int:
     limits = ConnectionLimits(header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
                               upload_timeout_s=args.upload_timeout_s, keep_alive_s=args.keep_alive_s,
                               max_connections=args.max_connections, backlog=args.backlog)
-    with bind_socket(args.host, args.port, limits.backlog) as sock, torch_threads(engine.threads):
+    with bind_socket(args.host, args.port, limits.backlog) as sock:
         # bound before the model loads: a port in use is one line at once
         service = build_service(args.checkpoint, request_timeout_ms=args.request_timeout_ms or None,
                                 isolate_requests=args.isolate_requests, **common)
-        return serve(service, sock=sock, drain_timeout_s=args.drain_timeout_s, log_level=args.log_level,
-                     limits=limits)
+        # set once for the server's life, so no batch changes it (Engine.pytorch_threads)
+        with torch_threads(service.predictor.engine.pytorch_threads):
+            return serve(service, sock=sock, drain_timeout_s=args.drain_timeout_s, log_level=args.log_level,
+                         limits=limits)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -83,8 +83,8 @@ class Replica:
     async def predict(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes],
                       query: Mapping[str, str]) -> Reply:
         try:
-            images = await decode_request(headers, chunks, query, self.predictor.input_hw, max_body=self.max_body)
-            check_request_images(len(images), self.max_queue_images)
+            images = await decode_request(headers, chunks, query, self.predictor.input_hw, max_body=self.max_body,
+                                          admit=lambda n: check_request_images(n, self.max_queue_images))
             n = self.max_batch_images
             parts = await asyncio.gather(*(self.classify(images[i:i + n]) for i in range(0, len(images), n)))
             return Reply(200, {"predictions": [row for part in parts for row in part]})
@@ -145,6 +145,8 @@ def build_application(checkpoint: str | Path, *, engine: Engine | None = None, d
             torch.set_num_threads(engine.threads)
             super().__init__(load_predictor(checkpoint, engine=engine, max_batch_images=n), max_batch_images=n,
                              max_delay_ms=max_delay_ms, max_queue_images=max_queue_images, max_body_mb=max_body_mb)
+            # then once for the replica's life, so no batch changes it (Engine.pytorch_threads)
+            torch.set_num_threads(self.predictor.engine.pytorch_threads or engine.threads)
 
         @serve.batch(max_batch_size=n, batch_wait_timeout_s=max_delay_ms / 1000.0, batch_size_fn=count_images)
         async def classify(self, chunks: list[np.ndarray]) -> list[list[dict[str, Any]]]:

@@ -87,7 +87,6 @@ class Service:
         self.max_body = body_limit(max_body_mb)
         self.inflight = 0
         self.draining = False
-        self.drain_started: float | None = None
         self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="foldedcnns-decode")
 
     async def start(self) -> None:
@@ -100,7 +99,7 @@ class Service:
     def begin_drain(self) -> None:
         """Turn /readyz false and refuse new requests (503); accepted ones still run, without waiting for D."""
         if not self.draining:
-            self.draining, self.drain_started = True, time.monotonic()
+            self.draining = True
             self.metrics.ready.set(0)
             LOG.warning("draining: %d requests in flight", self.inflight)
             self.batcher.flush()
