@@ -171,9 +171,9 @@ def decode_fake(packets: list[FakePacket]) -> tuple[list[str], int, bool]:
     frames: list[str] = []
     stats = DecodeStats()
     try:
-        for frame in video_module._pyav_frames(FakeContainer(packets), FakeStream(), stats):
+        for frame in video_module.pyav_frames(FakeContainer(packets).demux(FakeStream()), FakeStream(), stats):
             frames.append(frame)
-    except video_module._CutStream:
+    except video_module.CutStream:
         return frames, stats.damaged_packets, True
     return frames, stats.damaged_packets, False
 

@@ -12,17 +12,16 @@ skipped and counted in :class:`DecodeStats`, and decoding goes on. Only damage a
 file) ends the stream with an error, after every frame before it. OpenCV cannot tell damage from the
 end of the stream.
 
-Resizing is nearest neighbour with OpenCV's ``INTER_NEAREST`` rule, as the original NoScope
-preparation did. For the common ``yuv420p`` streams the resized frame is sampled straight from the
-decoded planes and only the sampled pixels are converted to RGB (BT.601, or BT.709 when the stream
-says so), which keeps decoding the only real cost.
+Each decoded frame is cut into views by :class:`~foldedcnns.data.frames.FrameSampler` (crop, resize,
+RGB from the planes): one decode serves every model that reads the frame (:func:`iter_views`).
+Decoding a file by segments in parallel processes is :mod:`foldedcnns.data.video_segments`.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,7 +29,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from foldedcnns.data.crop import Crop
-from foldedcnns.data.imageio import check_size, nearest_indices
+from foldedcnns.data.frames import FrameSampler
+from foldedcnns.data.imageio import check_size
 from foldedcnns.errors import ConfigError, DataError, ShapeError
 from foldedcnns.utils.atomic import atomic_path
 
@@ -38,72 +38,9 @@ BACKENDS = ("auto", "pyav", "opencv")
 DEFAULT_FPS = 30
 CONTAINER_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".ts": "mpegts"}
 
-# Y'CbCr -> R'G'B' for 8-bit video: (Kr, Kb) of the matrix; limited range scales Y by 255/219, C by 255/224.
-_KR_KB = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
-_AV_COLORSPACE_BT709 = 1  # AVColorSpace.AVCOL_SPC_BT709
-_AV_RANGE_FULL = 2  # AVColorRange.AVCOL_RANGE_JPEG
-_FAST_FORMATS = ("yuv420p", "yuvj420p")
 SMALL_FRAME_PIXELS = 640 * 480  # up to here ``small_frame_threads`` applies (see iter_frames)
 _PIPE_HINT = ("a pipe can carry MPEG-TS, or an MP4 with its index first (movflags=faststart); pass the file's path "
               "for other MP4s")
-
-
-def _yuv_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, matrix: str, full_range: bool) -> np.ndarray:
-    kr, kb = _KR_KB[matrix]
-    kg = 1.0 - kr - kb
-    yf = y.astype(np.float32)
-    cb = u.astype(np.float32) - 128.0
-    cr = v.astype(np.float32) - 128.0
-    if not full_range:
-        yf = (yf - 16.0) * (255.0 / 219.0)
-        cb *= 255.0 / 224.0
-        cr *= 255.0 / 224.0
-    r = yf + 2.0 * (1.0 - kr) * cr
-    b = yf + 2.0 * (1.0 - kb) * cb
-    g = yf - (2.0 * kb * (1.0 - kb) / kg) * cb - (2.0 * kr * (1.0 - kr) / kg) * cr
-    rgb = np.stack((r, g, b), axis=-1)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-
-
-def _check_crop(crop: Crop | None, width: int, height: int, path: Path) -> None:
-    if crop is not None:
-        Crop.parse(crop).check_fits(width, height, path)
-
-
-class _Sampler:
-    """Turns decoded frames into cropped, resized RGB arrays; index tables are built once."""
-
-    def __init__(self, size: tuple[int, int] | None, crop: Crop | None, path: Path) -> None:
-        self.size, self.crop, self.path = size, crop, path
-        self._tables: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-
-    def _indices(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        key = (height, width)
-        if key not in self._tables:
-            _check_crop(self.crop, width, height, self.path)
-            x0, y0, w, h = self.crop if self.crop is not None else (0, 0, width, height)
-            out_h, out_w = self.size if self.size is not None else (h, w)
-            self._tables[key] = (y0 + nearest_indices(h, out_h), x0 + nearest_indices(w, out_w))
-        return self._tables[key]
-
-    def from_rgb(self, rgb: np.ndarray) -> np.ndarray:
-        if self.size is None and self.crop is None:
-            return rgb
-        rows, cols = self._indices(*rgb.shape[:2])
-        return np.ascontiguousarray(rgb[rows[:, None], cols[None, :]])
-
-    def from_av(self, frame: Any) -> np.ndarray:
-        if self.size is None or frame.format.name not in _FAST_FORMATS:
-            return self.from_rgb(frame.to_ndarray(format="rgb24"))
-        rows, cols = self._indices(frame.height, frame.width)
-        planes = frame.planes
-        luma = np.frombuffer(planes[0], np.uint8).reshape(-1, planes[0].line_size)
-        cb = np.frombuffer(planes[1], np.uint8).reshape(-1, planes[1].line_size)
-        cr = np.frombuffer(planes[2], np.uint8).reshape(-1, planes[2].line_size)
-        r2, c2 = (rows // 2)[:, None], (cols // 2)[None, :]
-        matrix = "bt709" if frame.colorspace == _AV_COLORSPACE_BT709 else "bt601"
-        full = frame.format.name == "yuvj420p" or frame.color_range == _AV_RANGE_FULL
-        return _yuv_to_rgb(luma[rows[:, None], cols[None, :]], cb[r2, c2], cr[r2, c2], matrix, full)
 
 
 @dataclass
@@ -151,6 +88,65 @@ def _pick_backend(backend: str) -> str:
     return "opencv"
 
 
+DECODE_FRAMES = ("all", "ref", "key")
+_SKIP_FRAME = {"all": "DEFAULT", "ref": "NONREF", "key": "NONKEY"}
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Fidelity levers of the decoder, for when decoding is the cost (docs/inference.md has the figures).
+
+    ``frames``: ``all`` decodes every frame; ``ref`` only reference frames (FFmpeg's ``skip_frame`` NONREF:
+    non-reference B-frames are not decoded); ``key`` only keyframes (NONKEY). ``fast`` skips the H.264/HEVC
+    deblocking filter (``skip_loop_filter=all``: faster, slightly blockier frames whose errors drift until the
+    next keyframe). The default decodes every frame at full fidelity.
+    """
+
+    frames: str = "all"
+    fast: bool = False
+
+    def __post_init__(self) -> None:
+        if self.frames not in DECODE_FRAMES:
+            raise ConfigError(f"--decode-frames must be one of {', '.join(DECODE_FRAMES)}, got {self.frames!r}")
+
+    @property
+    def every_frame(self) -> bool:
+        """True when every frame is decoded (``frames == "all"``)."""
+        return self.frames == "all"
+
+    def apply(self, stream: Any) -> None:
+        """Set these options on a PyAV video stream before its first packet is decoded."""
+        if not self.every_frame:
+            stream.codec_context.skip_frame = _SKIP_FRAME[self.frames]
+        if self.fast:
+            stream.codec_context.options = {"skip_loop_filter": "all"}
+
+
+def iter_views(path: str | os.PathLike[str] | BinaryIO, samplers: Sequence[FrameSampler], *, start: int = 0,
+               end: int | None = None, backend: str = "auto", small_frame_threads: int | None = None,
+               stats: DecodeStats | None = None) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """Decode ``path`` once, in order, and yield ``(frame index, [one array per sampler])``: one decode serves
+    every view of the frame (each sampler its own crop and size). Arguments as for :func:`iter_frames`."""
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ConfigError(f"start must be a frame index >= 0, got {start!r}")
+    if end is not None and (isinstance(end, bool) or not isinstance(end, int) or end <= start):
+        raise ConfigError(f"end must be a frame index > start ({start}), got {end!r}")
+    stats = DecodeStats() if stats is None else stats
+    if not isinstance(path, (str, os.PathLike)):
+        name = getattr(path, "name", None)
+        name = Path(name if isinstance(name, str) else "<pipe>")
+        if _pick_backend("pyav" if backend == "auto" else backend) != "pyav":
+            raise DataError(f"reading video from {name} needs the PyAV backend; pip install 'foldedcnns[video]'")
+        return _frames_pyav(path, name, samplers, start, end, small_frame_threads, stats)
+    path = Path(path)
+    _check_input(path)
+    if _pick_backend(backend) == "pyav":
+        if is_stream_path(path):  # opened at the first frame, in the caller's decoding thread
+            return _lazy(lambda: _frames_pyav(str(path), path, samplers, start, end, small_frame_threads, stats))
+        return _frames_pyav(str(path), path, samplers, start, end, small_frame_threads, stats)
+    return _frames_opencv(path, samplers, start, end)
+
+
 def iter_frames(path: str | os.PathLike[str] | BinaryIO, *, size: tuple[int, int] | int | None = None,
                 start: int = 0, end: int | None = None, crop: Crop | None = None, backend: str = "auto",
                 small_frame_threads: int | None = None,
@@ -179,32 +175,18 @@ def iter_frames(path: str | os.PathLike[str] | BinaryIO, *, size: tuple[int, int
     has been yielded (the OpenCV backend cannot tell a cut from the end of the stream).
     """
     size = check_size(size)
-    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-        raise ConfigError(f"start must be a frame index >= 0, got {start!r}")
-    if end is not None and (isinstance(end, bool) or not isinstance(end, int) or end <= start):
-        raise ConfigError(f"end must be a frame index > start ({start}), got {end!r}")
     if crop is not None:
         crop = tuple(int(v) for v in crop)  # type: ignore[assignment]
         if len(crop) != 4:
             raise ConfigError(f"crop must be (x, y, width, height), got {crop!r}")
-    stats = DecodeStats() if stats is None else stats
-    if not isinstance(path, (str, os.PathLike)):
-        name = getattr(path, "name", None)
-        name = Path(name if isinstance(name, str) else "<pipe>")
-        if _pick_backend("pyav" if backend == "auto" else backend) != "pyav":
-            raise DataError(f"reading video from {name} needs the PyAV backend; pip install 'foldedcnns[video]'")
-        return _frames_pyav(path, name, _Sampler(size, crop, name), start, end, small_frame_threads, stats)
-    path = Path(path)
-    _check_input(path)
-    sampler = _Sampler(size, crop, path)
-    if _pick_backend(backend) == "pyav":
-        if is_stream_path(path):  # opened at the first frame, in the caller's decoding thread
-            return _lazy(lambda: _frames_pyav(str(path), path, sampler, start, end, small_frame_threads, stats))
-        return _frames_pyav(str(path), path, sampler, start, end, small_frame_threads, stats)
-    return _frames_opencv(path, sampler, start, end)
+    name = path if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "<pipe>")
+    sampler = FrameSampler(size, crop, name if isinstance(name, (str, os.PathLike)) else "<pipe>")
+    views = iter_views(path, [sampler], start=start, end=end, backend=backend,
+                       small_frame_threads=small_frame_threads, stats=stats)
+    return ((index, frame) for index, (frame,) in views)
 
 
-def _lazy(make: Callable[[], Iterator[tuple[int, np.ndarray]]]) -> Iterator[tuple[int, np.ndarray]]:
+def _lazy(make: Callable[[], Iterator[tuple[int, list[np.ndarray]]]]) -> Iterator[tuple[int, list[np.ndarray]]]:
     yield from make()
 
 
@@ -215,8 +197,8 @@ def _no_frames(path: Path, last: int, start: int) -> DataError:
                      "ask for frames the video has")
 
 
-def _frames_pyav(source: str | BinaryIO, path: Path, sampler: _Sampler, start: int, end: int | None,
-                 small_frame_threads: int | None, stats: DecodeStats) -> Iterator[tuple[int, np.ndarray]]:
+def open_pyav(source: str | BinaryIO, path: Path) -> Any:
+    """An open PyAV container with a decodable video stream; a one-line :class:`DataError` otherwise."""
     import av
 
     streamed = not isinstance(source, str) or is_stream_path(source)
@@ -228,11 +210,18 @@ def _frames_pyav(source: str | BinaryIO, path: Path, sampler: _Sampler, start: i
     if not container.streams.video or container.streams.video[0].codec_context is None:  # none, or no decoder
         container.close()
         raise DataError(f"{path} has no decodable video stream; the file is not a readable video")
-    return _decode_pyav(container, path, sampler, start, end, small_frame_threads, stats, streamed)
+    return container
 
 
-class _CutStream(Exception):
-    pass
+def _frames_pyav(source: str | BinaryIO, path: Path, samplers: Sequence[FrameSampler], start: int, end: int | None,
+                 small_frame_threads: int | None, stats: DecodeStats) -> Iterator[tuple[int, list[np.ndarray]]]:
+    streamed = not isinstance(source, str) or is_stream_path(source)
+    container = open_pyav(source, path)
+    return _decode_pyav(container, path, samplers, start, end, small_frame_threads, stats, streamed)
+
+
+class CutStream(Exception):
+    """The last packet of a stream was cut or corrupt: the file ends there."""
 
 
 def _decode_packet(packet: Any, errors: type[Exception]) -> tuple[list[Any], bool]:
@@ -245,20 +234,21 @@ def _decode_packet(packet: Any, errors: type[Exception]) -> tuple[list[Any], boo
         return [], False
 
 
-def _pyav_frames(container: Any, stream: Any, stats: DecodeStats) -> Iterator[Any]:
-    """Decoded frames in order, damage handled as ffmpeg does (see the module docstring).
+def pyav_frames(packets: Iterable[Any], stream: Any, stats: DecodeStats) -> Iterator[Any]:
+    """Decoded frames of ``packets`` (demuxed from ``stream``) in order, damage handled as ffmpeg does (see
+    the module docstring).
 
     A packet flagged corrupt is held until another packet follows it: then it was mid-stream (at the
     seam of joined MPEG-TS segments it is whole) and goes to the decoder like any other; if the
     stream ends instead, the file was cut there and it is dropped. A packet the decoder refuses is
-    counted and skipped. When the last packet was damaged, :class:`_CutStream` follows the frames still
+    counted and skipped. When the last packet was damaged, :class:`CutStream` follows the frames still
     in the decoder.
     """
     import av
 
     errors = av.error.FFmpegError
     held, last_damaged = None, False
-    for packet in container.demux(stream):
+    for packet in packets:
         if packet.size == 0:  # the demuxer's end-of-stream packet: flushed below
             continue
         if held is not None:
@@ -275,52 +265,63 @@ def _pyav_frames(container: Any, stream: Any, stats: DecodeStats) -> Iterator[An
         yield from frames
     yield from stream.codec_context.decode(None)
     if last_damaged:
-        raise _CutStream("the last packet is cut or corrupt")
+        raise CutStream("the last packet is cut or corrupt")
 
 
-def _decode_pyav(container: Any, path: Path, sampler: _Sampler, start: int, end: int | None,
+def decode_failure(path: Path, index: int, exc: BaseException) -> DataError:
+    """The one-line error of a decode that failed after frame ``index`` (-1: before any frame)."""
+    good = f"frames 0..{index} are good" if index >= 0 else "no frame is good"
+    return DataError(f"decoding {path} failed after frame {index} ({exc}); the video is truncated or corrupt, {good}")
+
+
+def set_threads(stream: Any, threads: int | None) -> None:
+    """Frame and slice threads for ``stream`` (FFmpeg decodes several frames at once); ``threads`` caps
+    them (None: FFmpeg's choice, about one per core)."""
+    stream.thread_type = "AUTO"
+    if threads is not None:
+        stream.thread_count = threads
+
+
+def _decode_pyav(container: Any, path: Path, samplers: Sequence[FrameSampler], start: int, end: int | None,
                  small_frame_threads: int | None, stats: DecodeStats,
-                 streamed: bool) -> Iterator[tuple[int, np.ndarray]]:
+                 streamed: bool) -> Iterator[tuple[int, list[np.ndarray]]]:
     import av
 
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"  # frame and slice threads: FFmpeg decodes several frames at once
     pixels = stream.codec_context.width * stream.codec_context.height
-    if small_frame_threads is not None and pixels <= SMALL_FRAME_PIXELS:
-        stream.thread_count = small_frame_threads
+    set_threads(stream, small_frame_threads if pixels <= SMALL_FRAME_PIXELS else None)
     index = -1
     try:
-        for frame in _pyav_frames(container, stream, stats):
+        for frame in pyav_frames(container.demux(stream), stream, stats):
             index += 1
             if index < start:
                 continue
             if end is not None and index >= end:
                 return
-            yield index, sampler.from_av(frame)
-    except (av.error.FFmpegError, _CutStream) as exc:
+            yield index, [sampler.from_av(frame) for sampler in samplers]
+    except (av.error.FFmpegError, CutStream) as exc:
         if streamed and index < 0:  # e.g. an MP4 whose index comes after its frames: a pipe cannot seek back
             raise DataError(f"cannot decode video {path} ({exc}); {_PIPE_HINT}") from exc
-        good = f"frames 0..{index} are good" if index >= 0 else "no frame is good"
-        raise DataError(f"decoding {path} failed after frame {index} ({exc}); the video is truncated or "
-                        f"corrupt, {good}") from exc
+        raise decode_failure(path, index, exc) from exc
     finally:
         container.close()
     if index < start:
         raise _no_frames(path, index, start)
 
 
-def _frames_opencv(path: Path, sampler: _Sampler, start: int, end: int | None) -> Iterator[tuple[int, np.ndarray]]:
+def _frames_opencv(path: Path, samplers: Sequence[FrameSampler], start: int,
+                   end: int | None) -> Iterator[tuple[int, list[np.ndarray]]]:
     import cv2
 
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         capture.release()
         raise DataError(f"cannot open video {path}; the file is not a readable video")
-    return _decode_opencv(capture, path, sampler, start, end)
+    return _decode_opencv(capture, path, samplers, start, end)
 
 
-def _decode_opencv(capture: Any, path: Path, sampler: _Sampler, start: int,
-                   end: int | None) -> Iterator[tuple[int, np.ndarray]]:
+def _decode_opencv(capture: Any, path: Path, samplers: Sequence[FrameSampler], start: int,
+                   end: int | None) -> Iterator[tuple[int, list[np.ndarray]]]:
     import cv2
 
     index = -1
@@ -335,7 +336,8 @@ def _decode_opencv(capture: Any, path: Path, sampler: _Sampler, start: int,
                 break
             index += 1
             if frame is not None:
-                yield index, sampler.from_rgb(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                yield index, [sampler.from_rgb(rgb) for sampler in samplers]
     finally:
         capture.release()
     if index < start:
