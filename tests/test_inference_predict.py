@@ -21,7 +21,7 @@ from PIL import Image
 from foldedcnns.cli.main import main
 from foldedcnns.data.video import iter_frames, write_video
 from foldedcnns.inference import Predictor
-from foldedcnns.inference.pipeline import DECODE_CORES, model_threads, run_predict
+from foldedcnns.inference.pipeline import DECODE_CORES, RunOptions, model_threads, run_predict
 from foldedcnns.models import get_task
 from foldedcnns.runtime import Engine
 
@@ -60,8 +60,7 @@ def test_glob_and_several_inputs_write_one_csv_each(ckpt, image_files, tmp_path)
     image_files(tmp_path / "a", [f"{i}.png" for i in range(5)])
     image_files(tmp_path / "b", [f"{i}.png" for i in range(3)], seed=1)
     (tmp_path / "b" / "notes.txt").write_text("not an image")
-    report = run_predict(ckpt, [str(tmp_path / "a"), str(tmp_path / "b" / "*.png")], tmp_path / "out",
-                         profile_frames=0)
+    report = run_predict(ckpt, [str(tmp_path / "a"), str(tmp_path / "b" / "*.png")], tmp_path / "out")
     assert [r.rows for r in report.results] == [5, 3] and report.errors == []
     assert len(read_csv(tmp_path / "out" / "a.csv")) == 5
     assert len(read_csv(tmp_path / "out" / "_.png.csv")) == 3
@@ -73,9 +72,9 @@ def test_the_engine_runs_with_its_own_threads_else_the_models_share_of_the_cores
                                                                                  capsys):
     pytest.importorskip("onnxruntime")
     image_files(tmp_path / "a", [f"{i}.png" for i in range(6)])
-    eager = run_predict(ckpt, [str(tmp_path / "a")], tmp_path / "eager.csv", batch_size=4, profile_frames=0)
+    eager = run_predict(ckpt, [str(tmp_path / "a")], tmp_path / "eager.csv", batch_size=4)
     report = run_predict(ckpt, [str(tmp_path / "a")], tmp_path / "ort.csv", engine=Engine("onnxruntime", threads=1),
-                         batch_size=4, profile_frames=0)
+                         batch_size=4)
     assert (report.backend, report.device, report.extra["model_threads"]) == ("onnxruntime", "cpu", 1)
     labels = [[r["label"] for r in read_csv(tmp_path / name)] for name in ("ort.csv", "eager.csv")]
     assert labels[0] == labels[1]
@@ -154,7 +153,7 @@ def test_video_of_2000_frames_gives_exactly_one_row_per_frame_in_order(ckpt, tmp
 
 def test_truncated_video_keeps_the_rows_of_every_good_frame(ckpt, tmp_path, capsys, tiny_video):
     video = tiny_video(moving_frames(300), faststart=True)  # index first: the cut file still opens
-    full = run_predict(ckpt, [str(video)], tmp_path / "full.csv", batch_size=8, profile_frames=0)
+    full = run_predict(ckpt, [str(video)], tmp_path / "full.csv", batch_size=8)
     assert full.results[0].rows == 300 and full.errors == []
     data = video.read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[:len(data) // 2])
@@ -237,7 +236,7 @@ def test_joined_mpegts_gives_a_row_per_frame_and_counts_the_damaged_packet(ckpt,
     assert report["results"][0]["damaged_packets"] == report["damaged_packets"] >= 1
     rows = read_csv(out)
     assert [int(r["frame"]) for r in rows] == list(range(180))
-    single = run_predict(ckpt, [str(ts_segment)], tmp_path / "a.csv", batch_size=8, profile_frames=0)
+    single = run_predict(ckpt, [str(ts_segment)], tmp_path / "a.csv", batch_size=8)
     assert single.results[0].damaged_packets == 0 and "damaged_packets" not in single.extra
     assert rows[:88] == read_csv(tmp_path / "a.csv")[:88]  # the first half: the same frames, the same rows
 
@@ -247,12 +246,13 @@ def test_a_fifo_is_decoded_once_without_the_profile_pass(ckpt, ts_segment, tmp_p
     fifo = tmp_path / "camera.ts"
     os.mkfifo(fifo)
     writer = feed_fifo(fifo, ts_segment.read_bytes())
-    report = run_predict(ckpt, [str(fifo)], tmp_path / "camera.csv", batch_size=8)  # profile_frames left on
+    report = run_predict(ckpt, [str(fifo)], tmp_path / "camera.csv", batch_size=8,
+                         run=RunOptions(profile_frames=512))  # the opt-in profile pass cannot reread a stream
     writer.join(30)
     assert not writer.is_alive()
     assert report.errors == [] and report.results[0].rows == 90
     assert report.stages is None and "camera.ts: a stream" in report.extra["profile_skipped"]
-    run_predict(ckpt, [str(ts_segment)], tmp_path / "file.csv", batch_size=8, profile_frames=0)
+    run_predict(ckpt, [str(ts_segment)], tmp_path / "file.csv", batch_size=8)
     assert read_csv(tmp_path / "camera.csv") == read_csv(tmp_path / "file.csv")
 
 
@@ -297,7 +297,7 @@ def test_predict_reads_mpegts_piped_to_stdin(ckpt, ts_segment, tmp_path):
     assert done.returncode == 0, done.stderr.decode()
     report = json.loads(done.stdout)
     assert report["results"][0]["source"] == "-" and report["damaged_packets"] >= 1
-    assert "a stream (stdin or a FIFO) is read once" in report["profile_skipped"] and report["stages"] is None
+    assert report["stages"]["measured"] == "in the run" and "profile_skipped" not in report  # nothing decoded twice
     assert [int(r["frame"]) for r in read_csv(out)] == list(range(180))
 
 

@@ -24,7 +24,7 @@ def test_ray_gives_the_same_rows_as_one_machine(tmp_path, tiny_checkpoint, tiny_
         tiny_video((rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(count)),
                    path=tmp_path / "in" / name)
     inputs = [str(tmp_path / "in" / "a"), str(tmp_path / "in" / "b"), str(tmp_path / "in" / "*.mp4")]
-    local = run_predict(ckpt, inputs, tmp_path / "local", batch_size=4, profile_frames=0)
+    local = run_predict(ckpt, inputs, tmp_path / "local", batch_size=4)
     distributed = run_ray_predict(ckpt, inputs, tmp_path / "ray", batch_size=4,
                                   cluster=RayOptions(num_cpus=2, workers=2))
     assert [r.rows for r in distributed.results] == [r.rows for r in local.results] == [37, 9, 30, 11]
@@ -53,7 +53,7 @@ def test_ray_int8_actors_quantize_with_the_calibration_of_the_driver(tmp_path, t
     with pytest.raises(ConfigError, match="--data DIR"):
         run_ray_predict(ckpt, inputs, tmp_path / "none.csv", engine=Engine("onnxruntime", "int8"), batch_size=4)
     engine = deployment_engine(ckpt, Engine("onnxruntime", "int8"), data)
-    run_predict(ckpt, inputs, tmp_path / "local.csv", engine=engine, batch_size=4, profile_frames=0)
+    run_predict(ckpt, inputs, tmp_path / "local.csv", engine=engine, batch_size=4)
     report = run_ray_predict(ckpt, inputs, tmp_path / "ray.csv", engine=engine, batch_size=4,
                              cluster=RayOptions(num_cpus=2, workers=1))
     assert report.results[0].rows == 20

@@ -30,7 +30,7 @@ from serve_process import Server
 
 from foldedcnns.data.imageio import read_image
 from foldedcnns.inference import Predictor
-from foldedcnns.inference.pipeline import run_predict
+from foldedcnns.inference.pipeline import RunOptions, run_predict
 from foldedcnns.models import build_model
 from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
 from foldedcnns.training.evaluation import evaluate
@@ -151,7 +151,7 @@ def test_32_concurrent_clients_each_get_their_own_answers(shared_server, separab
     served = np.array([answers[n]["predictions"][0]["label"] for n in range(len(paths))])
     top1 = 100 * float(np.mean(served == np.array(truth)))
     assert abs(top1 - evaluate(separable, synth, "test")["top1"]) <= 0.5
-    run_predict(separable, [str(synth / "test")], work / "predict.csv", profile_frames=0, task_check=False)
+    run_predict(separable, [str(synth / "test")], work / "predict.csv", run=RunOptions(task_check=False))
     with open(work / "predict.csv", newline="") as handle:
         rows = {Path(r["path"]).name + Path(r["path"]).parent.name: int(r["label"]) for r in csv.DictReader(handle)}
     predicted = np.array([rows[p.name + p.parent.name] for p in paths])

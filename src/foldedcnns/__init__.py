@@ -29,7 +29,21 @@ _EXPORTS = {
     "load_description": "foldedcnns.models",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "FoldedCNNsError",
+    "FoldedClassifier",
+    "ModelConfig",
+    "TaskSpec",
+    "__version__",
+    "build_model",
+    "fold",
+    "get_task",
+    "list_models",
+    "load_description",
+    "pad_to_multiple",
+    "unfold",
+    "unfold_logits",
+]
 
 if TYPE_CHECKING:
     from foldedcnns.core import FoldedClassifier, fold, pad_to_multiple, unfold, unfold_logits

@@ -7,14 +7,18 @@ import json
 import sys
 from typing import Any
 
+from foldedcnns.data.video import DECODE_FRAMES, DecodeOptions
 from foldedcnns.errors import ConfigError
+from foldedcnns.inference.decoding import DecodePlan
+from foldedcnns.inference.pipeline import RunOptions
 from foldedcnns.runtime.backends import BACKENDS, PRECISIONS, quantizing_backends
 from foldedcnns.runtime.device import DEVICE_HELP
 from foldedcnns.runtime.engine import DEFAULT_BACKEND, DEFAULT_DEVICE, DEFAULT_PRECISION, Engine
 from foldedcnns.utils.text import format_table
 
-__all__ = ["add_device_option", "add_engine_options", "add_json_option", "add_task_options", "engine_from_args",
-           "format_table", "parse_int_list", "print_json", "resolve_task_arg"]
+__all__ = ["add_decode_options", "add_device_option", "add_engine_options", "add_json_option", "add_task_options",
+           "decode_plan_from_args", "engine_from_args", "format_table", "parse_int_list", "print_json",
+           "resolve_task_arg", "run_options_from_args"]
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:
@@ -83,3 +87,39 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
     """The :class:`Engine` of the options :func:`add_engine_options` added (calibration images are loaded by
     the entry point, which knows the task: ``engine.for_deployment(task, args.data)``)."""
     return Engine(args.backend, args.precision, args.device, args.threads)
+
+
+def add_decode_options(parser: argparse.ArgumentParser) -> None:
+    """How videos are decoded (``predict``, ``scrape``, ``data cache``): ``--decoders``, ``--decode-frames``,
+    ``--fast-decode``. :func:`decode_plan_from_args` reads them."""
+    group = parser.add_argument_group("video decoding (docs/inference.md has the measured figures)")
+    group.add_argument("--decoders", default="auto", metavar="N|auto",
+                       help="processes that decode a video file by segments cut at keyframes, one thread each; rows "
+                            "are the same for every N (default auto: one per core for frames over 640x480, else 1)")
+    group.add_argument("--decode-frames", default="all", choices=list(DECODE_FRAMES),
+                       help="decode every frame (all, default), only reference frames (ref) or only keyframes (key); "
+                            "every frame still gets a row, labelled from the nearest decoded frame, with a decoded "
+                            "column")
+    group.add_argument("--fast-decode", action="store_true",
+                       help="skip the H.264/HEVC deblocking filter: faster decoding, slightly blockier frames")
+
+
+def decode_plan_from_args(args: argparse.Namespace) -> DecodePlan:
+    """The :class:`DecodePlan` of the options :func:`add_decode_options` added."""
+    text = str(args.decoders).strip().lower()
+    if text == "auto":
+        decoders = None
+    else:
+        try:
+            decoders = int(text)
+        except ValueError:
+            raise ConfigError(f"--decoders must be an integer >= 1 or auto, got {args.decoders!r}") from None
+    return DecodePlan(decoders, DecodeOptions(args.decode_frames, args.fast_decode))
+
+
+def run_options_from_args(args: argparse.Namespace) -> RunOptions:
+    """The :class:`RunOptions` of ``predict`` and ``scrape``: decoding, task check, overwrite, progress and the
+    opt-in stage measurement (options a command does not have take their defaults)."""
+    return RunOptions(decode_plan_from_args(args), task_check=not getattr(args, "no_task_check", False),
+                      overwrite=args.overwrite, progress=not args.no_progress,
+                      profile_frames=getattr(args, "profile_frames", 0))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from foldedcnns.cli.common import add_json_option, format_table, print_json
+from foldedcnns.cli.common import add_decode_options, add_json_option, decode_plan_from_args, format_table, print_json
 from foldedcnns.data.crop import Crop
 from foldedcnns.data.noscope import FRAME_SIZE, extract_frames, split_frames, split_params
 from foldedcnns.data.synth import contact_sheet, folder_contact_sheet, generate_synthetic
 from foldedcnns.errors import ConfigError
+from foldedcnns.inference.scrape import run_cache
 from foldedcnns.utils.outputs import check_output
 
 
@@ -73,6 +74,18 @@ def run_sheet(args: argparse.Namespace) -> int:
         print_json(result)
     else:
         print(f"contact sheet of {result['images']} images in {result['classes']} classes: {result['path']}")
+    return 0
+
+
+def run_cache_command(args: argparse.Namespace) -> int:
+    spec, checkpoint = (args.model, None) if args.model.lower().endswith(".json") else (None, args.model)
+    result = run_cache(args.video, args.out, spec=spec, checkpoint=checkpoint, crop=args.crop,
+                       plan=decode_plan_from_args(args))
+    if args.json:
+        print_json(result)
+    else:
+        print(f"cached {result['frames']} frames of {args.video} for {', '.join(result['tasks'])} in {args.out}; "
+              f"pass {args.out} as the input of predict or scrape")
     return 0
 
 
@@ -147,3 +160,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     sheet.add_argument("--overwrite", action="store_true", help="replace OUT_PNG if it exists")
     add_json_option(sheet)
     sheet.set_defaults(func=run_sheet)
+
+    cache = commands.add_parser(
+        "cache", help="decode a video once and store each model's inputs, for predict/scrape at the model's speed",
+        description="Decode VIDEO once and store in OUT_DIR what each task's model reads (its crop at its input "
+                    "size, uint8, memory-mapped) with the frame indices and a fingerprint of the video. MODEL is a "
+                    "scrape SPEC (.json) or a checkpoint (with --crop). predict and scrape accept OUT_DIR as an input "
+                    "and give the same rows without decoding; a cache whose video changed is refused.")
+    cache.add_argument("video", metavar="VIDEO")
+    cache.add_argument("model", metavar="SPEC|CKPT", help="scrape spec JSON, or a checkpoint")
+    cache.add_argument("--out", required=True, metavar="OUT_DIR", help="new or empty folder")
+    cache.add_argument("--crop", metavar="X,Y,W,H", default=None, help="with a checkpoint: the box its model reads")
+    add_decode_options(cache)
+    add_json_option(cache)
+    cache.set_defaults(func=run_cache_command)

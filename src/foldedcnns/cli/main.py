@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "models",
     "analysis",
     "predict",
+    "scrape",
     "export",
     "demo",
     "train",

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from foldedcnns.cli.common import add_engine_options, add_json_option, engine_from_args, format_table, print_json
+from foldedcnns.cli.common import (
+    add_decode_options,
+    add_engine_options,
+    add_json_option,
+    engine_from_args,
+    format_table,
+    print_json,
+    run_options_from_args,
+)
 from foldedcnns.errors import ConfigError
 from foldedcnns.inference.distributed import RayOptions, run_ray_predict
 from foldedcnns.inference.openvino_ir import is_ir_path
-from foldedcnns.inference.pipeline import PROFILE_FRAMES, PredictReport, run_predict
+from foldedcnns.inference.pipeline import PROFILE_FRAMES, run_predict
 from foldedcnns.inference.predictor import deployment_engine
+from foldedcnns.inference.report import PredictReport
 
 
 def format_report(report: PredictReport) -> str:
@@ -21,7 +30,8 @@ def format_report(report: PredictReport) -> str:
                  f"{report.backend} on {report.device})")
     if report.stages is not None:
         stages = report.stages
-        lines.append(f"decode only  {stages.decode_fps:,.1f} frames/s (measured alone on {stages.frames:,} frames)")
+        lines.append(f"decode only  {stages.decode_fps:,.1f} frames/s (measured {stages.measured}, {stages.frames:,} "
+                     "frames)")
         lines.append(f"model only   {stages.model_fps:,.1f} frames/s")
         if report.efficiency is not None:
             lines.append(f"end-to-end is {report.efficiency:.0%} of the slower stage")
@@ -42,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
                                  overwrite=args.overwrite)
     else:
         report = run_predict(args.checkpoint, args.inputs, args.out, engine=engine, batch_size=args.batch_size,
-                             crop=args.crop, profile_frames=args.profile_frames, task_check=not args.no_task_check,
-                             progress=not args.no_progress, overwrite=args.overwrite)
+                             crop=args.crop, run=run_options_from_args(args))
     if args.json:
         print_json(report.to_dict())
     else:
@@ -75,9 +84,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        threads_help="CPU threads for the model (default: all cores but one, left to decoding)")
     parser.add_argument("--crop", metavar="X,Y,W,H", default=None,
                         help="cut this rectangle (pixels) out of every frame before resizing to the model's input")
-    parser.add_argument("--profile-frames", type=int, default=PROFILE_FRAMES,
-                        help=f"frames decoded again to measure decode-only and model-only throughput "
-                             f"(default {PROFILE_FRAMES}; 0 skips)")
+    parser.add_argument("--profile-frames", type=int, default=0,
+                        help=f"decode this many frames again after the run to measure decode-only and model-only "
+                             f"throughput alone (e.g. {PROFILE_FRAMES}; default 0: the figures come from the run "
+                             "itself, nothing is decoded twice)")
+    add_decode_options(parser)
     parser.add_argument("--no-task-check", action="store_true",
                         help="predict on a labelled image folder even if its classes or image size are not the "
                              "checkpoint's task's")

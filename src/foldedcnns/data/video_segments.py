@@ -93,7 +93,7 @@ class VideoIndex:
 
     @property
     def frames(self) -> int:
-        return int(len(self.display_pts))
+        return len(self.display_pts)
 
     def index_of(self, pts: np.ndarray) -> np.ndarray:
         """Display indices of timestamps ``pts`` (N,) (each must be one of :attr:`display_pts`)."""

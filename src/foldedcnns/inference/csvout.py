@@ -45,20 +45,36 @@ def output_paths(sources: Sequence[Source], out: str | Path, overwrite: bool = F
     return paths
 
 
-class PredictionCSV:
-    """Rows ``key, label, class_name, score`` appended in order; the file appears complete or not at all.
+def prediction_columns(names: Sequence[str] | None) -> tuple[str, ...]:
+    """The prediction columns of a CSV: ``label, class_name, score`` for one unnamed model (``predict``), else
+    ``<name>_label, <name>_class, <name>_score`` for each named model (``scrape``)."""
+    if names is None:
+        return PREDICTION_COLUMNS
+    return tuple(f"{name}_{column}" for name in names for column in ("label", "class", "score"))
 
-    After :meth:`stopped_early` the rows written so far go to ``NAME.partial`` instead (no file without rows).
+
+class PredictionCSV:
+    """Rows ``key, <prediction columns>[, decoded]`` appended in order; the file appears complete or not at all.
+
+    ``class_names`` holds each model's class names (one tuple per model, or one tuple for one model);
+    ``names`` the models' names for ``scrape`` (None: ``predict``'s columns); ``decoded`` adds a column that
+    says whether the frame was decoded (1) or labelled from its nearest decoded frame (0). After
+    :meth:`stopped_early` the rows written so far go to ``NAME.partial`` instead (no file without rows).
     """
 
-    def __init__(self, path: Path, key_column: str, class_names: Sequence[str]) -> None:
-        self.path, self.key_column, self.class_names, self.rows = path, key_column, tuple(class_names), 0
+    def __init__(self, path: Path, key_column: str, class_names: Sequence[str] | Sequence[Sequence[str]],
+                 names: Sequence[str] | None = None, decoded: bool = False) -> None:
+        nested = bool(class_names) and not isinstance(class_names[0], str)
+        self.class_names = [tuple(c) for c in class_names] if nested else [tuple(class_names)]  # type: ignore[arg-type]
+        self.path, self.key_column, self.rows = path, key_column, 0
+        self.header = (key_column, *prediction_columns(names), *(("decoded",) if decoded else ()))
+        self.decoded = decoded
 
     def __enter__(self) -> PredictionCSV:
         self._context = pending_open(self.path, "w", newline="", encoding="utf-8")
         self._pending, handle = self._context.__enter__()
         self._writer = csv.writer(handle)
-        self._writer.writerow((self.key_column, *PREDICTION_COLUMNS))
+        self._writer.writerow(self.header)
         return self
 
     def stopped_early(self) -> None:
@@ -71,10 +87,22 @@ class PredictionCSV:
         return "" if self._pending.final is None else str(self._pending.final)
 
     def write(self, keys: Sequence[int | str], labels: Sequence[int], scores: Sequence[float]) -> None:
-        names = self.class_names
+        """Rows of one model."""
+        names = self.class_names[0]
         self._writer.writerows((k, label, names[label], SCORE_FORMAT.format(score))
                                for k, label, score in zip(keys, labels, scores, strict=True))
         self.rows += len(keys)
+
+    def write_rows(self, rows: Sequence[tuple[int | str, bool, Sequence[tuple[int, float]]]]) -> None:
+        """Rows ``(key, decoded, [(label, score) per model])``."""
+        for key, decoded, preds in rows:
+            cells: list[Any] = [key]
+            for names, (label, score) in zip(self.class_names, preds, strict=True):
+                cells += (label, names[label], SCORE_FORMAT.format(score))
+            if self.decoded:
+                cells.append(int(decoded))
+            self._writer.writerow(cells)
+        self.rows += len(rows)
 
     def __exit__(self, *exc_info: Any) -> None:
         self._context.__exit__(*exc_info)

@@ -28,8 +28,11 @@ import torch
 
 from foldedcnns.data.crop import Crop
 from foldedcnns.errors import ConfigError
-from foldedcnns.inference.pipeline import PredictionCSV, PredictReport, SourceResult, decode_batches, plan_inputs
+from foldedcnns.inference.csvout import PredictionCSV
+from foldedcnns.inference.decoding import DecodePlan, SourceInfo, ViewSpec, decode_batches
+from foldedcnns.inference.pipeline import plan_inputs
 from foldedcnns.inference.predictor import Predictor
+from foldedcnns.inference.report import PredictReport, SourceResult
 from foldedcnns.inference.sources import VIDEO, Source
 from foldedcnns.runtime.checkpoint import load_checkpoint
 from foldedcnns.runtime.engine import Engine
@@ -92,7 +95,8 @@ def decode_shards(batch: dict[str, np.ndarray], *, size: tuple[int, int], batch_
     for source, shard, offset, kind, name, paths in zip(batch["source"], batch["shard"], batch["offset"],
                                                         batch["kind"], batch["name"], batch["paths"], strict=True):
         shard_source = Source(str(kind), str(name), tuple(Path(p) for p in paths))
-        batches = decode_batches(shard_source, size, batch_size, crop)
+        batches = decode_batches(shard_source, [ViewSpec(size, crop)], batch_size, DecodePlan(decoders=1),
+                                 SourceInfo())
         done = int(offset)
         for chunk in itertools.count():
             started = time.perf_counter()
@@ -104,7 +108,7 @@ def decode_shards(batch: dict[str, np.ndarray], *, size: tuple[int, int], batch_
             done += count
             yield {"source": [int(source)], "shard": [int(shard)], "chunk": [chunk],
                    "keys": [np.array(keys, dtype=np.int64)],
-                   "images": [decoded.images], "error": ["" if decoded.error is None else str(decoded.error)],
+                   "images": [decoded.views[0]], "error": ["" if decoded.error is None else str(decoded.error)],
                    "decode_seconds": [time.perf_counter() - started]}
 
 

@@ -3,26 +3,22 @@
 :func:`resolve_inputs` turns command-line inputs into :class:`Source` objects: one per video, one
 for all images of a folder or a glob. A FIFO (named pipe) and ``-`` (standard input) are videos read
 once, in order (:attr:`Source.stream`); nothing opens them before decoding starts.
-:func:`iter_source` decodes a source sequentially and yields ``(key, frame)`` pairs, ``key`` being
-the frame index (videos) or the file path (images), and ``frame`` an RGB uint8 array already cropped
-and resized to the model's input.
+A folder written by ``foldedcnns data cache`` is a cache source (:mod:`foldedcnns.inference.frame_cache`).
+Decoding a source is :mod:`foldedcnns.inference.decoding`.
 """
 
 from __future__ import annotations
 
 import glob
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from foldedcnns.data.crop import Crop
 from foldedcnns.data.imageio import IMG_EXTENSIONS, is_image_file, read_image
-from foldedcnns.data.video import DecodeStats, is_stream_path, iter_frames
+from foldedcnns.data.video import is_stream_path
 from foldedcnns.errors import ConfigError, DataError
-from foldedcnns.inference.preprocess import prepare_frame
+from foldedcnns.inference.frame_cache import CACHE, is_cache_dir
 from foldedcnns.models.spec import TaskSpec
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
@@ -48,7 +44,7 @@ class Source:
     @property
     def key_column(self) -> str:
         """CSV column that identifies a row: ``frame`` for videos, ``path`` for images."""
-        return "frame" if self.kind == VIDEO else "path"
+        return "path" if self.kind == IMAGES else "frame"
 
     @property
     def stem(self) -> str:
@@ -56,6 +52,8 @@ class Source:
         if self.name == STDIN:
             return "stdin"
         path = Path(self.name)
+        if self.kind == CACHE:
+            return path.name
         return path.stem if self.kind == VIDEO else (path.name.replace("*", "_") or "images")
 
     def __len__(self) -> int:
@@ -86,6 +84,8 @@ def _resolve_one(text: str) -> list[Source]:
             raise DataError(f"glob {text!r} matches no image or video files "
                             f"(images: {', '.join(IMG_EXTENSIONS)}; videos: {', '.join(VIDEO_EXTENSIONS)})")
         return [Source(IMAGES, text, tuple(images))]
+    if path.is_dir() and is_cache_dir(path):
+        return [Source(CACHE, str(path), (path,))]
     if path.is_dir():
         images = _images_under(path)
         if not images:
@@ -154,27 +154,3 @@ def check_task_match(source: Source, task: TaskSpec, size: tuple[int, int], crop
         if found != tuple(size):
             raise DataError(f"images in {source.name} are {found[1]}x{found[0]} but task {task.name} reads "
                             f"{size[1]}x{size[0]} images; pass the checkpoint trained for these images, {skip}")
-
-
-def iter_source(source: Source, size: tuple[int, int], crop: Crop | None = None, start: int = 0,
-                decode_threads: int | None = None,
-                stats: DecodeStats | None = None) -> Iterator[tuple[int | str, np.ndarray]]:
-    """Yield ``(key, frame)`` for every frame of ``source`` in order, frames at ``size`` (height, width).
-
-    Videos are decoded sequentially; on a truncated or corrupt file every good frame is yielded
-    before the DataError. Images are decoded one by one; an unreadable file raises a DataError after
-    the images before it. ``start`` skips the first frames (videos) or files (images).
-    ``decode_threads`` caps the video decoder's threads for frames of up to 640x480 pixels (larger
-    videos keep FFmpeg's one thread per core; see :func:`foldedcnns.data.video.iter_frames`).
-    ``stats`` counts the damaged packets a video decoder skipped. Standard input is read from
-    ``sys.stdin.buffer``.
-    """
-    height, width = size
-    if source.kind == VIDEO:
-        video = sys.stdin.buffer if source.name == STDIN and not source.paths else source.paths[0]
-        yield from iter_frames(video, size=(height, width), start=start,
-                               crop=None if crop is None else crop.as_tuple(),
-                               small_frame_threads=decode_threads, stats=stats)
-        return
-    for path in source.paths[start:]:
-        yield str(path), prepare_frame(read_image(path), height, width, crop, where=str(path))

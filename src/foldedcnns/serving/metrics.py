@@ -11,7 +11,12 @@
 * ``foldedcnns_open_connections``: HTTP connections open; ``foldedcnns_connections_refused_total``:
   connections refused on arrival past ``--max-connections``; ``foldedcnns_connections_cut_total{reason}``:
   connections closed by the server before a whole request head arrived (``header_timeout``,
-  ``head_too_large``).
+  ``head_too_large``); a connection upgraded to a WebSocket counts as a stream from then on;
+* ``foldedcnns_open_streams``: WebSocket streams (``/v1/stream``) open; ``foldedcnns_stream_frames_total{status}``:
+  their frames answered, by the status a POST would get; ``foldedcnns_stream_frame_seconds``: a frame's arrival
+  to its answer; ``foldedcnns_stream_inflight_frames``: frames read and not yet answered (at most the window per
+  stream); ``foldedcnns_stream_window_full_total``: times a stream's window was full, so the server stopped
+  reading it until an answer went out (backpressure).
 
 A client that disconnects before its body is read is counted as ``status="499"`` (never sent); a body
 cut by ``--body-timeout-s`` / ``--upload-timeout-s`` as ``status="408"``.
@@ -67,6 +72,15 @@ class ServingMetrics(Observer):
                                     **kw)
         self.cut = prom.Counter("connections_cut", "Connections closed before a whole request head arrived",
                                 ["reason"], **kw)
+        self.streams = prom.Gauge("open_streams", "WebSocket streams open", **kw)
+        self.frames = prom.Counter("stream_frames", "WebSocket frames answered by status", ["status"], **kw)
+        self.frame_latency = prom.Histogram("stream_frame_seconds", "WebSocket frame: arrival to answer",
+                                            buckets=LATENCY_BUCKETS, **kw)
+        self.frames_inflight = prom.Gauge("stream_inflight_frames", "WebSocket frames read and not yet answered",
+                                          **kw)
+        self.window_full = prom.Counter("stream_window_full", "Times a stream's window was full and its reading "
+                                        "paused", **kw)
+        self._frame_status = {200: self.frames.labels("200")}  # the hot path: no label lookup per frame
 
     # Connection hooks (called on the event loop by the server's protocol)
     def connection_opened(self) -> None:
@@ -98,6 +112,31 @@ class ServingMetrics(Observer):
         self.requests.labels(str(status)).inc()
         self.images.labels(str(status)).inc(images)
         self.latency.observe(seconds)
+
+    # Stream hooks (called on the event loop by foldedcnns.serving.stream)
+    def stream_opened(self) -> None:
+        self.streams.inc()
+
+    def stream_closed(self, unanswered: int = 0) -> None:
+        self.streams.dec()
+        if unanswered:
+            self.frames_inflight.dec(unanswered)
+
+    def frame_read(self) -> None:
+        self.frames_inflight.inc()
+
+    def frame_answered(self, status: int, seconds: float) -> None:
+        counter = self._frame_status.get(status)
+        if counter is None:
+            counter = self._frame_status[status] = self.frames.labels(str(status))
+        counter.inc()
+        self.frame_latency.observe(seconds)
+
+    def frame_sent(self) -> None:
+        self.frames_inflight.dec()
+
+    def stream_window_full(self) -> None:
+        self.window_full.inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

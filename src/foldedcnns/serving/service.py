@@ -7,7 +7,7 @@ its headers, with the body unread, while the queue has no room (503); body read 
 checked again for its image count (503), its deadline checked (504); decoded and resized on a decode
 thread in slices (400); queued in the :class:`~foldedcnns.serving.batcher.DynamicBatcher` (503 when
 full, 504 past its deadline, 500 when its batch fails); answered with one ``{label, class_name, score}``
-per image.
+per image. WebSocket frames (:mod:`~foldedcnns.serving.stream`) take the same path, one frame at a time.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,27 +86,31 @@ class Service:
         self.predictor, self.batcher, self.metrics = predictor, batcher, metrics
         self.max_body = body_limit(max_body_mb)
         self.inflight = 0
+        self.streams = 0  # WebSocket streams open (stream.py); a drain waits until they have closed
         self.draining = False
-        self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="foldedcnns-decode")
+        self.drain_started = asyncio.Event()  # set by begin_drain: a stream stops reading and closes
+        self.decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="foldedcnns-decode")
 
     async def start(self) -> None:
         await self.batcher.start()
 
     async def stop(self) -> None:
         await self.batcher.close()
-        self._decoder.shutdown(wait=True)
+        self.decoder.shutdown(wait=True)
 
     def begin_drain(self) -> None:
-        """Turn /readyz false and refuse new requests (503); accepted ones still run, without waiting for D."""
+        """Turn /readyz false and refuse new requests (503); accepted ones still run, without waiting for D;
+        streams stop reading, answer what they read and close."""
         if not self.draining:
             self.draining = True
             self.metrics.ready.set(0)
-            LOG.warning("draining: %d requests in flight", self.inflight)
+            LOG.warning("draining: %d requests in flight, %d streams open", self.inflight, self.streams)
+            self.drain_started.set()
             self.batcher.flush()
 
     @property
     def drained(self) -> bool:
-        return self.draining and self.inflight == 0
+        return self.draining and self.inflight == 0 and self.streams == 0
 
     async def predict(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes],
                       query: Mapping[str, str]) -> Reply:
@@ -120,11 +124,10 @@ class Service:
         self.metrics.inflight.inc()
         images = 0
         try:
-            deadline = self._timeout(headers)
+            deadline = self.request_timeout(headers)
             self.admit(1)  # from the headers alone: no room for even one image is 503 with the body unread
-            batch = await decode_request(headers, chunks, query, self.predictor.input_hw, max_body=self.max_body,
-                                         executor=self._decoder, admit=self.admit,
-                                         deadline=None if deadline is None else arrived_loop + deadline)
+            batch = await self.decode(headers, chunks, query, admit=self.admit,
+                                      deadline=None if deadline is None else arrived_loop + deadline)
             images = len(batch)
             preds = await self.batcher.submit(batch, timeout_s=deadline, arrived=arrived_loop)
             reply = Reply(200, {"predictions": predictions_json(preds)})
@@ -135,6 +138,12 @@ class Service:
             self.metrics.inflight.dec()
         self.metrics.answered(reply.status, images, time.perf_counter() - arrived)
         return reply
+
+    async def decode(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes], query: Mapping[str, str], *,
+                     admit: Callable[[int], None], deadline: float | None) -> np.ndarray:
+        """A body's images at the model's size on the decode threads (:func:`~.decode.decode_request`)."""
+        return await decode_request(headers, chunks, query, self.predictor.input_hw, max_body=self.max_body,
+                                    executor=self.decoder, admit=admit, deadline=deadline)
 
     def admit(self, images: int) -> None:
         """Refuse a request of ``images`` images the queue has no room for now, before its body is read (one
@@ -149,7 +158,7 @@ class Service:
             raise QueueFull(f"queue full ({batcher.queued_images} of {batcher.max_queue_images} images waiting); "
                             "retry later")
 
-    def _timeout(self, headers: Mapping[str, str]) -> float | None:
+    def request_timeout(self, headers: Mapping[str, str]) -> float | None:
         """The request's deadline in seconds: the server's ``--request-timeout-ms`` or the client's header."""
         server = self.batcher.request_timeout
         text = headers.get(TIMEOUT_HEADER)
