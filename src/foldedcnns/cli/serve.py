@@ -14,6 +14,7 @@ from foldedcnns.serving.connections import (
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_KEEP_ALIVE_S,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_STREAM_WINDOW,
     DEFAULT_UPLOAD_TIMEOUT_S,
     FD_RESERVE,
     ConnectionLimits,
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
                          num_cpus=args.ray_cpus, replicas=args.replicas, replica_cpus=args.replica_cpus, **common)
     limits = ConnectionLimits(header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
                               upload_timeout_s=args.upload_timeout_s, keep_alive_s=args.keep_alive_s,
-                              max_connections=args.max_connections, backlog=args.backlog)
+                              max_connections=args.max_connections, backlog=args.backlog,
+                              stream_window=args.stream_window)
     with bind_socket(args.host, args.port, limits.backlog) as sock:
         # bound before the model loads: a port in use is one line at once
         service = build_service(args.checkpoint, request_timeout_ms=args.request_timeout_ms or None,
@@ -61,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "serve", help="serve a checkpoint over HTTP, batching requests in multiples of its fold",
         description="Serve CKPT over HTTP (POST /v1/predict with image/*, multipart/form-data or application/x-npy; "
-                    "GET /v1/model, /healthz, /readyz, /metrics). A dynamic batcher starts a batch of up to N images "
+                    "GET /v1/model, /healthz, /readyz, /metrics; frames over the WebSocket /v1/stream). "
+                    "A dynamic batcher starts a batch of up to N images "
                     "as soon as the model is free (with D > 0, a batch that is not full waits up to D ms for more); "
                     "batches are multiples of the fold. SIGTERM drains: "
                     "/readyz turns 503, new requests get 503, accepted ones are answered (uploads still arriving "
@@ -100,6 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     connections.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG,
                              help="connections the kernel queues before the server accepts them "
                                   f"(default: {DEFAULT_BACKLOG})")
+    connections.add_argument("--stream-window", type=int, default=DEFAULT_STREAM_WINDOW, metavar="W",
+                             help="frames of one /v1/stream WebSocket in flight (read, not yet answered); while "
+                                  f"W are, the server stops reading that stream (default: {DEFAULT_STREAM_WINDOW})")
     parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
                         help="uvicorn's log level (default: warning)")
     ray = parser.add_argument_group("Ray Serve (pip install 'foldedcnns[ray,serve]')")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import multiprocessing
 import os
 import queue
@@ -191,15 +192,29 @@ def default_decoders(width: int, height: int) -> int:
     return max(1, min(cores, MAX_DEFAULT_DECODERS))
 
 
-def _from_keyframe(packets: Iterator[Any], start_pts: int, path: Path) -> Iterator[Any]:
-    """The packets from the keyframe at ``start_pts`` on (a seek lands on it or on an earlier packet)."""
+def _from_keyframe(packets: Iterator[Any], start_pts: int) -> Iterator[Any] | None:
+    """The packets from the keyframe at ``start_pts`` on, or None when the demuxer is already past it (a seek
+    landed after it: timestamp seeking in MPEG-TS is approximate)."""
     for packet in packets:
         if packet.pts is not None and packet.pts == start_pts and packet.is_keyframe:
-            yield packet
-            yield from packets
-            return
-        if packet.is_keyframe and packet.pts is not None and packet.pts > start_pts:
-            break
+            return itertools.chain((packet,), packets)
+        if packet.pts is not None and packet.pts > start_pts and packet.is_keyframe:
+            return None
+    return None
+
+
+def _seek(container: Any, stream: Any, start_pts: int, path: Path) -> Iterator[Any]:
+    """Packets from the keyframe at ``start_pts``: seek to it, else to a second or ten before it, else read from
+    the start of the file (demuxing without decoding is cheap)."""
+    second = max(1, int(1 / stream.time_base)) if stream.time_base else 1
+    for target in (start_pts, start_pts - second, start_pts - 10 * second, None):
+        if target is None:
+            container.seek(0, backward=True, any_frame=False, stream=stream)
+        else:
+            container.seek(target, backward=True, any_frame=False, stream=stream)
+        packets = _from_keyframe(iter(container.demux(stream)), start_pts)
+        if packets is not None:
+            return packets
     raise DataError(f"seeking in {path} did not reach its keyframe at timestamp {start_pts}; "
                     "decode it with --decoders 1")
 
@@ -240,8 +255,7 @@ def decode_segment(path: str | Path, segment: Segment, samplers: Sequence[FrameS
     try:
         packets: Iterator[Any] = iter(container.demux(stream))
         if segment.start_pts is not None:
-            container.seek(segment.start_pts, stream=stream, backward=True, any_frame=False)
-            packets = _from_keyframe(iter(container.demux(stream)), segment.start_pts, path)
+            packets = _seek(container, stream, segment.start_pts, path)
         if segment.end_pts is not None:
             packets = _until_after(packets, segment.end_pts)
         for frame in pyav_frames(packets, stream, stats):

@@ -16,6 +16,10 @@ process's file descriptors. This module adds what is missing:
 * :func:`bind_socket`: the listening socket, bound before the model loads, so a port in use is one
   ``ConfigError`` line.
 
+A connection upgraded to a WebSocket (``/v1/stream``) leaves these HTTP limits (its head timer stops): it
+is bounded by its window of frames in flight (``stream_window``, :mod:`~foldedcnns.serving.stream`), the
+message size (``--max-body-mb``) and uvicorn's WebSocket pings.
+
 :class:`Gate` is the state the server shares with its connections: the drain, the uploads in progress.
 """
 
@@ -41,6 +45,7 @@ DEFAULT_UPLOAD_TIMEOUT_S = 60.0
 DEFAULT_KEEP_ALIVE_S = 5.0  # uvicorn's own default
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_BACKLOG = 2048  # uvicorn's own default
+DEFAULT_STREAM_WINDOW = 32  # frames of one WebSocket stream read and not yet answered
 MAX_HEAD_BYTES = 16 * 1024  # h11's default limit on a request head, applied to httptools too
 FD_RESERVE = 64  # file descriptors kept for the process's own files when the cap follows the open-file limit
 REFUSE_LINGER_S = 0.5  # a refused connection is read (and dropped) this long, so the client reads its 503
@@ -70,6 +75,7 @@ class ConnectionLimits:
     keep_alive_s: float = DEFAULT_KEEP_ALIVE_S  # an idle keep-alive connection is closed after this
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # past it a new connection gets 503 at once
     backlog: int = DEFAULT_BACKLOG  # connections the kernel queues before the server accepts them
+    stream_window: int = DEFAULT_STREAM_WINDOW  # a WebSocket stream's frames in flight; then it is not read
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -273,6 +279,15 @@ def guarded_protocol(limits: ConnectionLimits, gate: Gate, metrics: Any, base: t
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._cut(_HEAD_TOO_LARGE, "head_too_large")
+
+        def handle_websocket_upgrade(self, *args: Any) -> None:
+            # The connection becomes a WebSocket protocol's (uvicorn swaps the transport's protocol, so this
+            # one never hears of it again): no head timer, no longer an HTTP connection of the gate.
+            self._stop_head_timer()
+            if self in gate.protocols:
+                gate.protocols.discard(self)
+                metrics.connection_closed()
+            super().handle_websocket_upgrade(*args)
 
         def on_response_complete(self) -> None:
             before = self.cycle

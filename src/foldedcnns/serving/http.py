@@ -1,14 +1,16 @@
 """The native server: a Starlette app over a :class:`~foldedcnns.serving.service.Service`, run by uvicorn.
 
 Routes (:data:`~foldedcnns.serving.service.ROUTES`): ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``,
-``GET /readyz``, ``GET /metrics``.
+``GET /readyz``, ``GET /metrics``; and the WebSocket ``/v1/stream`` (:mod:`~foldedcnns.serving.stream`: frames
+in, one JSON answer per frame out, through the same batcher).
 Every error is JSON ``{"error": "<one line>", "status": N}``. What a connection may hold (head and body
 timeouts, the connection cap, keep-alive) is :class:`~foldedcnns.serving.connections.ConnectionLimits`.
 
 Shutdown: the first SIGTERM (or Ctrl-C) starts a drain instead of uvicorn's immediate stop: ``/readyz``
 answers 503, every new request that reaches the process is answered (predictions 503 with
 ``Retry-After``) and closes its connection, every request already accepted is answered. At
-``drain_timeout_s`` uploads still arriving are cut (503). Then the listener closes: connections the
+``drain_timeout_s`` uploads still arriving are cut (503). Streams stop reading, answer the frames they read
+and close with 1001; new ones are refused (503). Then the listener closes: connections the
 kernel had queued are accepted and answered first, idle connections may still send one request for
 :data:`CLOSE_GRACE_S`, and the process exits 0: every request that reached it was answered. Exit 1
 only when one could not be (a batch still running past the deadline, or a second signal, which stops
@@ -30,6 +32,7 @@ from foldedcnns.serving.connections import ConnectionLimits, Gate, bind_socket, 
 from foldedcnns.serving.errors import Reply, error_reply
 from foldedcnns.serving.metrics import require
 from foldedcnns.serving.service import ROUTES, Service
+from foldedcnns.serving.stream import STREAM_PATH, ChannelClosed, StreamSession
 
 LOG = logging.getLogger("foldedcnns.serving")
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
@@ -75,6 +78,16 @@ def build_app(service: Service, *, limits: ConnectionLimits | None = None, gate:
         body, content_type = service.metrics.render()
         return responses.Response(body, headers={"Content-Type": content_type})
 
+    closed = (require("starlette.websockets").WebSocketDisconnect, RuntimeError, OSError)
+
+    async def stream(websocket: Any) -> None:
+        session = StreamSession(service, _WebSocketChannel(websocket, responses, closed), limits.stream_window)
+        try:
+            await session.run(websocket.headers, websocket.query_params)
+        except asyncio.CancelledError:  # uvicorn's shutdown grace ran out (or a second signal): one line
+            gate.unanswered += session.inflight
+            LOG.warning("%s cancelled at shutdown with %d frames unanswered", STREAM_PATH, session.inflight)
+
     async def http_error(request: Any, exc: Any) -> Any:
         return respond(error_reply(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"))
 
@@ -89,6 +102,7 @@ def build_app(service: Service, *, limits: ConnectionLimits | None = None, gate:
 
     handlers = {"predict": predict, "model": model, "healthz": healthz, "readyz": readyz, "metrics": metrics}
     routes = [routing.Route(r.path, handlers[r.endpoint], methods=[r.method]) for r in ROUTES]
+    routes.append(routing.WebSocketRoute(STREAM_PATH, stream))
     starlette = applications.Starlette(routes=routes, lifespan=lifespan,
                                        exception_handlers={exceptions.HTTPException: http_error})
 
@@ -114,6 +128,43 @@ def build_app(service: Service, *, limits: ConnectionLimits | None = None, gate:
                 await respond(reply)(scope, receive, send)
 
     return app
+
+
+class _WebSocketChannel:
+    """A Starlette WebSocket as the :class:`~foldedcnns.serving.stream.Channel` of a stream."""
+
+    def __init__(self, websocket: Any, responses: Any, closed: tuple[type[BaseException], ...]) -> None:
+        self.websocket, self.responses, self.closed = websocket, responses, closed
+
+    async def accept(self) -> None:
+        await self.websocket.accept()
+
+    async def deny(self, reply: Reply) -> None:
+        if "websocket.http.response" in self.websocket.scope.get("extensions", {}):
+            await self.websocket.send_denial_response(
+                self.responses.JSONResponse(reply.body, status_code=reply.status, headers=reply.headers))
+        else:  # a server without the denial extension: the close code says as much (uvicorn answers 403)
+            await self.websocket.close(1013 if reply.status == 503 else 1008, reply.body["error"][:120])
+
+    async def receive(self) -> bytes | str | None:
+        try:
+            message = await self.websocket.receive()
+        except self.closed:
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        data = message.get("bytes")
+        return data if data is not None else message.get("text") or ""
+
+    async def send(self, text: str) -> None:
+        try:
+            await self.websocket.send({"type": "websocket.send", "text": text})
+        except self.closed as exc:
+            raise ChannelClosed(str(exc)) from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(*self.closed):
+            await self.websocket.close(code, reason)
 
 
 def make_server(service: Service, *, host: str = "127.0.0.1", port: int = 8000,
@@ -205,6 +256,7 @@ def make_server(service: Service, *, host: str = "127.0.0.1", port: int = 8000,
     app = build_app(service, limits=limits, gate=gate)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                             http=guarded_protocol(limits, gate, service.metrics),
+                            ws_max_size=service.max_body, ws_per_message_deflate=False,
                             timeout_graceful_shutdown=CONNECTION_CLOSE_TIMEOUT_S, **limits.uvicorn_options())
     return DrainingServer(config)
 

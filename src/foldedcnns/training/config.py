@@ -183,7 +183,7 @@ def plan_run(config: TrainConfig) -> RunPlan:
         raise ConfigError(f"eval batch size must be >= 1, got {config.eval_batch_size}")
     schedule = _curriculum(bool(overrides.get("curriculum")), spec, fold, recipe, notices)
     if config.distill_from is not None:
-        _check_distillation(config)
+        check_distillation(config)
     device = resolve_device(config.device)
     amp = device.type == "cuda" if config.amp is None else bool(config.amp)
     if amp and device.type != "cuda":
@@ -216,14 +216,16 @@ def _curriculum(asked: bool, spec: TaskSpec, fold: int, recipe: Recipe,
     return fitted
 
 
-def _check_distillation(config: TrainConfig) -> None:
+def check_distillation(config: TrainConfig, *, teacher_ready: bool = True) -> None:
+    """The distillation options of ``config``; the teacher checkpoint must exist unless not ``teacher_ready``
+    (a sweep's fold-1 teacher is checked before it is trained)."""
     if config.distill_loss not in DISTILL_LOSSES:
         raise ConfigError(f"unknown distillation loss {config.distill_loss!r}; choose one of "
                           f"{', '.join(DISTILL_LOSSES)}")
     if not 0.0 <= config.distill_weight <= 1.0:
         raise ConfigError(f"distillation weight must be in [0, 1], got {config.distill_weight}; "
                           "1 trains on the teacher's logits only (the original), 0 on the labels only")
-    if not Path(config.distill_from).is_file():
+    if teacher_ready and not Path(config.distill_from).is_file():
         raise ConfigError(f"teacher checkpoint {config.distill_from} does not exist; pass --distill-from with "
                           "a checkpoint written by 'foldedcnns train'")
 

@@ -19,7 +19,7 @@ import logging
 import math
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,14 @@ class TrainResult:
         for key in ("run_dir", "best_checkpoint", "last_checkpoint"):
             data[key] = str(data[key])
         return json_safe(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainResult:
+        """A result read back from what :meth:`to_dict` wrote (``result.json``)."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        for key in ("run_dir", "best_checkpoint", "last_checkpoint"):
+            values[key] = Path(values[key])
+        return cls(**values)
 
 
 def interrupt_note(run_dir: Path, created: bool, resume: bool) -> str:
