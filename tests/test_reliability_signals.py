@@ -169,7 +169,7 @@ def test_noscope_frames_stops_its_writer_threads_and_leaves_no_folder(tmp_path, 
     assert not out.exists() and not leftovers(tmp_path)
 
 
-def test_predict_stops_its_decoder_and_writes_no_csv(tmp_path, tiny_checkpoint, tiny_video):
+def test_predict_stops_its_decoder_and_keeps_its_rows_beside_the_users_file(tmp_path, tiny_checkpoint, tiny_video):
     video = tiny_video()
     keep = tmp_path / "keep.csv"
     keep.write_text("the user's file\n")
@@ -180,7 +180,8 @@ def test_predict_stops_its_decoder_and_writes_no_csv(tmp_path, tiny_checkpoint, 
     assert code == 143
     one_line(err, signal.SIGTERM)
     assert keep.read_text() == "the user's file\n"  # an interrupted run never touches an existing file
-    assert not (tmp_path / "keep.csv.partial").exists() and not leftovers(tmp_path)
+    partial = list(csv.DictReader(tmp_path / "keep.csv.partial".read_text().splitlines()))
+    assert [int(r["frame"]) for r in partial] == list(range(8)) and not leftovers(tmp_path)
 
 
 def test_bench_stops_and_writes_no_csv(tmp_path, tiny_checkpoint):
@@ -236,3 +237,47 @@ def test_sweep_keeps_finished_runs_and_restarts(tmp_path, tiny_task, tiny_task_f
     with open(out / "summary.csv", encoding="utf-8") as handle:
         assert [row["fold"] for row in csv.DictReader(handle)] == ["1"]
     assert not leftovers(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def segmented_clip(tmp_path_factory) -> Path:
+    """200 frames of 128 x 96 with a keyframe every 10: many segments for the decoding processes."""
+    pytest.importorskip("av", reason="PyAV is not installed; pip install 'foldedcnns[video]' to run this test")
+    import numpy as np
+
+    from foldedcnns.data.video import write_video
+
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("segmented") / "clip.mp4"
+    write_video(path, (rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(200)),
+                options={"g": "10", "preset": "ultrafast"})
+    return path
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_predict_with_two_decoders_stops_them_and_keeps_its_rows(tmp_path, tiny_checkpoint, segmented_clip, signum):
+    out = tmp_path / "rows.csv"
+    code, err, started = run_and_signal(
+        tmp_path, ["predict", str(tiny_checkpoint(2)), str(segmented_clip), "--out", str(out), "--batch-size", "4",
+                   "--no-progress", "--decoders", "2"],
+        "foldedcnns.inference.predictor:Predictor.predict_batch", signum, after=2)
+    assert code == 128 + signum and len(started) >= 2  # the two decoding processes were running
+    assert "kept the 8 rows classified before it in" in one_line(err, signum)
+    rows = list(csv.DictReader(tmp_path / "rows.csv.partial".read_text().splitlines()))
+    assert [int(r["frame"]) for r in rows] == list(range(8)) and not out.exists() and not leftovers(tmp_path)
+
+
+def test_scrape_stops_its_decoders_and_keeps_its_rows(tmp_path, tiny_checkpoint, segmented_clip):
+    ckpt = tiny_checkpoint(2)
+    spec = tmp_path / "spec.json"
+    spec.write_text(f'{{"tasks": [{{"name": "a", "checkpoint": "{ckpt}", "batch_size": 4}}, '
+                    f'{{"name": "b", "checkpoint": "{ckpt}", "crop": "0,0,64,48", "batch_size": 4}}]}}')
+    code, err, started = run_and_signal(
+        tmp_path, ["scrape", str(spec), str(segmented_clip), "--out", str(tmp_path / "out"), "--no-progress",
+                   "--decoders", "2"],
+        "foldedcnns.inference.predictor:Predictor.predict_batch", signal.SIGTERM, after=3)
+    assert code == 143 and len(started) >= 2
+    line = one_line(err, signal.SIGTERM)
+    assert "rows classified before it in" in line
+    rows = list(csv.DictReader(tmp_path / "out" / "clip.csv.partial".read_text().splitlines()))
+    assert rows and [int(r["frame"]) for r in rows] == list(range(len(rows))) and "b_label" in rows[0]

@@ -9,7 +9,9 @@ every model has classified the frame (:class:`~foldedcnns.inference.rows.RowAsse
 written under a temporary name and renamed at the end. When decoding fails part-way (a truncated video,
 an unreadable image), the rows of every frame decoded before the fault go to ``NAME.partial`` (never over
 ``NAME``), and the source's result carries the error; damaged video packets skipped mid-stream are
-counted in it. An existing CSV (or ``.partial``) is refused unless ``overwrite``.
+counted in it. SIGINT or SIGTERM stops the run the same way: the rows classified so far go to
+``NAME.partial`` and the decoding processes are stopped. An existing CSV (or ``.partial``) is refused
+unless ``overwrite``, and never replaced by an incomplete one.
 
 Stage figures come from the run itself (the decoding thread's busy time, the models' time): nothing is
 decoded twice unless ``profile_frames`` asks for the isolated measurement (:func:`measure_stages`).
@@ -110,27 +112,40 @@ def classify_source(readers: Sequence[Reader], source: Source, output: str | Pat
     fill = source.kind == VIDEO and not plan.options.every_frame
     assembler = RowAssembler(len(readers))
     names = None if readers[0].name is None else [str(r.name) for r in readers]
+    interrupted: KeyboardInterrupt | None = None
     with PredictionCSV(output, source.key_column, [r.predictor.class_names for r in readers], names,
                        decoded=fill) as writer:
-        for batch in batches:
-            if fill:
-                assembler.frames = batches.info.frames
-            if batch.keys:
-                assembler.add_keys(batch.keys)
-                for number, (reader, images) in enumerate(zip(readers, batch.views, strict=True)):
-                    step = reader.predictor.batch_size
-                    for start in range(0, len(images), step):
-                        model_started = time.perf_counter()
-                        preds = reader.predictor.predict_batch(images[start:start + step])
-                        model_seconds += time.perf_counter() - model_started
-                        assembler.add(number, preds.labels.tolist(), preds.scores.tolist())
-                writer.write_rows(assembler.ready())
-                if progress is not None:
-                    progress.update(len(batch.keys))
-            if batch.error is not None:
-                error = str(batch.error)
-                writer.stopped_early()
-        writer.write_rows(assembler.finish(complete=error is None))
+        stream = iter(batches)
+        try:
+            for batch in stream:
+                if fill:
+                    assembler.frames = batches.info.frames
+                if batch.keys:
+                    assembler.add_keys(batch.keys)
+                    for number, (reader, images) in enumerate(zip(readers, batch.views, strict=True)):
+                        step = reader.predictor.batch_size
+                        for start in range(0, len(images), step):
+                            model_started = time.perf_counter()
+                            preds = reader.predictor.predict_batch(images[start:start + step])
+                            model_seconds += time.perf_counter() - model_started
+                            assembler.add(number, preds.labels.tolist(), preds.scores.tolist())
+                    writer.write_rows(assembler.ready())
+                    if progress is not None:
+                        progress.update(len(batch.keys))
+                if batch.error is not None:
+                    error = str(batch.error)
+                    writer.stopped_early()
+            writer.write_rows(assembler.finish(complete=error is None))
+        except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: keep the rows classified so far in NAME.partial
+            interrupted = exc
+            writer.write_rows(assembler.ready())
+            writer.stopped_early()
+        finally:
+            stream.close()  # stops the decoding thread and processes now
+    if interrupted is not None:
+        if writer.rows:
+            interrupted.add_note(f"kept the {writer.rows} rows classified before it in {writer.output}")
+        raise interrupted
     info = batches.info
     return SourceResult(source.name, source.kind, writer.output, writer.rows, time.perf_counter() - started,
                         batches.decode_seconds, model_seconds, error, info.stats.damaged_packets, info.decoded,

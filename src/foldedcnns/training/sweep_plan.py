@@ -36,6 +36,7 @@ from foldedcnns.utils.outputs import describe_os_error
 DONE, FAILED, NOT_RUN = "done", "failed", "not run"
 TEACHERS = ("fold1",)  # --teacher: each task's fold-1 run (same seed) distils its folded runs
 ATTEMPTS_DIR = "attempts"
+SWEEP_MARKER = ".foldedcnns-sweep"  # marks OUT as a sweep's own folder (which a restart continues); holds a token
 RunKey = tuple[str, int, int]  # (task label, fold, seed)
 
 
