@@ -180,7 +180,7 @@ def test_predict_stops_its_decoder_and_keeps_its_rows_beside_the_users_file(tmp_
     assert code == 143
     one_line(err, signal.SIGTERM)
     assert keep.read_text() == "the user's file\n"  # an interrupted run never touches an existing file
-    partial = list(csv.DictReader(tmp_path / "keep.csv.partial".read_text().splitlines()))
+    partial = list(csv.DictReader((tmp_path / "keep.csv.partial").read_text().splitlines()))
     assert [int(r["frame"]) for r in partial] == list(range(8)) and not leftovers(tmp_path)
 
 
@@ -263,7 +263,7 @@ def test_predict_with_two_decoders_stops_them_and_keeps_its_rows(tmp_path, tiny_
         "foldedcnns.inference.predictor:Predictor.predict_batch", signum, after=2)
     assert code == 128 + signum and len(started) >= 2  # the two decoding processes were running
     assert "kept the 8 rows classified before it in" in one_line(err, signum)
-    rows = list(csv.DictReader(tmp_path / "rows.csv.partial".read_text().splitlines()))
+    rows = list(csv.DictReader((tmp_path / "rows.csv.partial").read_text().splitlines()))
     assert [int(r["frame"]) for r in rows] == list(range(8)) and not out.exists() and not leftovers(tmp_path)
 
 
@@ -279,5 +279,5 @@ def test_scrape_stops_its_decoders_and_keeps_its_rows(tmp_path, tiny_checkpoint,
     assert code == 143 and len(started) >= 2
     line = one_line(err, signal.SIGTERM)
     assert "rows classified before it in" in line
-    rows = list(csv.DictReader(tmp_path / "out" / "clip.csv.partial".read_text().splitlines()))
+    rows = list(csv.DictReader((tmp_path / "out" / "clip.csv.partial").read_text().splitlines()))
     assert rows and [int(r["frame"]) for r in rows] == list(range(len(rows))) and "b_label" in rows[0]
