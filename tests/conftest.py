@@ -134,6 +134,19 @@ def level_frames(count: int = VIDEO_FRAMES, size: tuple[int, int] = VIDEO_SIZE, 
         yield frame
 
 
+def remux_faststart(source: Path, path: Path) -> Path:
+    """Copy the video packets of ``source`` into an MP4 at ``path`` with its index first (PyAV)."""
+    import av
+
+    with av.open(str(source)) as src, av.open(str(path), "w", options={"movflags": "faststart"}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    return path
+
+
 def encode_video(path: Path, frames: Iterable[np.ndarray], faststart: bool = False) -> int:
     """Encode RGB frames to ``path`` with PyAV (H.264, ``faststart``: index first, so a cut file still
     opens), else OpenCV (mp4v); skips the test without either. Returns the frame count."""
@@ -142,16 +155,10 @@ def encode_video(path: Path, frames: Iterable[np.ndarray], faststart: bool = Fal
 
         if not faststart:
             return write_video(path, frames, options={"preset": "ultrafast"})
-        import av
 
         plain = path.with_name(f".plain-{path.name}")
         count = write_video(plain, frames, options={"preset": "ultrafast"})
-        with av.open(str(plain)) as src, av.open(str(path), "w", options={"movflags": "faststart"}) as dst:
-            stream = dst.add_stream_from_template(src.streams.video[0])
-            for packet in src.demux(src.streams.video[0]):
-                if packet.dts is not None:
-                    packet.stream = stream
-                    dst.mux(packet)
+        remux_faststart(plain, path)
         plain.unlink()
         return count
     if faststart or importlib.util.find_spec("cv2") is None:

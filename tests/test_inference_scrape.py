@@ -13,8 +13,7 @@ import pytest
 
 pytest.importorskip("av", reason="PyAV is not installed; pip install 'foldedcnns[video]' to run the video tests")
 
-import av
-
+from conftest import remux_faststart
 from foldedcnns.cli.main import main
 from foldedcnns.data.video import write_video
 from foldedcnns.inference.rows import RowAssembler
@@ -109,14 +108,7 @@ def test_predict_rows_are_identical_for_every_number_of_decoders(clip, models, t
 
 
 def test_a_cut_file_fails_the_same_with_one_or_two_decoders(clip, models, tmp_path, capsys):
-    faststart = tmp_path / "fs.mp4"  # an MP4 with its index first still opens when cut
-    with av.open(str(clip)) as src, av.open(str(faststart), "w", options={"movflags": "faststart"}) as dst:
-        stream = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(src.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                dst.mux(packet)
-    data = faststart.read_bytes()
+    data = remux_faststart(clip, tmp_path / "fs.mp4").read_bytes()  # its index first: a cut file still opens
     outcomes = []
     for decoders in ("1", "2"):
         cut = tmp_path / f"cut{decoders}" / "cut.mp4"

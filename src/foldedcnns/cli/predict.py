@@ -53,7 +53,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         report = run_predict(args.checkpoint, args.inputs, args.out, engine=engine, batch_size=args.batch_size,
                              crop=args.crop, run=run_options_from_args(args))
-    if args.json:
+    return print_report(report, args.json)
+
+
+def print_report(report: PredictReport, as_json: bool) -> int:
+    """Print a predict or scrape report (JSON or a table), then fail with one line if an input stopped early."""
+    if as_json:
         print_json(report.to_dict())
     else:
         print(format_report(report))

@@ -9,22 +9,16 @@ from foldedcnns.cli.common import (
     add_engine_options,
     add_json_option,
     engine_from_args,
-    print_json,
     run_options_from_args,
 )
-from foldedcnns.cli.predict import format_report
+from foldedcnns.cli.predict import print_report
 from foldedcnns.inference.scrape import run_scrape
 
 
 def run(args: argparse.Namespace) -> int:
     report = run_scrape(args.spec, args.inputs, args.out, engine=engine_from_args(args),
                         run=run_options_from_args(args))
-    if args.json:
-        print_json(report.to_dict())
-    else:
-        print(format_report(report))
-    report.raise_for_errors()
-    return 0
+    return print_report(report, args.json)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

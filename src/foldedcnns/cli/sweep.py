@@ -63,7 +63,8 @@ def run_line(row: dict[str, Any]) -> str:
         return f"{row['status']}: {name}: {row['error']}"
     top1 = row["test_top1"]
     score = f"test Top-1 {top1:.2f} %" if isinstance(top1, (int, float)) else "no test split"
-    notes = [f"{row['epochs']} epochs", f"{row['seconds']:.1f} s"]
+    epochs = row["epochs"]
+    notes = [f"{epochs} epoch{'' if epochs == 1 else 's'}", f"{row['seconds']:.1f} s"]
     if row["resumed_from"]:
         notes.append(f"resumed from epoch {row['resumed_from']}")
     if row["attempts"] and row["attempts"] > 1:
