@@ -4,6 +4,8 @@
   :class:`~foldedcnns.inference.Predictor`, for embedding in any asyncio service;
 * :mod:`~foldedcnns.serving.service` and :mod:`~foldedcnns.serving.http`: the native server
   (``foldedcnns serve``: Starlette on uvicorn, Prometheus metrics, graceful drain);
+* :mod:`~foldedcnns.serving.stream`: the native server's WebSocket ``/v1/stream`` (frames in, one answer each
+  out, in order, through the same batcher, a bounded window of frames in flight per connection);
 * :mod:`~foldedcnns.serving.ray_serve`: the same API as a Ray Serve application (``--ray``);
 * :mod:`~foldedcnns.serving.loadtest`: the closed-loop load generator (``foldedcnns loadtest``).
 

@@ -137,14 +137,18 @@ class _WebSocketChannel:
         self.websocket, self.responses, self.closed = websocket, responses, closed
 
     async def accept(self) -> None:
-        await self.websocket.accept()
+        try:
+            await self.websocket.accept()
+        except self.closed as exc:  # the client left during the handshake
+            raise ChannelClosed(str(exc)) from exc
 
     async def deny(self, reply: Reply) -> None:
-        if "websocket.http.response" in self.websocket.scope.get("extensions", {}):
-            await self.websocket.send_denial_response(
-                self.responses.JSONResponse(reply.body, status_code=reply.status, headers=reply.headers))
-        else:  # a server without the denial extension: the close code says as much (uvicorn answers 403)
-            await self.websocket.close(1013 if reply.status == 503 else 1008, reply.body["error"][:120])
+        with contextlib.suppress(*self.closed):
+            if "websocket.http.response" in self.websocket.scope.get("extensions", {}):
+                await self.websocket.send_denial_response(
+                    self.responses.JSONResponse(reply.body, status_code=reply.status, headers=reply.headers))
+            else:  # a server without the denial extension: the close code says as much (uvicorn answers 403)
+                await self.websocket.close(1013 if reply.status == 503 else 1008, reply.body["error"][:120])
 
     async def receive(self) -> bytes | str | None:
         try:

@@ -52,7 +52,8 @@ class ChannelClosed(Exception):
 class Channel(Protocol):
     """One WebSocket connection as the session sees it."""
 
-    async def accept(self) -> None: ...
+    async def accept(self) -> None:
+        """Complete the upgrade; :class:`ChannelClosed` when the client left during it."""
 
     async def deny(self, reply: Reply) -> None:
         """Refuse the connection before the upgrade with ``reply``'s status and JSON body."""
@@ -84,7 +85,6 @@ class StreamSession:
         self._reading = True
         self.gone = False  # an answer could not be sent: the client hung up
         self.frames = 0  # messages read
-        self.sent = 0  # answers sent
         self.peak = 0  # the most frames in flight at once
         self._query: dict[str, str] = {}
         self._timeout: float | None = None
@@ -107,7 +107,10 @@ class StreamSession:
             await self.channel.deny(reply_for(exc))
             return
         self._query = {"crop": crop} if crop else {}
-        await self.channel.accept()
+        try:
+            await self.channel.accept()
+        except ChannelClosed:
+            return
         service.streams += 1
         self.metrics.stream_opened()
         writer = asyncio.ensure_future(self._write())
@@ -174,7 +177,6 @@ class StreamSession:
             if not self.gone:
                 try:
                     await self.channel.send(text)
-                    self.sent += 1
                 except ChannelClosed:
                     self.gone = True
             pending.popleft()
