@@ -47,7 +47,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"foldedcnns: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
+    """The command line's parser with ``commands`` (default: all) registered."""
     parser = _Parser(
         prog="foldedcnns",
         description="FoldedCNNs: fold f images into one wider CNN input for higher inference throughput.",
@@ -55,14 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"foldedcnns {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    for name in commands:
         importlib.import_module(f"foldedcnns.cli.{name}").register(sub)
     return parser
 
 
+def commands_for(argv: Sequence[str]) -> Sequence[str]:
+    """The command modules to load for ``argv``: only the named command's when the first argument names one
+    (each module imports its own libraries, so ``predict`` does not pay for matplotlib or Ray), else all
+    (``--help``, ``--version``, a typo that deserves the list of commands)."""
+    first = argv[0] if argv else None
+    return (first,) if first in COMMAND_MODULES else COMMAND_MODULES
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command, return its exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(commands_for(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     return run_command(args.func, args)
