@@ -48,8 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ray:
         report = run_ray_predict(args.checkpoint, args.inputs, args.out, engine=engine, batch_size=args.batch_size,
                                  crop=args.crop, cluster=RayOptions(address=args.ray_address, workers=args.workers),
-                                 task_check=not args.no_task_check, progress=not args.no_progress,
-                                 overwrite=args.overwrite)
+                                 run=run_options_from_args(args))
     else:
         report = run_predict(args.checkpoint, args.inputs, args.out, engine=engine, batch_size=args.batch_size,
                              crop=args.crop, run=run_options_from_args(args))
@@ -64,6 +63,18 @@ def print_report(report: PredictReport, as_json: bool) -> int:
         print(format_report(report))
     report.raise_for_errors()
     return 0
+
+
+def add_ray_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--ray``, ``--ray-address``, ``--workers`` (``predict`` and ``scrape``)."""
+    ray = parser.add_argument_group("distributed (Ray Data; pip install 'foldedcnns[ray]')")
+    ray.add_argument("--ray", action="store_true",
+                     help=f"{what}; long videos are cut at keyframes into shards decoded across the cluster "
+                          "(with --ray, --decoders N cuts each video for N decode tasks; default: the cluster's "
+                          "CPUs), and the CSVs equal those of one machine")
+    ray.add_argument("--ray-address", default=None,
+                     help="'auto' or HOST:PORT of a running cluster (default: start a local Ray)")
+    ray.add_argument("--workers", type=int, default=None, help="model actors (default: 2, or one per GPU)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -98,10 +109,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="predict on a labelled image folder even if its classes or image size are not the "
                              "checkpoint's task's")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ray = parser.add_argument_group("distributed (Ray Data; pip install 'foldedcnns[ray]')")
-    ray.add_argument("--ray", action="store_true", help="run on a Ray cluster with a pool of model actors")
-    ray.add_argument("--ray-address", default=None,
-                     help="'auto' or HOST:PORT of a running cluster (default: start a local Ray)")
-    ray.add_argument("--workers", type=int, default=None, help="model actors (default: 2, or one per GPU)")
+    add_ray_options(parser, "run on a Ray cluster with a pool of model actors")
     add_json_option(parser)
     parser.set_defaults(func=run)

@@ -11,13 +11,19 @@ from foldedcnns.cli.common import (
     engine_from_args,
     run_options_from_args,
 )
-from foldedcnns.cli.predict import print_report
+from foldedcnns.cli.predict import add_ray_options, print_report
+from foldedcnns.inference.distributed import RayOptions, run_ray_scrape
 from foldedcnns.inference.scrape import run_scrape
 
 
 def run(args: argparse.Namespace) -> int:
-    report = run_scrape(args.spec, args.inputs, args.out, engine=engine_from_args(args),
-                        run=run_options_from_args(args))
+    if args.ray:
+        report = run_ray_scrape(args.spec, args.inputs, args.out, engine=engine_from_args(args),
+                                cluster=RayOptions(address=args.ray_address, workers=args.workers),
+                                run=run_options_from_args(args))
+    else:
+        report = run_scrape(args.spec, args.inputs, args.out, engine=engine_from_args(args),
+                            run=run_options_from_args(args))
     return print_report(report, args.json)
 
 
@@ -40,5 +46,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                        threads_help="CPU threads for each model (default: all cores but one, left to decoding)")
     add_decode_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_options(parser, "run on a Ray cluster: a pool of actors, each holding every task's model")
     add_json_option(parser)
     parser.set_defaults(func=run)
