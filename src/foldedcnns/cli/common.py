@@ -95,7 +95,8 @@ def add_decode_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("video decoding (docs/inference.md has the measured figures)")
     group.add_argument("--decoders", default="auto", metavar="N|auto",
                        help="processes that decode a video file by segments cut at keyframes, one thread each; rows "
-                            "are the same for every N (default auto: one per core for frames over 640x480, else 1)")
+                            "are the same for every N (default auto: one per core for frames over 640x480, else 1; "
+                            "with --ray, the decode tasks each video is cut for)")
     group.add_argument("--decode-frames", default="all", choices=list(DECODE_FRAMES),
                        help="decode every frame (all, default), only reference frames (ref) or only keyframes (key); "
                             "every frame still gets a row, labelled from the nearest decoded frame, with a decoded "
