@@ -1,6 +1,6 @@
 """The runs of a sweep and how one of them is carried out, in this process or in a Ray worker.
 
-:func:`plan_sweep` turns a :class:`SweepConfig` into :class:`SweepRun`\\ s, one per (task, fold, seed),
+:func:`plan_sweep` turns a :class:`SweepConfig` into one :class:`SweepRun` per (task, fold, seed),
 each checked by :func:`~foldedcnns.training.config.plan_run` before any starts. With ``teacher="fold1"``
 each task's fold-1 run comes before the folded runs of its seed and its ``best.pt`` is their
 ``distill_from``. :func:`execute` trains one run and returns a :class:`RunOutcome`: a failure that a
@@ -62,6 +62,8 @@ class RaySweepOptions:
         if self.num_cpus is not None and (isinstance(self.num_cpus, bool) or not isinstance(self.num_cpus, int)
                                           or self.num_cpus < 1):
             raise ConfigError(f"--ray-cpus must be an integer >= 1, got {self.num_cpus!r}")
+        if self.num_cpus is not None and self.address:
+            raise ConfigError("--ray-cpus sizes a local Ray; a cluster at --ray-address has its own CPUs: drop one")
 
     @property
     def threads(self) -> int:
@@ -332,7 +334,7 @@ def execute(run: SweepRun, teacher: RunOutcome | None = None, placement: RaySwee
         return skipped
     started = time.time()
     log_attempt(run, {"event": "start", "time": started, "host": socket.gethostname(), "pid": os.getpid()})
-    config = run.config if placement is None else replace(run.config, device=placement.device)
+    config = run.config if placement is None else replace(run.config, device=placement.device, progress=False)
     hook = None if on_batch is None else (lambda epoch, step: on_batch(run, epoch, step))
     try:
         with torch_threads(None if placement is None else placement.threads):
