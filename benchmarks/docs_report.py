@@ -7,8 +7,10 @@ around them stays hand-written.
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from foldedcnns.benchmark.peak import Peak
@@ -142,3 +144,19 @@ def replace_section(document: str, name: str, body: str) -> str:
     if pattern.search(document):
         return pattern.sub(lambda _m: block, document)
     return document.rstrip() + "\n\n" + block + "\n"
+
+
+def write_results(out: Path, rows: list[dict], fields: list[str], title: str, text: str, doc: Path | None,
+                  section: str) -> None:
+    """A benchmark's outputs: ``out``.csv (every row, ``fields``), ``out``.md (``# title`` and ``text``) and, with
+    ``doc``, ``text`` in that Markdown file between the ``section`` markers."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.with_suffix(".csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    out.with_suffix(".md").write_text(f"# {title}\n\n{text}\n", encoding="utf-8")
+    if doc is not None:
+        document = doc.read_text(encoding="utf-8") if doc.exists() else "# Serving\n"
+        doc.write_text(replace_section(document, section, text), encoding="utf-8")
+    print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.md')}" + (f" and {doc}" if doc else ""))

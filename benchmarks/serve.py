@@ -28,7 +28,6 @@ with ``--doc``, the Markdown into that file between ``<!-- serve-bench:start/end
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import os
 import statistics
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from docs_report import replace_section  # this folder's docs helpers
+from docs_report import write_results  # this folder's docs helpers
 from serve_clients import free_port, measure_loadtest, measure_wrk, start_server, stop_server, wrk_available
 
 from foldedcnns.benchmark.machine import machine_info
@@ -261,19 +260,9 @@ def main() -> None:
     found = checks(table, statistics.median(offline), args)
     for line in found:
         print(line)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.with_suffix(".csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[*FIELDS, "offline_images_per_s"], extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "offline_images_per_s": round(offline[row["trial"]], 1)})
     text = markdown(table, statistics.median(offline), found, args, machine_info("cpu"))
-    args.out.with_suffix(".md").write_text("# Serving benchmark\n\n" + text + "\n", encoding="utf-8")
-    if args.doc is not None:
-        doc = args.doc.read_text(encoding="utf-8") if args.doc.exists() else "# Serving\n"
-        args.doc.write_text(replace_section(doc, "serve-bench", text), encoding="utf-8")
-    print(f"wrote {args.out.with_suffix('.csv')} and {args.out.with_suffix('.md')}"
-          + (f" and {args.doc}" if args.doc else ""))
+    write_results(args.out, [{**row, "offline_images_per_s": round(offline[row["trial"]], 1)} for row in rows],
+                  [*FIELDS, "offline_images_per_s"], "Serving benchmark", text, args.doc, "serve-bench")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import csv
 import itertools
 import multiprocessing
 import os
@@ -47,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from docs_report import replace_section  # this folder's docs helpers
+from docs_report import write_results  # this folder's docs helpers
 from serve_clients import free_port, measure_loadtest, measure_wrk, start_server, stop_server, wrk_available
 
 from foldedcnns.benchmark.machine import machine_info
@@ -338,19 +337,7 @@ def main() -> None:
     table = medians(rows)
     text = markdown(table, args, machine_info("cpu"))
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.with_suffix(".csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    args.out.with_suffix(".md").write_text("# WebSocket frames against one POST per frame\n\n" + text + "\n",
-                                           encoding="utf-8")
-    if args.doc is not None:
-        doc = args.doc.read_text(encoding="utf-8") if args.doc.exists() else "# Serving\n"
-        args.doc.write_text(replace_section(doc, "ws-bench", text), encoding="utf-8")
-    print(f"wrote {args.out.with_suffix('.csv')} and {args.out.with_suffix('.md')}"
-          + (f" and {args.doc}" if args.doc else ""))
-
+    write_results(args.out, rows, FIELDS, "WebSocket frames against one POST per frame", text, args.doc, "ws-bench")
 
 if __name__ == "__main__":
     main()

@@ -380,3 +380,20 @@ def noscope_model(tiny_noscope_task: TaskSpec) -> torch.nn.Module:
 def one_thread() -> Iterator[None]:
     with torch_threads(1):
         yield
+
+
+SWEEP_COUNTS = {"train": 6, "val": 2, "test": 3}  # images per class and split of each sweep test task
+
+
+@pytest.fixture
+def two_tasks(tmp_path: Path, tiny_train_task: TaskSpec,
+              image_folder: Callable[..., Path]) -> tuple[list[Path], Path]:
+    """Description files of test/a and test/b (the tiny training CNN) and DATA/test/{a,b}/<split>/<class>/: the
+    two tasks of the sweep tests."""
+    descs = []
+    for i, name in enumerate(("a", "b")):
+        spec = spec_from_dict({**tiny_train_task.to_dict(), "name": f"test/{name}"})
+        descs.append(tmp_path / f"{name}.json")
+        descs[-1].write_text(json.dumps(spec.to_dict()), encoding="utf-8")
+        image_folder(spec, SWEEP_COUNTS, root=tmp_path / "data" / "test" / name, seed=i)
+    return descs, tmp_path / "data"

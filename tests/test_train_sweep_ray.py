@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ import torch
 
 from foldedcnns.cli.failures import run_command
 from foldedcnns.cli.main import main
-from foldedcnns.models import TaskSpec, spec_from_dict
 from foldedcnns.runtime.checkpoint import load_checkpoint
 from foldedcnns.runtime.threads import torch_threads
 from foldedcnns.training.sweep import SweepConfig, sweep
@@ -34,7 +33,6 @@ from foldedcnns.training.trainer import TrainConfig, train
 
 pytestmark = pytest.mark.slow  # a local Ray starts in a few seconds, and each worker imports PyTorch
 
-COUNTS = {"train": 6, "val": 2, "test": 3}
 BASE = {"epochs": 2, "batch_size": 8, "lr": 3e-3, "device": "cpu", "progress": False, "curriculum": False}
 OPTIONS = ["--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--device", "cpu", "--no-progress", "--no-curriculum"]
 ONE_CPU = RaySweepOptions(cpus_per_run=1)
@@ -54,18 +52,6 @@ def ray_cluster() -> Iterator[Any]:
         signal.signal(signal.SIGTERM, previous)  # ray.init's handler (sys.exit) would outlive the module
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
-
-@pytest.fixture
-def two_tasks(tmp_path: Path, tiny_train_task: TaskSpec,
-              image_folder: Callable[..., Path]) -> tuple[list[Path], Path]:
-    """Description files of test/a and test/b (the tiny training CNN) and DATA/test/{a,b}/<split>/<class>/."""
-    descs = []
-    for i, name in enumerate(("a", "b")):
-        spec = spec_from_dict({**tiny_train_task.to_dict(), "name": f"test/{name}"})
-        descs.append(tmp_path / f"{name}.json")
-        descs[-1].write_text(json.dumps(spec.to_dict()), encoding="utf-8")
-        image_folder(spec, COUNTS, root=tmp_path / "data" / "test" / name, seed=i)
-    return descs, tmp_path / "data"
 
 
 def starts(out: Path, task: str, fold: int, seed: int) -> list[dict[str, Any]]:

@@ -15,14 +15,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from matplotlib.collections import PathCollection, PolyCollection
 
 from foldedcnns.cli.main import main
-from foldedcnns.models import TaskSpec, spec_from_dict
 from foldedcnns.runtime.threads import torch_threads
 from foldedcnns.training import loop
 from foldedcnns.training.sweep import SweepConfig, accuracy_figure, sweep
@@ -30,7 +29,6 @@ from foldedcnns.training.sweep_plan import SWEEP_MARKER
 from foldedcnns.training.sweep_ray import probe_out
 from foldedcnns.utils.plotting import overlapping_text
 
-COUNTS = {"train": 6, "val": 2, "test": 3}
 BASE = {"epochs": 2, "batch_size": 8, "lr": 3e-3, "device": "cpu", "progress": False, "curriculum": False}
 OPTIONS = ["--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--device", "cpu", "--no-progress", "--no-curriculum"]
 WAIT_SECONDS = 120
@@ -41,18 +39,6 @@ def one_thread_each() -> Iterator[None]:
     with torch_threads(1):  # the same threads in every sweep of a test: the same numbers
         yield
 
-
-@pytest.fixture
-def two_tasks(tmp_path: Path, tiny_train_task: TaskSpec,
-              image_folder: Callable[..., Path]) -> tuple[list[Path], Path]:
-    """Description files of test/a and test/b (the tiny training CNN) and DATA/test/{a,b}/<split>/<class>/."""
-    descs = []
-    for i, name in enumerate(("a", "b")):
-        spec = spec_from_dict({**tiny_train_task.to_dict(), "name": f"test/{name}"})
-        descs.append(tmp_path / f"{name}.json")
-        descs[-1].write_text(json.dumps(spec.to_dict()), encoding="utf-8")
-        image_folder(spec, COUNTS, root=tmp_path / "data" / "test" / name, seed=i)
-    return descs, tmp_path / "data"
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
