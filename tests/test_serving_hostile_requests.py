@@ -183,11 +183,13 @@ def test_decode_slices_bound_the_pixels_of_one_decode_job():
 
 def test_a_full_queue_refuses_from_the_headers_without_reading_the_body():
     from foldedcnns.serving import Service
+    from foldedcnns.serving.batcher import DynamicBatcher
     from foldedcnns.serving.metrics import ServingMetrics
 
-    class FullQueue:
-        request_timeout, closing, queued_images, max_queue_images = None, False, 8, 8
+    class FullQueue:  # the batcher's own admission rule over a queue holding 8 of 8 images
+        request_timeout, _closing, _queued, max_queue_images = None, False, 8, 8
         input_hw = HW
+        check_room = DynamicBatcher.check_room
 
         async def close(self) -> None:
             pass

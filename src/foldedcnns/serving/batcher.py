@@ -172,6 +172,17 @@ class DynamicBatcher:
 
     # -- requests -----------------------------------------------------------------------------------
 
+    def check_room(self, images: int) -> None:
+        """Refuse ``images`` more images now: :class:`ShuttingDown` once closing, :class:`RequestTooLarge` when
+        they could never fit the queue, :class:`QueueFull` when it has no room for them now. The server calls it
+        from a request's headers, before reading the body; :meth:`submit` calls it again."""
+        if self._closing:
+            raise ShuttingDown("the server is shutting down; retry on another replica")
+        if images:
+            check_request_images(images, self.max_queue_images)
+        if self._queued + images > self.max_queue_images:
+            raise QueueFull(f"queue full ({self._queued} of {self.max_queue_images} images waiting); retry later")
+
     async def submit(self, images: np.ndarray, *, timeout_s: float | None = None,
                      arrived: float | None = None) -> Predictions:
         """Classify ``images`` (uint8 ``(n, H, W, 3)`` at the model's size); answers in input order.
@@ -184,13 +195,9 @@ class DynamicBatcher:
             raise RuntimeError("start the batcher first: 'async with DynamicBatcher(...)' or 'await start()'")
         images = self._check(images)
         n = len(images)
-        if self._closing:
-            raise ShuttingDown("the server is shutting down; retry on another replica")
+        self.check_room(n)
         if n == 0:
             return Predictions.concatenate([], self.predictor.class_names)
-        check_request_images(n, self.max_queue_images)
-        if self._queued + n > self.max_queue_images:
-            raise QueueFull(f"queue full ({self._queued} of {self.max_queue_images} images waiting); retry later")
         loop = asyncio.get_running_loop()
         pending = _Pending(images, loop.create_future(), loop.time())
         timeout = self.request_timeout if timeout_s is None else timeout_s

@@ -32,11 +32,10 @@ from foldedcnns.serving.batcher import (
     DEFAULT_QUEUE_IMAGES,
     DynamicBatcher,
     batch_images,
-    check_request_images,
     describe,
 )
 from foldedcnns.serving.decode import DEFAULT_MAX_BODY_MB, body_limit, decode_request
-from foldedcnns.serving.errors import BadRequest, QueueFull, Reply, ShuttingDown, error_reply, reply_for
+from foldedcnns.serving.errors import BadRequest, Reply, ShuttingDown, error_reply, reply_for
 from foldedcnns.serving.metrics import ServingMetrics
 
 LOG = logging.getLogger("foldedcnns.serving")
@@ -150,13 +149,7 @@ class Service:
         image, from the headers) or decoded (its count, from the .npy header or the multipart parts): 503 with
         ``Retry-After`` (:class:`QueueFull`; :class:`ShuttingDown` once the batcher closes), 413 when it could
         never fit. The batcher checks again when the images are submitted."""
-        batcher = self.batcher
-        if batcher.closing:
-            raise ShuttingDown("the server is shutting down; retry on another replica")
-        check_request_images(images, batcher.max_queue_images)
-        if batcher.queued_images + images > batcher.max_queue_images:
-            raise QueueFull(f"queue full ({batcher.queued_images} of {batcher.max_queue_images} images waiting); "
-                            "retry later")
+        self.batcher.check_room(images)
 
     def request_timeout(self, headers: Mapping[str, str]) -> float | None:
         """The request's deadline in seconds: the server's ``--request-timeout-ms`` or the client's header."""
