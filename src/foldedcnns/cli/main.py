@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "analysis",
     "predict",
     "scrape",
+    "watch",
     "export",
     "demo",
     "train",
