@@ -136,9 +136,10 @@ def layers_markdown(profile: LayerProfile) -> str:
     return markdown_table(["layer", "kind", "ms per call", "share", "G(FL)OP per call", RATE_HEADER], rows)
 
 
-def replace_section(document: str, name: str, body: str) -> str:
-    """Put ``body`` between the ``<!-- name:start -->`` and ``<!-- name:end -->`` markers (appended if absent)."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+def replace_section(document: str, name: str, body: str, opening: str = "start") -> str:
+    """Put ``body`` between the ``<!-- name:start -->`` (``opening``) and ``<!-- name:end -->`` markers (appended
+    if absent)."""
+    start, end = f"<!-- {name}:{opening} -->", f"<!-- {name}:end -->"
     block = f"{start}\n{body.strip()}\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(document):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import statistics
 from typing import Any
+
+from docs_report import replace_section  # this folder's docs helpers
 
 from foldedcnns.data.video import SMALL_FRAME_PIXELS
 from foldedcnns.utils.text import markdown_table
@@ -171,9 +172,4 @@ def markdown(table: dict[str, dict[str, dict[str, Any]]], settings: dict[str, An
 
 def replace_marked(document: str, name: str, body: str) -> str:
     """Put ``body`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` (appended when absent)."""
-    start, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{body.strip()}\n{end}"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    if pattern.search(document):
-        return pattern.sub(lambda _m: block, document)
-    return document.rstrip() + "\n\n" + block + "\n"
+    return replace_section(document, name, body, opening="begin")
