@@ -271,6 +271,14 @@ def test_wrong_inputs_are_one_line_errors(checkpoint, tiny_video, tmp_path, caps
     assert len(err) == 2 and all(line.startswith("foldedcnns: error: ") for line in err)
 
 
+def test_a_crop_outside_a_streams_frames_fails_that_stream_not_the_reader(checkpoint, tiny_video, capsys):
+    video = tiny_video(count=3)  # 64 x 48 frames: the crop below does not fit
+    assert main(["watch", str(checkpoint), str(video), "--realtime", "--out", "-", "--crop", "40,40,52,22",
+                 "--json"]) in (0, 1)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and captured.out.count('"frame"') == 0
+    assert "does not fit" in captured.err + captured.out and "failed" in captured.err + captured.out
+
 # -- the batcher's rule, without streams --------------------------------------------------------------
 
 

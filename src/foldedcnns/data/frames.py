@@ -46,7 +46,7 @@ def yuv_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, matrix: str, full_ra
 class FrameSampler:
     """One view of decoded frames: ``crop`` (x, y, width, height) then a resize to ``size`` (height,
     width); either may be None. Index tables are built once per frame size; a crop that does not fit
-    the frame is a :class:`~foldedcnns.errors.DataError` naming ``path``. Picklable (worker processes)."""
+    the frame is a one-line :class:`~foldedcnns.errors.ConfigError` naming ``path``. Picklable (worker processes)."""
 
     def __init__(self, size: tuple[int, int] | None, crop: Crop | tuple[int, int, int, int] | None,
                  path: str | Path = "the frame") -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from foldedcnns.data.frames import FrameSampler
 from foldedcnns.data.video import CutStream, DecodeStats, pyav_frames
-from foldedcnns.errors import ConfigError, DataError, first_line
+from foldedcnns.errors import ConfigError, FoldedCNNsError, first_line
 from foldedcnns.inference.decoding import ViewSpec
 from foldedcnns.inference.live_batcher import LiveBatcher, LiveFrame
 from foldedcnns.inference.live_output import StreamStats
@@ -147,7 +147,7 @@ class StreamReader(threading.Thread):
             return self._decode(container, stream)
         except av.error.FFmpegError as exc:
             return f"failed ({first_line(exc)})"
-        except DataError as exc:  # a crop outside the frames: fatal for this stream
+        except FoldedCNNsError as exc:  # a crop outside the frames (ConfigError): fatal for this stream
             self.stats.status, self.stats.error = "failed", str(exc)
             LOG.warning("watch: stream %s failed: %s", self.source.name, exc)
             return str(exc)
