@@ -53,7 +53,7 @@ from foldedcnns.benchmark.machine import machine_info
 from foldedcnns.models import build_model
 from foldedcnns.models.registry import get_task
 from foldedcnns.runtime.checkpoint import make_checkpoint, save_checkpoint
-from foldedcnns.serving.loadtest import build_bodies, default_processes, image_paths, percentile
+from foldedcnns.serving.loadtest import build_bodies, default_processes, gather_reports, image_paths, percentile
 
 TASK = "lol/goldnumber-fraction"
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,20 +178,7 @@ def measure_ws(port: int, frames: Sequence[bytes], concurrency: int, window: int
         send.close()
         pipes.append(receive)
         children.append(child)
-    results = []
-    try:
-        for receive in pipes:
-            if not receive.poll(warmup_s + seconds + 60):
-                raise SystemExit("a WebSocket client process did not report within a minute of the end")
-            results.append(receive.recv())
-    finally:
-        for child in children:
-            child.join(5)
-            if child.is_alive():
-                child.kill()
-    failed = [r["failed"] for r in results if "failed" in r]
-    if failed:
-        raise SystemExit(f"the WebSocket client failed: {failed[0]}")
+    results = gather_reports(pipes, children, warmup_s + seconds + 60)
     latencies = [v for r in results for v in r["latencies"]]
     cpu = [r["cpu_s"] / seconds for r in results]
     ok = sum(r["ok"] for r in results)

@@ -397,3 +397,39 @@ def two_tasks(tmp_path: Path, tiny_train_task: TaskSpec,
         descs[-1].write_text(json.dumps(spec.to_dict()), encoding="utf-8")
         image_folder(spec, SWEEP_COUNTS, root=tmp_path / "data" / "test" / name, seed=i)
     return descs, tmp_path / "data"
+
+
+# -- the process tree (from /proc), for tests that check no process of a command is left --
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc)."""
+    tree, found, todo = _children(), set(), [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")

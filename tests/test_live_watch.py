@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import descendants
 from foldedcnns.cli.main import main
 from foldedcnns.errors import ConfigError
 from foldedcnns.inference.live import parse_streams
@@ -185,18 +186,6 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def descendants(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
 
 @pytest.mark.slow  # seconds of real-time streams
 def test_overload_drops_the_oldest_frames_within_the_bound_and_sigterm_flushes(checkpoint, tmp_path):
@@ -229,7 +218,7 @@ def test_overload_drops_the_oldest_frames_within_the_bound_and_sigterm_flushes(c
                 child.wait()
     stderr = (tmp_path / "stderr.txt").read_text()
     assert code == 0 and "Traceback" not in stderr, stderr
-    assert descendants(child.pid) == []
+    assert descendants(child.pid) == set()
     report = json.loads((tmp_path / "stdout.txt").read_text())
     assert report["stopped_by"] == "SIGTERM" and report["dropped"] > 0
     assert 'foldedcnns_live_frames_dropped_total{reason="late",stream="cam0"}' in metrics
@@ -269,6 +258,7 @@ def test_wrong_inputs_are_one_line_errors(checkpoint, tiny_video, tmp_path, caps
                  "--crop", "0,0,4,4"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("foldedcnns: error: ") for line in err)
+
 
 
 def test_a_crop_outside_a_streams_frames_fails_that_stream_not_the_reader(checkpoint, tiny_video, capsys):

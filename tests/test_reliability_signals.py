@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import alive, descendants
+
 pytestmark = pytest.mark.slow  # each test starts a Python with torch (a few seconds) in a child process
 
 STOP_SECONDS = 8.0  # from the signal to the exit, on a loaded 2-core machine (typically under 1 s)
@@ -52,39 +54,6 @@ CHILD = textwrap.dedent("""
     from foldedcnns.cli.main import main
     sys.exit(main(sys.argv[1:]))
 """)
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry))
-    return tree
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (from /proc)."""
-    tree, found, todo = _children(), set(), [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 def run_and_signal(tmp_path: Path, argv: list[str], slow: str, signum: int, *, sleep: float = 60.0,

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import alive
 from foldedcnns.cli.failures import run_command
 from foldedcnns.cli.main import main
 from foldedcnns.runtime.checkpoint import load_checkpoint
@@ -58,13 +59,6 @@ def starts(out: Path, task: str, fold: int, seed: int) -> list[dict[str, Any]]:
     path = out / "attempts" / task / f"fold{fold}" / f"seed{seed}.jsonl"
     return [e for e in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if e["event"] == "start"]
 
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 @dataclass

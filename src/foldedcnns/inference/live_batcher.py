@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -208,8 +208,3 @@ class LiveBatcher:
                     return self._pop(size)
                 due = self._oldest() + self.bound - self._slack - self.cost(self.fold)
                 self._cond.wait(max(0.0005, min(poll_s, due - now)))
-
-
-def lcm_fold(folds: Sequence[int]) -> int:
-    """F: the least common multiple of the models' folds, so a batch of F frames fills every model's groups."""
-    return math.lcm(*folds)

@@ -19,6 +19,7 @@ decoded twice unless ``profile_frames`` asks for the isolated measurement (:func
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -89,10 +90,16 @@ class RunOptions:
             raise ConfigError(f"--profile-frames must be an integer >= 0, got {frames!r}")
 
 
+def common_fold(readers: Sequence[Reader]) -> int:
+    """F: the least common multiple of the models' folds, so a batch of a multiple of F frames fills every
+    model's groups."""
+    return math.lcm(*(r.predictor.fold for r in readers))
+
+
 def decode_batch_size(readers: Sequence[Reader]) -> int:
     """Frames per decoded batch: the largest model batch, rounded up to a multiple of every model's fold (so
     each model's groups of f frames stay aligned on the start of the input)."""
-    folds = math.lcm(*(r.predictor.fold for r in readers))
+    folds = common_fold(readers)
     largest = max(r.predictor.batch_size for r in readers)
     return -(-largest // folds) * folds
 
@@ -226,6 +233,12 @@ def decoder_threads(device: torch.device) -> int | None:
     return DECODE_CORES if device.type == "cpu" else None
 
 
+def plan_on(plan: DecodePlan, device: torch.device) -> DecodePlan:
+    """``plan`` next to models on ``device``: a sequential decoder of small frames gets
+    :func:`decoder_threads` unless the plan names its threads."""
+    return plan if plan.threads is not None else dataclasses.replace(plan, threads=decoder_threads(device))
+
+
 def plan_inputs(inputs: Sequence[str], out: str | Path, predictor: Predictor, crop: Crop | str | None,
                 task_check: bool, overwrite: bool = False) -> tuple[Crop | None, list[Source], list[Path]]:
     """Parse the crop, resolve the inputs and their output CSVs (existing ones refused unless ``overwrite``),
@@ -248,13 +261,14 @@ def classify_all(readers: Sequence[Reader], sources: Sequence[Source], outputs: 
     """Classify every source into its CSV (PyTorch's threads set once, for the first reader's engine); returns
     the results and the wall time."""
     check_plan(sources, run.decode)
+    plan = plan_on(run.decode, readers[0].predictor.device)
     total = None if any(s.kind == VIDEO for s in sources) else sum(len(s) for s in sources)
     results = []
     with torch_threads(readers[0].predictor.engine.pytorch_threads):  # set once here, so no batch changes it
         started = time.perf_counter()
         with tqdm(total=total, unit="frame", disable=not run.progress, dynamic_ncols=True) as bar:
             for source, output in zip(sources, outputs, strict=True):
-                results.append(classify_source(readers, source, output, plan=run.decode, progress=bar))
+                results.append(classify_source(readers, source, output, plan=plan, progress=bar))
         wall = time.perf_counter() - started
     return results, wall
 
@@ -291,17 +305,14 @@ def run_predict(checkpoint: str | Path | dict[str, Any], inputs: Sequence[str], 
     threads = model_threads(engine)  # the engine prepares under these; PyTorch's own count is the predictor's rule
     predictor = Predictor(checkpoint, engine=engine.replace(threads=threads), batch_size=batch_size)
     crop, sources, outputs = plan_inputs(inputs, out, predictor, crop, run.task_check, run.overwrite)
-    plan = run.decode
-    if plan.threads is None:
-        plan = DecodePlan(plan.decoders, plan.options, decoder_threads(predictor.device))
-    results, wall = classify_all([Reader(predictor, crop)], sources, outputs, RunOptions(
-        plan, run.task_check, run.overwrite, run.progress, run.profile_frames))
+    results, wall = classify_all([Reader(predictor, crop)], sources, outputs, run)
     extra = run_extra(results, sources, threads)
     stages = stages_from_run(results)
     if run.profile_frames:
         rereadable = [s for s in sources if not s.stream]
         with torch_threads(predictor.engine.pytorch_threads):
-            stages = measure_stages(predictor, rereadable, crop=crop, max_frames=run.profile_frames, plan=plan)
+            stages = measure_stages(predictor, rereadable, crop=crop, max_frames=run.profile_frames,
+                                    plan=plan_on(run.decode, predictor.device))
         if len(rereadable) < len(sources):
             names = ", ".join("stdin" if s.name == STDIN else s.name for s in sources if s.stream)
             extra["profile_skipped"] = (f"{names}: a stream (stdin or a FIFO) is read once; the decode-only and "

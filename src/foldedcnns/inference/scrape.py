@@ -36,7 +36,6 @@ from foldedcnns.inference.pipeline import (
     Reader,
     RunOptions,
     classify_all,
-    decoder_threads,
     model_threads,
     run_extra,
     stages_from_run,
@@ -172,11 +171,7 @@ def run_scrape(spec: str | Path, inputs: Sequence[str], out: str | Path, *, engi
     Path(out).mkdir(parents=True, exist_ok=True)
     outputs = output_paths(sources, out, run.overwrite)
     readers, threads = build_readers(tasks, engine)
-    plan = run.decode
-    if plan.threads is None:
-        plan = DecodePlan(plan.decoders, plan.options, decoder_threads(readers[0].predictor.device))
-    results, wall = classify_all(readers, sources, outputs, RunOptions(plan, run.task_check, run.overwrite,
-                                                                      run.progress))
+    results, wall = classify_all(readers, sources, outputs, run)
     extra = run_extra(results, sources, threads)
     extra["tasks"] = [{"name": r.name, "fold": r.predictor.fold, "batch_size": r.predictor.batch_size,
                        "backend": r.predictor.backend, "precision": r.predictor.engine.precision,

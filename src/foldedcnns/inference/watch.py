@@ -28,9 +28,9 @@ import numpy as np
 from foldedcnns.data.crop import Crop
 from foldedcnns.errors import ConfigError, DataError
 from foldedcnns.inference.live import OPEN_TIMEOUT_S, READ_TIMEOUT_S, StreamReader, StreamSource, parse_streams
-from foldedcnns.inference.live_batcher import DEFAULT_QUEUE_FRAMES, BatchCost, LiveBatcher, LiveFrame, lcm_fold
+from foldedcnns.inference.live_batcher import DEFAULT_QUEUE_FRAMES, BatchCost, LiveBatcher, LiveFrame
 from foldedcnns.inference.live_output import LiveMetrics, RowSink, StreamStats, stream_outputs
-from foldedcnns.inference.pipeline import Reader
+from foldedcnns.inference.pipeline import Reader, common_fold
 from foldedcnns.inference.predictor import deployment_engine
 from foldedcnns.inference.scrape import ScrapeTask, build_readers, load_spec
 from foldedcnns.runtime.engine import Engine
@@ -147,7 +147,7 @@ class _Session:
     def __init__(self, readers: Sequence[Reader], sources: Sequence[StreamSource], sink: RowSink,
                  options: WatchOptions, metrics: LiveMetrics | None) -> None:
         self.readers, self.sources, self.sink, self.options, self.metrics = readers, sources, sink, options, metrics
-        fold = lcm_fold([r.predictor.fold for r in readers])
+        fold = common_fold(readers)
         largest = min(r.predictor.batch_size for r in readers)
         max_batch = max(fold, largest // fold * fold)
         cost = BatchCost(fold, 0.0, 0.0, max_batch)  # measured by the model thread before any stream opens

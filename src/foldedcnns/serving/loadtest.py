@@ -261,6 +261,26 @@ def _get(url: str, timeout: float = 10.0) -> bytes:
         return answer.read()
 
 
+def gather_reports(pipes: Sequence[Any], children: Sequence[Any], wait_s: float) -> list[dict[str, Any]]:
+    """The report of every client process (one per pipe), each waited for at most ``wait_s``; the processes are
+    joined (killed after 5 s) whatever happens. A report with ``failed`` or a silent process: one line."""
+    results = []
+    try:
+        for receive in pipes:
+            if not receive.poll(wait_s):
+                raise ConfigError(f"a load generator process did not report within {wait_s:.0f} s")
+            results.append(receive.recv())
+    finally:
+        for child in children:
+            child.join(5)
+            if child.is_alive():
+                child.kill()
+    failed = [r["failed"] for r in results if "failed" in r]
+    if failed:
+        raise ConfigError(f"the load generator failed: {failed[0]}")
+    return results
+
+
 def _scrape(url: str) -> dict[str, float]:
     """Sums and counts of this package's histograms on ``url``/metrics (empty for other servers)."""
     try:
@@ -311,21 +331,8 @@ def run_level(url: str, requests: Sequence[bytes], concurrency: int, per_request
         children.append(child)
     time.sleep(max(0.0, window[0] - time.monotonic()))
     before = _scrape(url)
-    results = []
-    try:
-        for receive in pipes:
-            if not receive.poll(max(1.0, window[1] - time.monotonic()) + timeout_s + 30):
-                raise ConfigError(f"a load generator process did not report within {timeout_s + 30:.0f} s")
-            results.append(receive.recv())
-    finally:
-        for child in children:
-            child.join(5)
-            if child.is_alive():
-                child.kill()
+    results = gather_reports(pipes, children, max(1.0, window[1] - time.monotonic()) + timeout_s + 30)
     after = _scrape(url)
-    failed = [r["failed"] for r in results if "failed" in r]
-    if failed:
-        raise ConfigError(f"the load generator failed: {failed[0]}")
     latencies = [v for r in results for v in r["latencies"]]
     statuses: Counter[str] = Counter()
     for r in results:
