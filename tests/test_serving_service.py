@@ -14,8 +14,9 @@ from foldedcnns.errors import ConfigError
 from foldedcnns.inference import Predictor
 from foldedcnns.runtime import Engine
 from foldedcnns.serving import QueueFull, Service, build_service
+from foldedcnns.serving.connections import ConnectionLimits
 from foldedcnns.serving.errors import Reply, reply_for
-from foldedcnns.serving.ray_serve import Replica, replica_engine
+from foldedcnns.serving.ray_serve import REQUEST_MARGIN_S, Replica, proxy_options, replica_engine
 from foldedcnns.serving.service import ROUTES, find_route
 
 pytest.importorskip("starlette")
@@ -88,6 +89,27 @@ def test_both_servers_answer_an_exception_with_the_same_reply(exc):
 def test_both_servers_decode_through_the_same_path(body, headers, status):
     native, ray = both_replies(RuntimeError("not reached"), body, headers)
     assert native == ray and native.status == status
+
+
+def test_a_ray_replica_cuts_a_stalled_body_with_408_and_its_proxy_gets_the_limits():
+    limits = ConnectionLimits(body_timeout_s=0.2, upload_timeout_s=5, keep_alive_s=7)
+    replica = FailingReplica(Failing(RuntimeError("not reached")), max_batch_images=4,  # type: ignore[arg-type]
+                             limits=limits)
+
+    async def stalled():
+        yield b"\x93NUMPY"
+        await asyncio.sleep(30)  # a client that stops sending
+        yield b""
+
+    async def main() -> tuple[Reply, float]:
+        started = asyncio.get_running_loop().time()
+        reply = await asyncio.wait_for(replica.predict(NPY, stalled(), {}), 5)
+        return reply, asyncio.get_running_loop().time() - started
+
+    reply, took = asyncio.run(main())
+    assert reply.status == 408 and "--body-timeout-s" in reply.body["error"] and took < 2
+    assert proxy_options("127.0.0.1", 8000, limits) == {
+        "host": "127.0.0.1", "port": 8000, "keep_alive_timeout_s": 7, "request_timeout_s": 5 + REQUEST_MARGIN_S}
 
 
 def test_the_replica_routes_by_the_shared_table_without_metrics():

@@ -42,13 +42,14 @@ def run(args: argparse.Namespace) -> int:
     common = {"engine": engine, "data": args.data, "max_batch_images": args.max_batch_images,
               "max_delay_ms": args.max_delay_ms, "max_queue_images": args.max_queue_images,
               "max_body_mb": args.max_body_mb}
-    if args.ray:
-        return serve_ray(args.checkpoint, host=args.host, port=args.port, address=args.ray_address,
-                         num_cpus=args.ray_cpus, replicas=args.replicas, replica_cpus=args.replica_cpus, **common)
     limits = ConnectionLimits(header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
                               upload_timeout_s=args.upload_timeout_s, keep_alive_s=args.keep_alive_s,
                               max_connections=args.max_connections, backlog=args.backlog,
                               stream_window=args.stream_window)
+    if args.ray:
+        return serve_ray(args.checkpoint, host=args.host, port=args.port, address=args.ray_address,
+                         num_cpus=args.ray_cpus, replicas=args.replicas, replica_cpus=args.replica_cpus,
+                         limits=limits, **common)
     with bind_socket(args.host, args.port, limits.backlog) as sock:
         # bound before the model loads: a port in use is one line at once
         service = build_service(args.checkpoint, request_timeout_ms=args.request_timeout_ms or None,
@@ -93,7 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     batching.add_argument("--drain-timeout-s", type=float, default=DEFAULT_DRAIN_TIMEOUT_S,
                           help="longest SIGTERM drain; uploads still arriving then get 503 "
                                f"(default: {DEFAULT_DRAIN_TIMEOUT_S:g})")
-    connections = parser.add_argument_group("connections (native server; what one client may hold)")
+    connections = parser.add_argument_group(
+        "connections (what one client may hold; with --ray the body timeouts and --keep-alive-s apply, Ray's "
+        "proxy bounds a whole request by --upload-timeout-s + 30 s)")
     for flag, default, text in TIMEOUT_OPTIONS:
         connections.add_argument(flag, type=float, default=default, metavar="S", help=f"{text} (default: {default:g})")
     connections.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="C",

@@ -9,6 +9,12 @@ Each replica holds a :class:`~foldedcnns.inference.Predictor` and batches with `
 and error answers (:func:`~foldedcnns.serving.errors.reply_for`). Ray's proxy sheds load past
 ``max_queued_requests`` (503).
 
+Connection limits (:class:`~foldedcnns.serving.connections.ConnectionLimits`): a replica reads a body with
+the native server's body timeouts (408 for a body that stalls ``body_timeout_s`` or takes longer than
+``upload_timeout_s``); Ray's proxy gets ``keep_alive_s`` as its keep-alive and bounds a whole request by
+``upload_timeout_s`` plus :data:`REQUEST_MARGIN_S` (its ``request_timeout_s``). The head timeout and the
+connection cap are the native server's own: Ray's proxy has neither.
+
 Differences from the native server: no ``--isolate-requests`` and no per-request deadline (Ray Serve
 has its own request timeout, ``RAY_SERVE_REQUEST_PROCESSING_TIMEOUT_S``), ``/metrics`` is Ray's own
 (the Ray metrics export port), not this package's, and ``/readyz`` is ``/healthz`` (Ray tracks which
@@ -37,6 +43,7 @@ from foldedcnns.models.registry import ModelConfig
 from foldedcnns.runtime.checkpoint import load_checkpoint
 from foldedcnns.runtime.engine import Engine
 from foldedcnns.serving.batcher import DEFAULT_DELAY_MS, DEFAULT_QUEUE_IMAGES, batch_images, check_request_images
+from foldedcnns.serving.connections import ConnectionLimits, Gate, timed_chunks
 from foldedcnns.serving.decode import DEFAULT_MAX_BODY_MB, body_limit, decode_request
 from foldedcnns.serving.errors import Reply, error_reply, reply_for
 from foldedcnns.serving.service import ROUTES, find_route, load_predictor, model_info, predictions_json
@@ -44,6 +51,7 @@ from foldedcnns.serving.service import ROUTES, find_route, load_predictor, model
 APP_NAME = "foldedcnns"
 DEFAULT_REPLICA_CPUS = 1.0
 REPLICA_ROUTES = tuple(r for r in ROUTES if r.endpoint != "metrics")  # /metrics is Ray's own
+REQUEST_MARGIN_S = 30.0  # the proxy's whole-request bound: the upload's, plus this for queueing and the model
 
 
 def _import_serve() -> tuple[Any, Any]:
@@ -60,10 +68,12 @@ class Replica:
     :meth:`classify` is batched across requests by ``@serve.batch``."""
 
     def __init__(self, predictor: Predictor, *, max_batch_images: int, max_delay_ms: float = DEFAULT_DELAY_MS,
-                 max_queue_images: int = DEFAULT_QUEUE_IMAGES, max_body_mb: float = DEFAULT_MAX_BODY_MB) -> None:
+                 max_queue_images: int = DEFAULT_QUEUE_IMAGES, max_body_mb: float = DEFAULT_MAX_BODY_MB,
+                 limits: ConnectionLimits | None = None) -> None:
         self.predictor = predictor
         self.max_batch_images, self.max_delay_ms = max_batch_images, max_delay_ms
         self.max_queue_images, self.max_body = max_queue_images, body_limit(max_body_mb)
+        self.limits, self.gate = limits or ConnectionLimits(), Gate()  # no drain here: Ray's own shutdown
 
     async def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
         """One piece of at most N images, alone (the deployment's override batches pieces of many requests)."""
@@ -83,7 +93,8 @@ class Replica:
     async def predict(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes],
                       query: Mapping[str, str]) -> Reply:
         try:
-            images = await decode_request(headers, chunks, query, self.predictor.input_hw, max_body=self.max_body,
+            images = await decode_request(headers, timed_chunks(chunks, self.limits, self.gate), query,
+                                          self.predictor.input_hw, max_body=self.max_body,
                                           admit=lambda n: check_request_images(n, self.max_queue_images))
             n = self.max_batch_images
             parts = await asyncio.gather(*(self.classify(images[i:i + n]) for i in range(0, len(images), n)))
@@ -124,9 +135,11 @@ def replica_engine(engine: Engine, replica_cpus: float) -> Engine:
 def build_application(checkpoint: str | Path, *, engine: Engine | None = None, data: str | Path | None = None,
                       replicas: int = 1, replica_cpus: float = DEFAULT_REPLICA_CPUS,
                       max_batch_images: int | None = None, max_delay_ms: float = DEFAULT_DELAY_MS,
-                      max_queue_images: int = DEFAULT_QUEUE_IMAGES, max_body_mb: float = DEFAULT_MAX_BODY_MB) -> Any:
+                      max_queue_images: int = DEFAULT_QUEUE_IMAGES, max_body_mb: float = DEFAULT_MAX_BODY_MB,
+                      limits: ConnectionLimits | None = None) -> Any:
     """The bound Ray Serve application (``serve.run`` it); one replica class per call. ``engine`` defaults
-    to eager fp32 on the CPU; int8 is calibrated here, once, on ``data`` unless it carries its calibration."""
+    to eager fp32 on the CPU; int8 is calibrated here, once, on ``data`` unless it carries its calibration.
+    ``limits``: the replicas' body timeouts (default :class:`ConnectionLimits`)."""
     _, serve = _import_serve()
     checkpoint = str(Path(checkpoint).resolve())
     config = ModelConfig.from_dict(load_checkpoint(checkpoint)["model_config"])
@@ -144,7 +157,8 @@ def build_application(checkpoint: str | Path, *, engine: Engine | None = None, d
         def __init__(self) -> None:
             torch.set_num_threads(engine.threads)
             super().__init__(load_predictor(checkpoint, engine=engine, max_batch_images=n), max_batch_images=n,
-                             max_delay_ms=max_delay_ms, max_queue_images=max_queue_images, max_body_mb=max_body_mb)
+                             max_delay_ms=max_delay_ms, max_queue_images=max_queue_images, max_body_mb=max_body_mb,
+                             limits=limits)
             # then once for the replica's life, so no batch changes it (Engine.pytorch_threads)
             torch.set_num_threads(self.predictor.engine.pytorch_threads or engine.threads)
 
@@ -161,18 +175,25 @@ def build_application(checkpoint: str | Path, *, engine: Engine | None = None, d
     return FoldedReplica.bind()
 
 
+def proxy_options(host: str, port: int, limits: ConnectionLimits) -> dict[str, Any]:
+    """Ray Serve's ``http_options`` for ``limits`` (see the module doc)."""
+    return {"host": host, "port": port, "keep_alive_timeout_s": max(1, round(limits.keep_alive_s)),
+            "request_timeout_s": limits.upload_timeout_s + REQUEST_MARGIN_S}
+
+
 def serve_ray(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
-              num_cpus: int | None = None, **options: Any) -> int:
+              num_cpus: int | None = None, limits: ConnectionLimits | None = None, **options: Any) -> int:
     """Start (or join) Ray, deploy the application on ``host:port``, serve until SIGTERM/SIGINT, shut down."""
     ray, serve = _import_serve()
-    app = build_application(checkpoint, **options)  # checks the checkpoint and N before Ray starts
+    limits = limits or ConnectionLimits()
+    app = build_application(checkpoint, limits=limits, **options)  # checks the checkpoint and N before Ray starts
     stop = threading.Event()
     ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
              ignore_reinit_error=True, log_to_driver=False)
     # After ray.init, which installs handlers of its own that end the driver at once.
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(http_options=proxy_options(host, port, limits))
         serve.run(app, name=APP_NAME, route_prefix="/")
         print(f"foldedcnns: serving on Ray Serve ({options.get('replicas', 1)} replicas) at http://{host}:{port}",
               flush=True)
