@@ -29,7 +29,7 @@ from conftest import descendants
 from foldedcnns.cli.main import main
 from foldedcnns.errors import ConfigError
 from foldedcnns.inference.live import parse_streams
-from foldedcnns.inference.live_batcher import BatchCost, LiveBatcher, LiveFrame
+from foldedcnns.inference.live_batcher import WRITE_MARGIN_S, BatchCost, LiveBatcher, LiveFrame
 from foldedcnns.inference.live_streams import LoopbackStreams, encode_clip
 from foldedcnns.inference.watch import WatchControl, WatchOptions, WatchReport, run_watch
 
@@ -122,7 +122,7 @@ def check_in_order(rows: list[dict]) -> None:
 
 @pytest.mark.slow  # seconds of real-time streams
 def test_four_streams_are_followed_in_real_time(checkpoint, tmp_path):
-    seconds, bound = 8, 300.0
+    seconds, bound = 20, 300.0  # the figure: 4 streams of 320x240 at 30 frames/s for 20 s
     clip = encode_clip(seconds * FPS, SIZE, FPS)
     with LoopbackStreams(clip, 4) as streams:
         names = [f"cam{i}={url}" for i, url in enumerate(streams.urls)]
@@ -325,6 +325,16 @@ def test_a_full_queue_drops_its_oldest_or_waits_with_no_drop():
     assert [f.frame for f in keep.take()] == [0, 1]  # late, yet kept: nothing is dropped
     blocked.join(5)
     assert not blocked.is_alive() and keep.queued(0) == 1 and drops == []
+
+
+def test_the_cost_plan_scales_with_a_steady_slowdown_and_adds_a_hiccup_once():
+    cost = BatchCost(4, 0.002, 0.004, 8)  # 2 ms for 4 frames, 4 ms for 8: 0.5 ms a slot
+    plain = cost(64)
+    cost.observe(4, 0.002 * 60)  # one batch of 4 held up 118 ms: not 60x for the batches after it
+    assert cost(64) == pytest.approx(plain + 0.118)
+    for _ in range(40):  # a machine that stays 3x slower (the hiccup has left the window)
+        cost.observe(8, 0.004 * 3)
+    assert cost(64) == pytest.approx((plain - WRITE_MARGIN_S) * 3 + WRITE_MARGIN_S)
 
 
 def test_closing_hands_out_everything_queued_then_none():

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import statistics
 import threading
 import time
 from collections import deque
@@ -38,7 +39,8 @@ import numpy as np
 from foldedcnns.errors import ConfigError
 
 DEFAULT_QUEUE_FRAMES = 128
-COST_WINDOW = 32          # batches the cost estimate remembers (it plans with their largest slowdown)
+COST_WINDOW = 32          # batches the cost estimate remembers (their median slowdown and largest hiccup)
+COST_PRIOR = 3            # ... of which, at first, this many are the warm-up's own timings (ratio 1)
 WRITE_MARGIN_S = 0.005    # rows written and flushed after the model (JSON, a flush per stream)
 START_SLACK = 0.05        # a waiting batch starts this share of L (1 to 20 ms) before its oldest frame would be late
 DROP_LATE, DROP_QUEUE_FULL = "late", "queue_full"
@@ -60,16 +62,24 @@ class LiveFrame:
 
 class BatchCost:
     """Expected seconds of a batch of n frames on the models: a line ``a + b * slots`` through two warm-up
-    timings (slots: n rounded up to a multiple of F), scaled by the largest ratio of measured to expected time
-    of the last 32 batches, so that a machine busy with decoding is planned for."""
+    timings (slots: n rounded up to a multiple of F), times the median ratio of measured to expected time
+    over the last 32 batches (a steady slowdown, such as decoding taking CPU from the model, grows with the
+    work), plus the largest excess of a batch over that plan in the same window (a hiccup, such as a thread
+    woken late, adds seconds whatever the batch's size).
+
+    Not the largest ratio, as it was: with sixteen 320x240 streams at f=1 one batch ran 66x slower than planned
+    (while the streams opened), the next batch of 11 frames was planned at 379 ms instead of 6, and frames 5 ms
+    old were dropped as late (``benchmarks/live.py``)."""
 
     def __init__(self, fold: int, small: float, large: float, large_slots: int) -> None:
         self.fold = fold
         per_slot = max(0.0, (large - small) / max(large_slots - fold, 1))
         self.fixed = max(small - per_slot * fold, 0.0)
         self.per_slot = per_slot
-        self._ratios: deque[float] = deque([1.0], maxlen=COST_WINDOW)
+        self._ratios: deque[float] = deque([1.0] * COST_PRIOR, maxlen=COST_WINDOW)  # the warm-up, as batches
+        self._excess: deque[float] = deque(maxlen=COST_WINDOW)
         self._scale = 1.0
+        self._spike = 0.0
 
     def slots(self, frames: int) -> int:
         return -(-frames // self.fold) * self.fold
@@ -78,13 +88,15 @@ class BatchCost:
         return self.fixed + self.per_slot * self.slots(frames)
 
     def __call__(self, frames: int) -> float:
-        return self._line(frames) * self._scale + WRITE_MARGIN_S
+        return self._line(frames) * self._scale + self._spike + WRITE_MARGIN_S
 
     def observe(self, frames: int, seconds: float) -> None:
         expected = self._line(frames)
         if expected > 0:
             self._ratios.append(seconds / expected)
-            self._scale = max(1.0, *self._ratios)
+            self._scale = max(1.0, statistics.median(self._ratios))
+            self._excess.append(max(0.0, seconds - expected * self._scale))
+            self._spike = max(self._excess)
 
 
 class LiveBatcher:
