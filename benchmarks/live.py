@@ -1,6 +1,6 @@
 """How many live streams one machine follows in real time with ``foldedcnns watch``, at f=1 and folded.
 
-    .venv/bin/python benchmarks/live.py                                    # the measurement (about 30 minutes)
+    .venv/bin/python benchmarks/live.py                                    # the measurement (about 50 minutes)
     .venv/bin/python benchmarks/live.py --doc docs/live.md                 # ... and its table into the doc
     .venv/bin/python benchmarks/live.py --quick                            # a functional check (about a minute)
 
