@@ -14,7 +14,10 @@ Rules:
   starts the moment a model slot is free and anything is waiting, so a lone request on an idle server
   goes straight to the model. Batches still form under load: at most ``max_concurrent_batches`` batches
   run at a time, on a worker thread (never on the event loop); while one runs the queue fills, and the
-  next batch takes up to N images of it at once. With D > 0 a batch that is not full also waits until
+  next batch takes up to N images of it at once. When a whole batch of N waits while every model thread
+  is busy, it is handed over at once and queues behind them (one such batch at most): the model then goes
+  from one full batch to the next without waiting for the event loop to answer the last one (64-image
+  requests, ``benchmarks/serve.py``). With D > 0 a batch that is not full also waits until
   the oldest waiting image has waited D (or N = ``max_batch_images`` images wait, or a drain starts):
   worth it only when a batch of N costs the model much less per image than the batches that form by
   themselves.
@@ -123,7 +126,7 @@ class DynamicBatcher:
         self._queued = 0
         self._running: set[asyncio.Task] = set()
         self._wakeup: asyncio.Event | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._busy = 0  # batches handed to the model threads, not yet answered
         self._loop_task: asyncio.Task | None = None
         self._closing = False
         self._flushing = False
@@ -134,7 +137,7 @@ class DynamicBatcher:
         if self._loop_task is None:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix="foldedcnns-model")
-            self._wakeup, self._slots = asyncio.Event(), asyncio.Semaphore(self._concurrency)
+            self._wakeup = asyncio.Event()
             self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="foldedcnns-batcher")
         return self
 
@@ -235,15 +238,25 @@ class DynamicBatcher:
         while True:
             if not await self._wait_for_batch(loop):
                 return
-            await self._slots.acquire()
+            if not self._model_free():
+                self._wakeup.clear()
+                await self._wakeup.wait()  # a batch finished, or a request came (it may fill a batch)
+                continue
             slices = self._cut()
             if not slices:
-                self._slots.release()
                 continue
+            self._busy += 1
             # The model thread's future answers the batch from a callback: no task of its own per batch.
             future = loop.run_in_executor(self._executor, self._compute, slices)
             self._running.add(future)
             future.add_done_callback(functools.partial(self._finish, slices))
+
+    def _model_free(self) -> bool:
+        """Whether a batch may be handed to the model threads now: one of them is free, or they are all busy
+        and a whole batch of N waits, which then queues behind them (one at most), so the model goes from one
+        full batch to the next without waiting for the event loop in between."""
+        return self._busy < self._concurrency or (self._busy == self._concurrency
+                                                  and self._queued >= self.max_batch_images)
 
     async def _wait_for_batch(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Wait until a batch should start (True) or the batcher is closed and empty (False)."""
@@ -307,7 +320,7 @@ class DynamicBatcher:
     def _finish(self, slices: list[_Slice], future: asyncio.Future) -> None:
         """On the event loop, when a batch is done: free its model slot, then answer its requests."""
         self._running.discard(future)
-        self._slots.release()
+        self._busy -= 1
         self._wakeup.set()
         if future.cancelled() or future.exception() is not None:  # a model fault fails this batch's requests only
             self._fail(slices, future.exception() if not future.cancelled() else asyncio.CancelledError())

@@ -15,7 +15,10 @@ decoded. Then the images are decoded (:func:`foldedcnns.data.imageio.decode_imag
 resized (:func:`foldedcnns.inference.preprocess.prepare_frame`), exactly as ``foldedcnns predict``
 prepares files, on the decode executor in slices of at most :data:`DECODE_SLICE_PIXELS`, the
 request's deadline checked before each slice: one request never holds a decode thread for long, and
-a request whose client has given up costs no decoding.
+a request whose client has given up costs no decoding. Small work stays on the event loop: a lone image
+of at most :data:`INLINE_IMAGE_PIXELS` declared pixels and an ``.npy`` request of at most
+:data:`INLINE_NPY_PIXELS`, whose decode or copy costs less than the two thread hops it would take
+(``benchmarks/serve.py``; docs/serving.md, "Where the time goes").
 
 Problems are :class:`ServingError` with the HTTP status (400, 413, 415, 504) and a one-line message.
 :func:`decode_request` is the whole path from a request to images, shared by the native server and the
@@ -63,6 +66,9 @@ MAX_IMAGE_PIXELS = 7680 * 4320   # ...and never above an 8K frame, whatever the 
 REQUEST_PIXEL_FACTOR = 4         # all images of one request: at most this many images at the per-image limit
 DECODE_SLICE_PIXELS = 1920 * 1080  # one decode-thread job decodes images of at most this many pixels in all
 #                                    (one larger image is a job of its own), then other requests get a turn
+INLINE_IMAGE_PIXELS = 256 * 256  # one image of at most this many declared pixels is decoded on the event loop,
+#                                   not on a decode thread: the hop costs more than the decode (below)
+INLINE_NPY_PIXELS = 1 << 20      # an .npy request of at most this many pixels in all is copied (and resized) there
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ async def decode_request(headers: Mapping[str, str], chunks: AsyncIterator[bytes
     with the request's image count (it raises to refuse, e.g. 503 when the queue has no room) and
     ``deadline`` (the event loop's ``time()``; None: none) checked (504). Decoding, cropping and resizing
     run on ``executor`` (None: the loop's default), in slices, the deadline checked before each
-    (400 for what cannot be decoded).
+    (400 for what cannot be decoded); a small lone image or ``.npy`` request runs here (module doc).
     """
     kind = check_media_type(headers.get("content-type"))
     body = await read_body(chunks, max_body, headers.get("content-length"))
@@ -117,11 +123,17 @@ async def decode_request(headers: Mapping[str, str], chunks: AsyncIterator[bytes
         if admit is not None:
             admit(len(array))
         check_deadline(deadline, loop, "before its images were decoded")
+        if array.shape[0] * array.shape[1] * array.shape[2] <= INLINE_NPY_PIXELS:
+            return _prepare_npy(array, hw, box)
         return await loop.run_in_executor(executor, _prepare_npy, array, hw, box)
-    if len(parts) == 1:  # one image: header check and decode in one job (a lone image pays one thread hop)
+    if len(parts) == 1:  # one image: its header read here; a small one decoded here too, a larger one in one job
         if admit is not None:
             admit(1)
-        return await loop.run_in_executor(executor, _open_and_decode, parts[0], limits, hw, box)
+        (img,) = open_parts(parts, limits, box)
+        with img:
+            if img.width * img.height <= INLINE_IMAGE_PIXELS:
+                return decode_parts([img], 0, 1, hw, box)
+            return await loop.run_in_executor(executor, decode_parts, [img], 0, 1, hw, box)
     images = await loop.run_in_executor(executor, open_parts, parts, limits, box)
     try:
         if admit is not None:
@@ -361,7 +373,3 @@ def decode_parts(images: Sequence[Image.Image], first: int, count: int, hw: tupl
     return out
 
 
-def _open_and_decode(data: bytes, limits: PixelLimits, hw: tuple[int, int], box: Crop | None) -> np.ndarray:
-    (img,) = open_parts([data], limits, box)
-    with img:
-        return decode_parts([img], 0, 1, hw, box)
