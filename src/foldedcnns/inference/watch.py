@@ -35,6 +35,7 @@ from foldedcnns.inference.predictor import deployment_engine
 from foldedcnns.inference.scrape import ScrapeTask, build_readers, load_spec
 from foldedcnns.runtime.engine import Engine
 from foldedcnns.utils.signals import signal_name
+from foldedcnns.utils.throttle import Throttle
 
 LOG = logging.getLogger("foldedcnns.watch")
 DEFAULT_MAX_LATENCY_MS = 500.0
@@ -159,7 +160,7 @@ class _Session:
         self.stop = threading.Event()
         self.failure: BaseException | None = None
         self._warm = threading.Event()
-        self._drops_logged, self._drops_since, self._drop_log_at = 0, 0, time.monotonic()
+        self._drop_lines = Throttle(DROP_LOG_EVERY_S)
         self.threads = [StreamReader(i, s, [r.view for r in readers], self.batcher, self.stop, self.stats[i],
                                      realtime=options.realtime, timeouts=options.timeouts,
                                      on_event=self._event_handler(i)) for i, s in enumerate(sources)]
@@ -183,7 +184,7 @@ class _Session:
     def _dropped(self, stream: int, reason: str, count: int) -> None:  # under the batcher's lock
         dropped = self.stats[stream].dropped
         dropped[reason] = dropped.get(reason, 0) + count
-        self._drops_since += count
+        self._drop_lines.count(count)
         if self.metrics is not None:
             self.metrics.drop(stream, reason, count)
 
@@ -261,12 +262,11 @@ class _Session:
             metrics.queued[stream].set(self.batcher.queued(stream))
 
     def _log_drops(self) -> None:
-        now = time.monotonic()
-        if self._drops_since > self._drops_logged and now - self._drop_log_at >= DROP_LOG_EVERY_S:
-            LOG.warning("watch: behind: %d frames dropped in the last %.0f s to keep --max-latency-ms %g "
-                        "(metrics: foldedcnns_live_frames_dropped_total)", self._drops_since - self._drops_logged,
-                        now - self._drop_log_at, self.options.max_latency_ms)
-            self._drops_logged, self._drop_log_at = self._drops_since, now
+        dropped = self._drop_lines.due()
+        if dropped:
+            LOG.warning("watch: behind: %d frames dropped to keep --max-latency-ms %g (at most one such line "
+                        "every %g s; metrics: foldedcnns_live_frames_dropped_total)", dropped,
+                        self.options.max_latency_ms, DROP_LOG_EVERY_S)
 
     def running(self) -> bool:
         return self.model_thread.is_alive() and any(t.is_alive() for t in self.threads)

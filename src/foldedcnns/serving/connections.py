@@ -37,8 +37,10 @@ from typing import Any
 
 from foldedcnns.errors import ConfigError
 from foldedcnns.serving.errors import RequestTimeout, ShuttingDown
+from foldedcnns.utils.throttle import Throttle
 
 LOG = logging.getLogger("foldedcnns.serving")
+CUT_LOG_EVERY_S = 10.0  # at most one "request body cut with 408" line this often (the count says how many)
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 10.0
 DEFAULT_UPLOAD_TIMEOUT_S = 60.0
@@ -112,6 +114,7 @@ class Gate:
         self.uploads: set[Any] = set()  # the timers of the bodies being read
         self.protocols: set[Any] = set()
         self.unanswered = 0
+        self.cut_lines = Throttle(CUT_LOG_EVERY_S)  # the 408 log lines of bodies cut by the timeouts
 
     def cut_uploads(self) -> int:
         """Cut every body still being read (503, as at a drain deadline); the number cut."""
@@ -149,7 +152,7 @@ async def timed_chunks(chunks: AsyncIterator[bytes], limits: ConnectionLimits, g
                 uncancel = getattr(watch.task, "uncancel", None)  # Python >= 3.11: the cancel was ours
                 if uncancel is not None:
                     uncancel()
-                raise watch.error(limits) from None
+                raise watch.error(limits, gate.cut_lines) from None
             finally:
                 watch.last, watch.waiting = loop.time(), False
             yield chunk
@@ -197,14 +200,17 @@ class _Watch:
             self.handle.cancel()
             self.handle = None
 
-    def error(self, limits: ConnectionLimits) -> Exception:
+    def error(self, limits: ConnectionLimits, lines: Throttle) -> Exception:
         if self.expired == "cut":
             return ShuttingDown("the server shut down before the upload finished (--drain-timeout-s); retry")
         if self.expired == "upload":
             what = f"the upload took longer than {limits.upload_timeout_s:g} s (--upload-timeout-s)"
         else:
             what = f"the body stalled for {limits.body_timeout_s:g} s (--body-timeout-s)"
-        LOG.warning("request body cut with 408: %s", what)
+        cut = lines.add()
+        if cut:
+            LOG.warning("request body cut with 408: %s (%d since the last such line; at most one every %g s)", what,
+                        cut, CUT_LOG_EVERY_S)
         return RequestTimeout(f"{what}; send the body without pauses")
 
 
