@@ -52,3 +52,16 @@ def test_export_cli_int8_with_data(tiny_checkpoint, tiny_task: TaskSpec, image_f
     printed = capsys.readouterr().out
     assert "OpenVINO IR int8" in printed and "int8 calibrated on 18 images of" in printed
     assert Predictor(out).precision == "int8"
+
+
+@pytest.mark.slow
+@needs_openvino
+def test_an_ir_predictor_with_partial_batches_runs_small_calls_at_their_own_shape(tiny_checkpoint,
+                                                                                  tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(2)
+    export_openvino(ckpt, tmp_path / "model.xml")
+    frames = np.random.default_rng(1).integers(0, 255, (3, 16, 20, 3), dtype=np.uint8)
+    ir = Predictor(tmp_path / "model.xml", batch_size=8, partial_batches=True)
+    assert ir._runner.shapes == (1, 2, 4)
+    np.testing.assert_allclose(ir.predict(frames).probabilities, Predictor(ckpt).predict(frames).probabilities,
+                               atol=1e-5)

@@ -12,6 +12,7 @@ from foldedcnns.runtime.backends import (
     OnnxRuntimeBackend,
     get_backend,
 )
+from foldedcnns.runtime.backends.base import partial_shapes
 from foldedcnns.runtime.engine import Engine
 
 # torch.compile cases are slow: inductor's first compilation alone takes seconds on 2 CPU cores.
@@ -106,3 +107,44 @@ def test_the_runner_classifies_any_number_of_images_with_own_group_padding(model
         with torch.no_grad():
             expected = model(folded).reshape(len(order), -1)[:n]
         torch.testing.assert_close(prepared.classify(images[:n]), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("inputs", "shapes"), [(1, []), (2, [1]), (3, [1, 2]), (16, [1, 2, 4, 8]),
+                                                (17, [1, 2, 4, 8, 16])])
+def test_partial_shapes_are_the_powers_of_two_below_the_full_one(inputs, shapes):
+    assert partial_shapes(inputs) == shapes
+
+
+def test_a_static_runner_with_partial_batches_runs_each_call_at_the_smallest_shape_that_holds_it(model):
+    """A server's batches vary: a call of G folded inputs runs at the smallest prepared shape >= G, padded with
+    its own last input, so a batch of 4 images does not cost what a full batch of 64 costs."""
+    calls: list[int] = []
+
+    class Static(type(get_backend("eager"))):
+        static_shapes = True
+
+        def build(self, module, example, engine, fold):
+            runner = super().build(module, example, engine, fold)
+            size = int(example.shape[0])
+
+            def run(x):
+                assert x.shape[0] == size  # a static shape is only ever called at its size
+                calls.append(size)
+                return runner.run(x)
+
+            return runner._replace(run=run)
+
+    x = torch.rand(16, *model.config.input_shape)
+    with torch.no_grad():
+        expected = model(x)
+    plain = Static().prepare(model, x[:8], Engine())
+    ladder = Static().prepare(model, x[:8], Engine(), partial_batches=True)
+    assert plain.shapes == (8,) and ladder.shapes == (1, 2, 4, 8) and ladder.static_inputs == 8
+    for n, runs in ((1, [1]), (3, [4]), (5, [8]), (8, [8]), (11, [8, 4]), (16, [8, 8])):
+        calls.clear()
+        torch.testing.assert_close(ladder.folded(x[:n]), expected[:n], rtol=1e-4, atol=1e-5)
+        assert calls == runs
+        calls.clear()
+        plain.folded(x[:n])
+        assert calls == [8] * -(-n // 8)  # without partial batches every call is padded to the full shape
+    assert get_backend("eager").prepare(model, x[:8], Engine(), partial_batches=True).shapes == ()  # any shape

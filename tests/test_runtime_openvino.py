@@ -151,3 +151,17 @@ def test_reduced_precisions_follow_the_cpus_capabilities(tiny_task: TaskSpec) ->
         if ok:
             prepared = BACKENDS["openvino"].prepare(model, x, Engine("openvino", precision))
             assert prepared.folded(x).dtype == torch.float32
+
+
+@pytest.mark.slow
+@needs_openvino
+def test_partial_batches_compile_the_smaller_shapes_and_give_the_same_logits(tiny_task: TaskSpec) -> None:
+    model = build_model(tiny_task, fold=2).eval()
+    x = torch.rand(8, *model.config.input_shape, generator=torch.Generator().manual_seed(4))
+    full = Engine("openvino").prepare(model, 16)
+    ladder = Engine("openvino").prepare(model, 16, partial_batches=True)
+    assert full.shapes == (8,) and ladder.shapes == (1, 2, 4, 8)
+    compiled = [c for c in ladder._keep if hasattr(c, "create_infer_request")]
+    assert sorted(c.inputs[0].get_shape()[0] for c in compiled) == [1, 2, 4, 8]
+    for n in (1, 3, 8):
+        torch.testing.assert_close(ladder.folded(x[:n]), full.folded(x[:n]), atol=1e-4, rtol=0)

@@ -15,7 +15,7 @@ import torch
 
 from foldedcnns.errors import ConfigError, DataError, first_line
 from foldedcnns.models.registry import ModelConfig
-from foldedcnns.runtime.backends.base import Prepared, finish
+from foldedcnns.runtime.backends.base import Prepared, Runner, finish, partial_shapes
 from foldedcnns.runtime.backends.openvino import compile_openvino, openvino_runner, ov_core
 from foldedcnns.runtime.engine import Engine
 
@@ -61,17 +61,24 @@ def read_ir(xml: str | Path) -> tuple[Any, ModelConfig, str]:
     return ov_model, config, precision
 
 
-def prepare_ov_model(ov_model: Any, config: ModelConfig, engine: Engine, folded_inputs: int) -> Prepared:
+def prepare_ov_model(ov_model: Any, config: ModelConfig, engine: Engine, folded_inputs: int, *,
+                     partial_batches: bool = False) -> Prepared:
     """A static-shape :class:`Prepared` runner of a converted (or read) ``ov_model`` on ``engine`` (an
-    ``openvino`` engine at the IR's precision) for calls of ``folded_inputs`` inputs; ``ov_model`` is
-    not changed."""
+    ``openvino`` engine at the IR's precision) for calls of ``folded_inputs`` inputs (``partial_batches``:
+    also for the smaller :func:`~foldedcnns.runtime.backends.base.partial_shapes`); ``ov_model`` is not
+    changed."""
     ok, reason = engine.is_available()
     if not ok:
         raise ConfigError(f"cannot run this OpenVINO IR ({engine.precision}) here: {reason}")
     started = time.perf_counter()
-    static = ov_model.clone()
-    static.reshape([folded_inputs, *config.input_shape])
-    runner = openvino_runner(compile_openvino(static, engine.precision, threads=engine.threads))
+
+    def runner(inputs: int) -> Runner:
+        static = ov_model.clone()
+        static.reshape([inputs, *config.input_shape])
+        return openvino_runner(compile_openvino(static, engine.precision, threads=engine.threads))
+
     example = torch.rand(folded_inputs, *config.input_shape, generator=torch.Generator().manual_seed(0))
-    return finish(engine, runner, example, fold=config.fold, static=True, started=started)
+    smaller = {size: runner(size) for size in partial_shapes(folded_inputs)} if partial_batches else {}
+    return finish(engine, runner(folded_inputs), example, fold=config.fold, static=True, started=started,
+                  smaller=smaller)
 

@@ -85,11 +85,15 @@ class Predictor(RunsOnEngine):
     the folded model runs, with the runtime's backends (:mod:`foldedcnns.runtime.backends`), so
     prediction runs a model exactly as it was measured. ``int8`` (openvino, onnxruntime) is calibrated
     on the engine's ``calibration``, else on up to 300 images of ``data``'s train (else val) split.
-    ``batch_size`` is the number of images per model call, a multiple of the fold.
+    ``batch_size`` is the number of images per model call, a multiple of the fold. ``partial_batches``:
+    calls of fewer images are common (a server's or a live watcher's batches), so an engine compiled
+    for static shapes is also compiled for smaller batches instead of padding every call to
+    ``batch_size`` (:meth:`Engine.prepare`).
     """
 
     def __init__(self, checkpoint: str | Path | dict[str, Any], *, engine: Engine | None = None,
-                 batch_size: int | None = None, data: str | Path | None = None) -> None:
+                 batch_size: int | None = None, data: str | Path | None = None,
+                 partial_batches: bool = False) -> None:
         engine = Engine() if engine is None else engine
         ir = read_ir(checkpoint) if is_ir_path(checkpoint) else None  # (ov.Model, config, precision)
         model, config = (None, ir[1]) if ir is not None else model_from_checkpoint(checkpoint)
@@ -98,13 +102,14 @@ class Predictor(RunsOnEngine):
         self.batch_size = batch_or_default(batch_size, self.fold, DEFAULT_BATCH_IMAGES)
         _, self.height, self.width = config.image_size
         if ir is None:
-            self._runner = engine.for_deployment(config.task, data).prepare(model, self.batch_size)
+            self._runner = engine.for_deployment(config.task, data).prepare(model, self.batch_size,
+                                                                            partial_batches=partial_batches)
         else:
             device = engine.resolved().device
             if torch.device(device).type != "cpu":
                 raise ConfigError(f"an OpenVINO IR runs on the CPU; drop --device {device}")
             self._runner = prepare_ov_model(ir[0], config, Engine("openvino", ir[2], "cpu", engine.threads),
-                                            self.batch_size // self.fold)
+                                            self.batch_size // self.fold, partial_batches=partial_batches)
         self._pytorch_threads = self._runner.engine.pytorch_threads
 
     @property

@@ -126,10 +126,12 @@ class Engine:
         return self.replace(calibration=load_calibration(data, task))
 
     def prepare(self, model: nn.Module, batch_images: int, *, fold: int | None = None,
-                input_shape: tuple[int, int, int] | None = None) -> Prepared:
+                input_shape: tuple[int, int, int] | None = None, partial_batches: bool = False) -> Prepared:
         """A :class:`Prepared` runner of ``model`` for calls of ``batch_images`` images (rounded up to a
-        multiple of the fold). ``input_shape`` ``(f*C, H, W)`` defaults to ``model.config.input_shape``. A
-        backend that cannot run here is a one-line :class:`ConfigError`."""
+        multiple of the fold). ``input_shape`` ``(f*C, H, W)`` defaults to ``model.config.input_shape``.
+        ``partial_batches``: calls vary in size (a server's batches), so a static-shape backend is also
+        prepared for smaller ones (:meth:`Backend.prepare`). A backend that cannot run here is a one-line
+        :class:`ConfigError`."""
         engine = self.check_available()
         f = model_fold(model) if fold is None else fold
         if input_shape is None:
@@ -139,4 +141,4 @@ class Engine:
             input_shape = tuple(config.input_shape)
         groups = round_batch(batch_images, f, "up") // f
         example = torch.rand(groups, *input_shape, generator=torch.Generator().manual_seed(0))
-        return engine.runner.prepare(model, example, engine, fold=f)
+        return engine.runner.prepare(model, example, engine, fold=f, partial_batches=partial_batches)

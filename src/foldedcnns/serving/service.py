@@ -195,12 +195,14 @@ def build_service(checkpoint: str | Path, *, engine: Engine | None = None, data:
 def load_predictor(checkpoint: str | Path, *, engine: Engine | None = None, data: str | Path | None = None,
                    max_batch_images: int | None = None) -> Predictor:
     """A Predictor on ``engine`` (int8 calibrated once, by :meth:`Engine.for_deployment` on ``data``) prepared
-    for batches of N images (``max_batch_images``, a multiple of the fold; default 64 rounded up to one),
-    run once on f images so the first request does not pay for a compilation (a static-shape backend pads
-    any call to its N-image shape)."""
+    for batches of N images (``max_batch_images``, a multiple of the fold; default 64 rounded up to one) and,
+    on a static-shape engine, for the smaller batches a server forms (``partial_batches``: a batch of 4 runs
+    at its own size, not padded to N), run once on f images so the first request does not pay for a
+    compilation."""
     saved = load_checkpoint(checkpoint)
     config = ModelConfig.from_dict(saved["model_config"])
     engine = (engine or Engine()).for_deployment(config.task, data)
-    predictor = Predictor(saved, engine=engine, batch_size=batch_images(config.fold, max_batch_images))
+    predictor = Predictor(saved, engine=engine, batch_size=batch_images(config.fold, max_batch_images),
+                          partial_batches=True)
     predictor.predict_batch(np.zeros((config.fold, *predictor.input_hw, 3), np.uint8))
     return predictor

@@ -100,15 +100,18 @@ class Prepared(RunsOnEngine):
       and device (a NumPy array for ONNX Runtime); this is what a benchmark times.
     * ``folded(x)``: float folded inputs ``(G, f*C, H, W) -> (G, f*K)`` float32 logits on the device.
       A static-shape backend (compile, cuda-graphs, openvino) was prepared for ``static_inputs`` folded
-      inputs: a smaller call is padded to that shape by repeating its last folded input and a larger
-      one is cut into calls of that shape, so it never compiles or captures again.
+      inputs, and, when calls vary in size (``partial_batches``: a server's batches), also for the
+      smaller ``shapes`` (:func:`partial_shapes`): a call runs at the smallest shape that holds it,
+      padded by repeating its last folded input, and a larger one is cut into calls of the full shape,
+      so it never compiles or captures again. Without the smaller shapes, a batch of 4 images on a
+      runner prepared for 64 costs the model as much as 64 (``docs/serving.md``).
     * ``classify(images)`` (also ``__call__``): per-image float input ``(N, C, H, W) -> (N, K)``:
       the last partial group is padded by the project's one rule, folded, run, unfolded and the
       padded rows dropped (:func:`foldedcnns.core.run_folded`).
     """
 
     def __init__(self, engine: Engine, runner: Runner, *, fold: int, static_inputs: int | None,
-                 setup_seconds: float) -> None:
+                 setup_seconds: float, smaller: dict[int, Runner] | None = None) -> None:
         self.engine = engine
         self.run = runner.run
         self.prepare_input = runner.prepare_input
@@ -119,15 +122,24 @@ class Prepared(RunsOnEngine):
         self.setup_seconds = setup_seconds
         # int8: what the engine was calibrated on
         self.calibration = calibration_source(engine.calibration) if is_quantized(engine.precision) else None
-        self._keep = list(runner.keep)
+        smaller = smaller or {}
+        self._keep = [*runner.keep, *(kept for extra in smaller.values() for kept in extra.keep)]
+        # (folded inputs, runner) of every static shape, smallest first; the full shape last
+        self._shapes = sorted({**smaller, **({static_inputs: runner} if static_inputs is not None else {})}.items())
+
+    @property
+    def shapes(self) -> tuple[int, ...]:
+        """The folded-input counts a static-shape runner was prepared for, smallest first (empty: any)."""
+        return tuple(size for size, _ in self._shapes)
 
     def __repr__(self) -> str:
         return (f"Prepared(backend={self.backend!r}, precision={self.precision!r}, device={str(self.device)!r}, "
-                f"fold={self.fold}, static_inputs={self.static_inputs})")
+                f"fold={self.fold}, static_inputs={self.static_inputs}, shapes={self.shapes})")
 
     def close(self) -> None:
         """Release what the runner holds (compiled code, sessions, graphs); it cannot run afterwards."""
         self._keep.clear()
+        self._shapes = []
         self.module = None
 
     def synchronize(self) -> None:
@@ -148,9 +160,10 @@ class Prepared(RunsOnEngine):
             for start in range(0, x.shape[0], size):
                 chunk = x[start:start + size]
                 real = chunk.shape[0]
-                if real < size:
-                    chunk = torch.cat([chunk, chunk[-1:].expand(size - real, *chunk.shape[1:])])
-                outs.append(self._raw(chunk)[:real])
+                shape, runner = next((s, r) for s, r in self._shapes if s >= real)
+                if real < shape:
+                    chunk = torch.cat([chunk, chunk[-1:].expand(shape - real, *chunk.shape[1:])])
+                outs.append(runner.to_tensor(runner.run(runner.prepare_input(chunk))).float()[:real])
             return torch.cat(outs)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
@@ -217,30 +230,46 @@ class Backend:
             return False, "this GPU has no bf16 support"
         return self.available(dev, precision)
 
-    def prepare(self, model: nn.Module, example: torch.Tensor, engine: Engine, *, fold: int | None = None) -> Prepared:
+    def prepare(self, model: nn.Module, example: torch.Tensor, engine: Engine, *, fold: int | None = None,
+                partial_batches: bool = False) -> Prepared:
         """A runner of ``model`` on ``engine`` for inputs shaped like ``example`` ``(G, f*C, H, W)``.
 
         ``fold`` defaults to the model's own (``model.config.fold``, 1 for a plain module).
+        ``partial_batches``: a static-shape backend is also built for :func:`partial_shapes` of G, for
+        callers whose calls vary in size (a server, a live watcher); dynamic-shape backends ignore it.
         """
         ok, reason = self.is_available(engine.device, engine.precision)
         if not ok:
             raise BackendUnavailable(reason)
         f = model_fold(model) if fold is None else fold
         started = time.perf_counter()
+        sizes = partial_shapes(int(example.shape[0])) if partial_batches and self.static_shapes else []
         with torch_threads(engine.threads):
             runner = self.build(model, example, engine, f)
+            smaller = {size: self.build(model, example[:size], engine, f) for size in sizes}
         return finish(engine, runner, example, fold=f, static=self.static_shapes, started=started,
-                      errors=self.call_errors())
+                      errors=self.call_errors(), smaller=smaller)
+
+
+def partial_shapes(inputs: int) -> list[int]:
+    """The smaller static shapes of a runner prepared for ``inputs`` folded inputs whose calls vary in size:
+    the powers of two below ``inputs``. A call runs at the smallest shape that holds it, so its padding never
+    doubles it, at the cost of one more build per shape (OpenVINO: about 0.03 s each). ``16 -> [1, 2, 4, 8]``."""
+    return [1 << k for k in range(max(inputs - 1, 0).bit_length())]
 
 
 def finish(engine: Engine, runner: Runner, example: torch.Tensor, *, fold: int, static: bool, started: float,
-           errors: tuple[type[BaseException], ...] = (RuntimeError,)) -> Prepared:
-    """The end of every preparation: the check call under the engine's threads, then the complete
-    :class:`Prepared` (static-shape runners keep ``example``'s folded-input count), timed from ``started``."""
+           errors: tuple[type[BaseException], ...] = (RuntimeError,), smaller: dict[int, Runner] | None = None
+           ) -> Prepared:
+    """The end of every preparation: the check call of every runner under the engine's threads, then the
+    complete :class:`Prepared` (static-shape runners keep ``example``'s folded-input count, and ``smaller``
+    the runners of smaller shapes, by folded-input count), timed from ``started``."""
     with torch_threads(engine.threads):
         check_call(runner, example, errors)
+        for size, extra in (smaller or {}).items():
+            check_call(extra, example[:size], errors)
     return Prepared(engine, runner, fold=fold, static_inputs=int(example.shape[0]) if static else None,
-                    setup_seconds=time.perf_counter() - started)
+                    setup_seconds=time.perf_counter() - started, smaller=smaller)
 
 
 # -- the registry: name -> backend, in registration order ---------------------------------------------------
