@@ -122,6 +122,7 @@ class Prepared(RunsOnEngine):
         self.setup_seconds = setup_seconds
         # int8: what the engine was calibrated on
         self.calibration = calibration_source(engine.calibration) if is_quantized(engine.precision) else None
+        self._runner = runner
         smaller = smaller or {}
         self._keep = [*runner.keep, *(kept for extra in smaller.values() for kept in extra.keep)]
         # (folded inputs, runner) of every static shape, smallest first; the full shape last
@@ -147,15 +148,16 @@ class Prepared(RunsOnEngine):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _raw(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_tensor(self.run(self.prepare_input(x))).float()
+    @staticmethod
+    def _raw(runner: Runner, x: torch.Tensor) -> torch.Tensor:
+        return runner.to_tensor(runner.run(runner.prepare_input(x))).float()
 
     def folded(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits of folded inputs. Shapes: ``(G, f*C, H, W) -> (G, f*K)``."""
         with torch.inference_mode():
             size = self.static_inputs
             if size is None or x.shape[0] == size:
-                return self._raw(x)
+                return self._raw(self._runner, x)
             outs = []
             for start in range(0, x.shape[0], size):
                 chunk = x[start:start + size]
@@ -163,7 +165,7 @@ class Prepared(RunsOnEngine):
                 shape, runner = next((s, r) for s, r in self._shapes if s >= real)
                 if real < shape:
                     chunk = torch.cat([chunk, chunk[-1:].expand(shape - real, *chunk.shape[1:])])
-                outs.append(runner.to_tensor(runner.run(runner.prepare_input(chunk))).float()[:real])
+                outs.append(self._raw(runner, chunk)[:real])
             return torch.cat(outs)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
