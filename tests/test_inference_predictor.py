@@ -9,6 +9,7 @@ from foldedcnns.data.crop import Crop
 from foldedcnns.data.model_input import to_model_input
 from foldedcnns.errors import ConfigError, DataError, ShapeError
 from foldedcnns.inference import Predictor, deployment_engine
+from foldedcnns.inference.preprocess import stack_frames
 from foldedcnns.models.spec import spec_from_dict
 from foldedcnns.runtime import BACKENDS, Backend, Engine, Runner
 from foldedcnns.runtime.checkpoint import model_from_checkpoint
@@ -55,6 +56,17 @@ def test_padding_repeats_the_last_groups_own_images():
     x = torch.arange(6).view(6, 1)
     assert pad_to_multiple(x, 4)[0].flatten().tolist() == [0, 1, 2, 3, 4, 5, 4, 5]
     assert pad_to_multiple(x, 3)[0].flatten().tolist() == list(range(6))
+
+
+def test_a_stack_at_the_models_size_is_copied_whole_into_a_new_writable_array():
+    images = frames(5)
+    view = np.frombuffer(images.tobytes(), np.uint8).reshape(images.shape)  # read-only, as an .npy body's view
+    out = stack_frames(view, 22, 52)
+    np.testing.assert_array_equal(out, images)
+    assert out.flags.writeable and out.flags.c_contiguous and not np.shares_memory(out, view)
+    assert [f.tolist() for f in stack_frames(list(images), 22, 52)] == [f.tolist() for f in out]
+    with pytest.raises(DataError, match="image 0"):  # a wrong channel count still fails as before
+        stack_frames(frames(2)[..., :2], 22, 52)
 
 
 def test_images_of_other_sizes_are_cropped_and_resized_like_the_training_data(checkpoint):

@@ -31,7 +31,8 @@ from foldedcnns.errors import ConfigError
 from foldedcnns.inference.live import parse_streams
 from foldedcnns.inference.live_batcher import WRITE_MARGIN_S, BatchCost, LiveBatcher, LiveFrame
 from foldedcnns.inference.live_streams import LoopbackStreams, encode_clip
-from foldedcnns.inference.watch import WatchControl, WatchOptions, WatchReport, run_watch
+from foldedcnns.inference.watch import WatchControl, WatchOptions, WatchReport, run_watch, watch_readers
+from foldedcnns.runtime import Engine
 
 pytest.importorskip("av")  # the streams are encoded and decoded with PyAV
 
@@ -344,3 +345,15 @@ def test_closing_hands_out_everything_queued_then_none():
     live.close()
     assert not live.put(frame(0, 9))
     assert [len(live.take()), len(live.take()), live.take()] == [8, 3, None] and drops == []
+
+
+@pytest.mark.slow
+def test_a_static_shape_engine_runs_a_small_live_batch_at_its_own_size(checkpoint):
+    pytest.importorskip("openvino")
+    (reader,) = watch_readers(checkpoint, engine=Engine("openvino", threads=1), crop=None, batch_size=16, data=None)
+    prepared = reader.predictor._runner
+    assert prepared.shapes == (1, 2, 4)  # folded inputs (f = 4): batches of 4, 8 and the full 16 images
+    images = np.random.default_rng(0).integers(0, 256, (3, *reader.predictor.input_hw, 3), dtype=np.uint8)
+    full = reader.predictor.predict_batch(np.concatenate([images] * 6)[:16])
+    np.testing.assert_allclose(reader.predictor.predict_batch(images).probabilities, full.probabilities[:3],
+                               atol=1e-4)

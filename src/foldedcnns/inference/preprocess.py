@@ -37,7 +37,11 @@ def prepare_frame(frame: np.ndarray, height: int, width: int, crop: Crop | None 
 
 
 def stack_frames(frames: Sequence[np.ndarray], height: int, width: int, crop: Crop | None = None) -> np.ndarray:
-    """Prepare and stack frames of any size into one ``(N, height, width, 3)`` uint8 array."""
+    """Prepare and stack frames of any size into one ``(N, height, width, 3)`` uint8 array (a new array: a
+    stack already at that size, uncropped, is copied whole, not frame by frame)."""
+    if (crop is None and isinstance(frames, np.ndarray) and frames.dtype == np.uint8
+            and frames.shape == (len(frames), height, width, RGB_CHANNELS)):
+        return frames.copy()
     out = np.empty((len(frames), height, width, RGB_CHANNELS), dtype=np.uint8)
     for i, frame in enumerate(frames):
         out[i] = prepare_frame(np.asarray(frame), height, width, crop, where=f"image {i}")

@@ -141,9 +141,12 @@ def check_crops_fit(tasks: Sequence[ScrapeTask], sources: Sequence[Source], spec
                                   f"{width}x{height} frames of {source.name}; fix the task's crop")
 
 
-def build_readers(tasks: Sequence[ScrapeTask], engine: Engine | None = None) -> tuple[list[Reader], int]:
+def build_readers(tasks: Sequence[ScrapeTask], engine: Engine | None = None, *,
+                  partial_batches: bool = False) -> tuple[list[Reader], int]:
     """One :class:`Reader` per task, each on its engine (``engine`` with the task's overrides; int8 calibrated
-    from the task's checkpoint); returns them and the model threads of the first."""
+    from the task's checkpoint); returns them and the model threads of the first. ``partial_batches``: the
+    batches vary in size (``watch`` folds what the streams hold), so a static-shape engine also prepares the
+    smaller shapes (:class:`Predictor`) instead of padding each batch to the task's batch size."""
     engine = (Engine() if engine is None else engine).resolved()
     readers, threads = [], 0
     for task in tasks:
@@ -151,7 +154,7 @@ def build_readers(tasks: Sequence[ScrapeTask], engine: Engine | None = None) -> 
         task_threads = model_threads(task_engine)
         threads = threads or task_threads
         predictor = Predictor(task.checkpoint, engine=task_engine.replace(threads=task_threads),
-                              batch_size=task.batch_size)
+                              batch_size=task.batch_size, partial_batches=partial_batches)
         readers.append(Reader(predictor, task.crop, task.name))
     return readers, threads
 

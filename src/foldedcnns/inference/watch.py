@@ -115,7 +115,9 @@ class WatchReport:
 def watch_readers(target: str | Path, *, engine: Engine | None, crop: Crop | str | None, batch_size: int | None,
                   data: str | Path | None) -> list[Reader]:
     """The models of ``target``: a scrape SPEC (``.json``: one named Reader per task) or a checkpoint (one
-    unnamed Reader with ``crop``); a task without its own batch size gets ``batch_size`` (default 64)."""
+    unnamed Reader with ``crop``); a task without its own batch size gets ``batch_size`` (default 64). A batch
+    holds what the streams sent, often less than the batch size, so a static-shape engine (openvino, compile,
+    cuda-graphs) is also prepared for the smaller shapes and runs such a batch at its own size, not padded."""
     is_spec = Path(target).suffix.lower() == SPEC_SUFFIX
     if is_spec and crop is not None:
         raise ConfigError("--crop goes with a checkpoint; a SPEC gives each task its own crop")
@@ -127,7 +129,7 @@ def watch_readers(target: str | Path, *, engine: Engine | None, crop: Crop | str
         tasks = [ScrapeTask("model", Path(target), Crop.parse(crop) if isinstance(crop, str) else crop)]
         engine = deployment_engine(target, engine, data)
     tasks = [dataclasses.replace(t, batch_size=t.batch_size or batch_size or DEFAULT_BATCH_FRAMES) for t in tasks]
-    readers, _ = build_readers(tasks, engine)
+    readers, _ = build_readers(tasks, engine, partial_batches=True)
     return readers if is_spec else [Reader(readers[0].predictor, readers[0].crop, None)]
 
 
