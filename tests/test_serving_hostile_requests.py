@@ -41,11 +41,13 @@ from serve_process import npy_bytes, one_chunk
 
 from foldedcnns.data.crop import Crop
 from foldedcnns.data.imageio import read_image
+from foldedcnns.errors import ConfigError
 from foldedcnns.inference.preprocess import stack_frames
 from foldedcnns.serving import decode
 from foldedcnns.serving.decode import (
     MAX_IMAGE_PIXELS,
     MIN_IMAGE_PIXELS,
+    RequestBudget,
     decode_request,
     decode_slices,
     pixel_limits,
@@ -65,11 +67,11 @@ npy, chunks = npy_bytes, one_chunk  # benchmarks/serve_process.py: a request bod
 
 
 def run(body: bytes, kind: str = "image/png", query: dict[str, str] | None = None, **kw: object) -> np.ndarray:
-    """``decode_request`` of one body in process (a 16 MB body limit)."""
+    """``decode_request`` of one body in process (the default budget: a 16 MB body limit)."""
     from starlette.datastructures import Headers  # case-insensitive, as both servers pass them
 
     return asyncio.run(decode_request(Headers({"content-type": kind}), chunks(body), query or {}, HW,
-                                      max_body=16 * MB, **kw))
+                                      **kw))
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -96,6 +98,23 @@ def test_the_pixel_limits_follow_the_model_and_crop_between_a_4k_and_an_8k_frame
     assert pixel_limits(HW, Crop(100, 0, 1900, 2000)).image == decode.IMAGE_PIXEL_FACTOR * 2000 * 2000
     assert pixel_limits(HW, Crop(0, 0, 20000, 20000)).image == MAX_IMAGE_PIXELS  # a crop cannot lift the ceiling
     assert pixel_limits((3000, 3000)).image == MAX_IMAGE_PIXELS
+
+
+def test_a_servers_own_pixel_budget_replaces_the_derived_limits():
+    assert pixel_limits(HW, budget=RequestBudget(image_pixels=5000)) == decode.PixelLimits(5000, 4 * 5000)
+    assert pixel_limits(HW, Crop(0, 0, 20000, 20000), RequestBudget(request_pixels=9000)) == decode.PixelLimits(
+        MAX_IMAGE_PIXELS, 9000)
+    with pytest.raises(ConfigError, match="--max-image-pixels must be a positive number"):
+        RequestBudget(image_pixels=0)
+    with pytest.raises(ConfigError, match="--max-body-mb must be > 0"):
+        RequestBudget(max_body_mb=0)
+
+
+def test_a_request_past_the_servers_pixel_budget_is_refused_from_its_header(no_decoding):
+    with pytest.raises(RequestTooLarge, match=r"the image \(52x22\) declares 1,144 pixels"):
+        run(normal_png(), budget=RequestBudget(image_pixels=1000))
+    with pytest.raises(RequestTooLarge, match=r"the request \(3 images\) declares 3,432 pixels"):
+        run(npy(np.zeros((3, 22, 52, 3), np.uint8)), "application/x-npy", budget=RequestBudget(request_pixels=3000))
 
 
 def test_a_bomb_bomb_parts_and_an_over_budget_request_are_refused_from_their_headers(no_decoding):
@@ -296,3 +315,11 @@ def test_a_full_queue_answers_503_from_the_headers_with_the_body_unread(tiny_che
 def _quietly(call, *args, **kw) -> None:
     with contextlib.suppress(OSError):  # the filler's answer may be cut by the server's stop
         call(*args, **kw)
+
+
+@pytest.mark.slow  # starts a real server process
+def test_serve_takes_its_pixel_limits_from_the_command_line(tiny_checkpoint):
+    with serving(tiny_checkpoint(4, task=TASK), "--max-request-pixels", "2000", fail=pytest.fail) as small:
+        assert raw_post(small.url, normal_png())[0] == 200  # 52 x 22 = 1,144 pixels
+        response = raw_post(small.url, *multipart([normal_png()] * 2))
+    assert response[0] == 413 and "declares 2,288 pixels" in one_line_error(response)

@@ -20,7 +20,7 @@ from foldedcnns.serving.connections import (
     ConnectionLimits,
     bind_socket,
 )
-from foldedcnns.serving.decode import DEFAULT_MAX_BODY_MB
+from foldedcnns.serving.decode import DEFAULT_MAX_BODY_MB, RequestBudget
 from foldedcnns.serving.http import DEFAULT_DRAIN_TIMEOUT_S
 from foldedcnns.serving.ray_serve import DEFAULT_REPLICA_CPUS
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     engine = engine_from_args(args)
     common = {"engine": engine, "data": args.data, "max_batch_images": args.max_batch_images,
               "max_delay_ms": args.max_delay_ms, "max_queue_images": args.max_queue_images,
-              "max_body_mb": args.max_body_mb}
+              "budget": RequestBudget(args.max_body_mb, args.max_image_pixels, args.max_request_pixels)}
     limits = ConnectionLimits(header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
                               upload_timeout_s=args.upload_timeout_s, keep_alive_s=args.keep_alive_s,
                               max_connections=args.max_connections, backlog=args.backlog,
@@ -91,6 +91,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                "Predictor.predict gives its images; costs padded slots)")
     batching.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB,
                           help=f"largest request body; past it 413 (default: {DEFAULT_MAX_BODY_MB:g})")
+    batching.add_argument("--max-image-pixels", type=int, default=None, metavar="P",
+                          help="most declared pixels (width x height) of one image, checked from its header "
+                               "before decoding; past it 413 (default: 4x the larger of the model's input and the "
+                               "crop's extent, between a 4K and an 8K frame)")
+    batching.add_argument("--max-request-pixels", type=int, default=None, metavar="P",
+                          help="most declared pixels of all images of one request; past it 413 (default: 4x the "
+                               "per-image limit)")
     batching.add_argument("--drain-timeout-s", type=float, default=DEFAULT_DRAIN_TIMEOUT_S,
                           help="longest SIGTERM drain; uploads still arriving then get 503 "
                                f"(default: {DEFAULT_DRAIN_TIMEOUT_S:g})")

@@ -14,6 +14,7 @@ are imported only when a server or a load test starts, so importing this package
 """
 
 from foldedcnns.serving.batcher import DynamicBatcher
+from foldedcnns.serving.decode import RequestBudget
 from foldedcnns.serving.errors import (
     BadRequest,
     BatchFailed,
@@ -36,6 +37,7 @@ __all__ = [
     "DynamicBatcher",
     "LevelResult",
     "QueueFull",
+    "RequestBudget",
     "RequestTooLarge",
     "Service",
     "ServingError",

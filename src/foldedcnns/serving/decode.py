@@ -42,7 +42,7 @@ from PIL import Image
 
 from foldedcnns.data.crop import Crop
 from foldedcnns.data.imageio import ImageTooLarge, decode_image, open_image
-from foldedcnns.errors import DataError, FoldedCNNsError, first_line
+from foldedcnns.errors import ConfigError, DataError, FoldedCNNsError, first_line
 from foldedcnns.inference.preprocess import prepare_frame, stack_frames
 from foldedcnns.serving.errors import (
     BadRequest,
@@ -79,45 +79,68 @@ class PixelLimits:
     request: int
 
 
-def pixel_limits(hw: tuple[int, int], box: Crop | None = None) -> PixelLimits:
+@dataclass(frozen=True)
+class RequestBudget:
+    """What one request may cost, as a server sets it: its body (``--max-body-mb``) and the declared pixels of
+    one image and of all its images (``--max-image-pixels``, ``--max-request-pixels``; None: derived from the
+    model and the crop, :func:`pixel_limits`)."""
+
+    max_body_mb: float = DEFAULT_MAX_BODY_MB
+    image_pixels: int | None = None
+    request_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.max_body_mb > 0:
+            raise ConfigError(f"--max-body-mb must be > 0, got {self.max_body_mb:g}")
+        for flag, value in (("--max-image-pixels", self.image_pixels), ("--max-request-pixels", self.request_pixels)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be a positive number of pixels (width x height), got {value}")
+
+    @property
+    def max_body(self) -> int:
+        """``--max-body-mb`` in bytes."""
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+def pixel_limits(hw: tuple[int, int], box: Crop | None = None, budget: RequestBudget | None = None) -> PixelLimits:
     """The limits for a model of input ``hw = (height, width)`` and an optional crop: the per-image limit is
     :data:`IMAGE_PIXEL_FACTOR` times the larger of the model's input and the crop's extent (``(x + w) * (y + h)``,
     the smallest image the crop fits), clamped to [:data:`MIN_IMAGE_PIXELS`, :data:`MAX_IMAGE_PIXELS`]; a request
-    may have :data:`REQUEST_PIXEL_FACTOR` such images in all."""
+    may have :data:`REQUEST_PIXEL_FACTOR` such images in all. A ``budget`` value replaces its derived limit (a
+    request's then defaults to :data:`REQUEST_PIXEL_FACTOR` times the given per-image one)."""
+    budget = budget or RequestBudget()
     extent = (box.x + box.w) * (box.y + box.h) if box is not None else 0
-    image = min(MAX_IMAGE_PIXELS, max(MIN_IMAGE_PIXELS, IMAGE_PIXEL_FACTOR * max(hw[0] * hw[1], extent)))
-    return PixelLimits(image, REQUEST_PIXEL_FACTOR * image)
-
-
-def body_limit(max_body_mb: float) -> int:
-    """``--max-body-mb`` in bytes."""
-    return int(max_body_mb * 1024 * 1024)
+    derived = min(MAX_IMAGE_PIXELS, max(MIN_IMAGE_PIXELS, IMAGE_PIXEL_FACTOR * max(hw[0] * hw[1], extent)))
+    image = budget.image_pixels or derived
+    return PixelLimits(image, budget.request_pixels or REQUEST_PIXEL_FACTOR * image)
 
 
 async def decode_request(headers: Mapping[str, str], chunks: AsyncIterator[bytes], query: Mapping[str, str],
-                         hw: tuple[int, int], *, max_body: int, executor: Executor | None = None,
+                         hw: tuple[int, int], *, budget: RequestBudget | None = None, executor: Executor | None = None,
                          deadline: float | None = None, admit: Callable[[int], None] | None = None) -> np.ndarray:
     """The images of one ``POST /v1/predict`` as uint8 ``(N, H, W, 3)`` at ``hw``.
 
-    Media type checked (415); body read up to ``max_body`` bytes (413); a multipart body split into its
-    file parts (its ``crop`` field used unless the query has one); then, before any pixel is decoded, the
-    declared sizes checked (:func:`pixel_limits`: 413; a crop outside an image: 400), ``admit(n)`` called
-    with the request's image count (it raises to refuse, e.g. 503 when the queue has no room) and
-    ``deadline`` (the event loop's ``time()``; None: none) checked (504). Decoding, cropping and resizing
-    run on ``executor`` (None: the loop's default), in slices, the deadline checked before each
+    Media type checked (415); body read up to ``budget.max_body`` bytes (413; ``budget`` default
+    :class:`RequestBudget`); a multipart body split into its file parts (its ``crop`` field used unless the
+    query has one); then, before any pixel is decoded, the declared sizes checked (:func:`pixel_limits` of
+    ``budget``: 413; a crop outside an image: 400), ``admit(n)`` called with the request's image count (it
+    raises to refuse, e.g. 503 when the queue has no room) and ``deadline`` (the event loop's ``time()``;
+    None: none) checked (504). Decoding, cropping and resizing run on ``executor`` (None: the loop's
+    default), in slices, the deadline checked before each
     (400 for what cannot be decoded); a small lone image or ``.npy`` request runs here (module doc).
     """
+    budget = budget or RequestBudget()
     kind = check_media_type(headers.get("content-type"))
-    body = await read_body(chunks, max_body, headers.get("content-length"))
+    body = await read_body(chunks, budget.max_body, headers.get("content-length"))
     loop = asyncio.get_running_loop()
     check_deadline(deadline, loop, "before its images were decoded")
     crop = query.get("crop")
     parts: list[bytes] = [body]
     if kind == MULTIPART:
-        parts, form_crop = await split_multipart(headers, body, max_body)
+        parts, form_crop = await split_multipart(headers, body, budget.max_body)
         crop = crop or form_crop
     box = parse_crop(crop)
-    limits = pixel_limits(hw, box)
+    limits = pixel_limits(hw, box, budget)
     if kind == NPY:
         array = read_npy(body, limits, box)
         if admit is not None:

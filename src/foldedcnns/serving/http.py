@@ -260,7 +260,7 @@ def make_server(service: Service, *, host: str = "127.0.0.1", port: int = 8000,
     app = build_app(service, limits=limits, gate=gate)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                             http=guarded_protocol(limits, gate, service.metrics),
-                            ws_max_size=service.max_body, ws_per_message_deflate=False,
+                            ws_max_size=service.budget.max_body, ws_per_message_deflate=False,
                             timeout_graceful_shutdown=CONNECTION_CLOSE_TIMEOUT_S, **limits.uvicorn_options())
     return DrainingServer(config)
 

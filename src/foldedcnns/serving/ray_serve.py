@@ -44,7 +44,7 @@ from foldedcnns.runtime.checkpoint import load_checkpoint
 from foldedcnns.runtime.engine import Engine
 from foldedcnns.serving.batcher import DEFAULT_DELAY_MS, DEFAULT_QUEUE_IMAGES, batch_images, check_request_images
 from foldedcnns.serving.connections import ConnectionLimits, Gate, timed_chunks
-from foldedcnns.serving.decode import DEFAULT_MAX_BODY_MB, body_limit, decode_request
+from foldedcnns.serving.decode import RequestBudget, decode_request
 from foldedcnns.serving.errors import Reply, error_reply, reply_for
 from foldedcnns.serving.service import ROUTES, find_route, load_predictor, model_info, predictions_json
 
@@ -68,11 +68,11 @@ class Replica:
     :meth:`classify` is batched across requests by ``@serve.batch``."""
 
     def __init__(self, predictor: Predictor, *, max_batch_images: int, max_delay_ms: float = DEFAULT_DELAY_MS,
-                 max_queue_images: int = DEFAULT_QUEUE_IMAGES, max_body_mb: float = DEFAULT_MAX_BODY_MB,
+                 max_queue_images: int = DEFAULT_QUEUE_IMAGES, budget: RequestBudget | None = None,
                  limits: ConnectionLimits | None = None) -> None:
-        self.predictor = predictor
+        self.predictor, self.budget = predictor, budget or RequestBudget()
         self.max_batch_images, self.max_delay_ms = max_batch_images, max_delay_ms
-        self.max_queue_images, self.max_body = max_queue_images, body_limit(max_body_mb)
+        self.max_queue_images = max_queue_images
         self.limits, self.gate = limits or ConnectionLimits(), Gate()  # no drain here: Ray's own shutdown
 
     async def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
@@ -94,7 +94,7 @@ class Replica:
                       query: Mapping[str, str]) -> Reply:
         try:
             images = await decode_request(headers, timed_chunks(chunks, self.limits, self.gate), query,
-                                          self.predictor.input_hw, max_body=self.max_body,
+                                          self.predictor.input_hw, budget=self.budget,
                                           admit=lambda n: check_request_images(n, self.max_queue_images))
             n = self.max_batch_images
             parts = await asyncio.gather(*(self.classify(images[i:i + n]) for i in range(0, len(images), n)))
@@ -135,11 +135,12 @@ def replica_engine(engine: Engine, replica_cpus: float) -> Engine:
 def build_application(checkpoint: str | Path, *, engine: Engine | None = None, data: str | Path | None = None,
                       replicas: int = 1, replica_cpus: float = DEFAULT_REPLICA_CPUS,
                       max_batch_images: int | None = None, max_delay_ms: float = DEFAULT_DELAY_MS,
-                      max_queue_images: int = DEFAULT_QUEUE_IMAGES, max_body_mb: float = DEFAULT_MAX_BODY_MB,
+                      max_queue_images: int = DEFAULT_QUEUE_IMAGES, budget: RequestBudget | None = None,
                       limits: ConnectionLimits | None = None) -> Any:
     """The bound Ray Serve application (``serve.run`` it); one replica class per call. ``engine`` defaults
     to eager fp32 on the CPU; int8 is calibrated here, once, on ``data`` unless it carries its calibration.
-    ``limits``: the replicas' body timeouts (default :class:`ConnectionLimits`)."""
+    ``limits``: the replicas' body timeouts (default :class:`ConnectionLimits`); ``budget``: what one request
+    may cost (default :class:`RequestBudget`)."""
     _, serve = _import_serve()
     checkpoint = str(Path(checkpoint).resolve())
     config = ModelConfig.from_dict(load_checkpoint(checkpoint)["model_config"])
@@ -157,7 +158,7 @@ def build_application(checkpoint: str | Path, *, engine: Engine | None = None, d
         def __init__(self) -> None:
             torch.set_num_threads(engine.threads)
             super().__init__(load_predictor(checkpoint, engine=engine, max_batch_images=n), max_batch_images=n,
-                             max_delay_ms=max_delay_ms, max_queue_images=max_queue_images, max_body_mb=max_body_mb,
+                             max_delay_ms=max_delay_ms, max_queue_images=max_queue_images, budget=budget,
                              limits=limits)
             # then once for the replica's life, so no batch changes it (Engine.pytorch_threads)
             torch.set_num_threads(self.predictor.engine.pytorch_threads or engine.threads)

@@ -34,7 +34,7 @@ from foldedcnns.serving.batcher import (
     batch_images,
     describe,
 )
-from foldedcnns.serving.decode import DEFAULT_MAX_BODY_MB, body_limit, decode_request
+from foldedcnns.serving.decode import RequestBudget, decode_request
 from foldedcnns.serving.errors import BadRequest, Reply, ShuttingDown, error_reply, reply_for
 from foldedcnns.serving.metrics import ServingMetrics
 
@@ -81,9 +81,9 @@ class Service:
     """Endpoints of one model: ``predict``, ``model``, ``healthz``, ``readyz``, ``metrics``; and the drain."""
 
     def __init__(self, predictor: Predictor, batcher: DynamicBatcher, metrics: ServingMetrics, *,
-                 max_body_mb: float = DEFAULT_MAX_BODY_MB) -> None:
+                 budget: RequestBudget | None = None) -> None:
         self.predictor, self.batcher, self.metrics = predictor, batcher, metrics
-        self.max_body = body_limit(max_body_mb)
+        self.budget = budget or RequestBudget()
         self.inflight = 0
         self.streams = 0  # WebSocket streams open (stream.py); a drain waits until they have closed
         self.draining = False
@@ -141,7 +141,7 @@ class Service:
     async def decode(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes], query: Mapping[str, str], *,
                      admit: Callable[[int], None], deadline: float | None) -> np.ndarray:
         """A body's images at the model's size on the decode threads (:func:`~.decode.decode_request`)."""
-        return await decode_request(headers, chunks, query, self.predictor.input_hw, max_body=self.max_body,
+        return await decode_request(headers, chunks, query, self.predictor.input_hw, budget=self.budget,
                                     executor=self.decoder, admit=admit, deadline=deadline)
 
     def admit(self, images: int) -> None:
@@ -180,7 +180,7 @@ class Service:
 def build_service(checkpoint: str | Path, *, engine: Engine | None = None, data: str | Path | None = None,
                   max_batch_images: int | None = None, max_delay_ms: float = DEFAULT_DELAY_MS,
                   max_queue_images: int = DEFAULT_QUEUE_IMAGES, request_timeout_ms: float | None = None,
-                  isolate_requests: bool = False, max_body_mb: float = DEFAULT_MAX_BODY_MB) -> Service:
+                  isolate_requests: bool = False, budget: RequestBudget | None = None) -> Service:
     """Load ``checkpoint`` into a :class:`Predictor` on ``engine`` (default: eager fp32 on the CPU) whose
     batch is N images, warm it up, wrap it in a Service. int8 is calibrated on ``data`` unless ``engine``
     carries its calibration (:meth:`Engine.for_deployment`)."""
@@ -189,7 +189,7 @@ def build_service(checkpoint: str | Path, *, engine: Engine | None = None, data:
     batcher = DynamicBatcher(predictor, max_batch_images=predictor.batch_size, max_delay_ms=max_delay_ms,
                              max_queue_images=max_queue_images, isolate_requests=isolate_requests,
                              request_timeout_ms=request_timeout_ms, observer=metrics)
-    return Service(predictor, batcher, metrics, max_body_mb=max_body_mb)
+    return Service(predictor, batcher, metrics, budget=budget)
 
 
 def load_predictor(checkpoint: str | Path, *, engine: Engine | None = None, data: str | Path | None = None,
