@@ -6,19 +6,20 @@
 * ``application/x-npy``: a NumPy ``.npy`` array, uint8 ``(N, H, W, 3)`` (or one ``(H, W, 3)`` image),
   for high-rate clients that skip the PNG round trip.
 
-What a request may cost is checked from headers before any pixel is decoded or allocated: each
-image's declared width x height against a per-image limit, their sum against a per-request budget
-(:func:`pixel_limits`: a few times the larger of the model's input and the crop's extent, never below
-a 4K frame nor above an 8K one), an ``.npy`` header's dtype, shape and byte count against the body,
-and the crop against each image's declared size. Past a limit: 413 (or 400) with one line, nothing
-decoded. Then the images are decoded (:func:`foldedcnns.data.imageio.decode_image`), cropped and
-resized (:func:`foldedcnns.inference.preprocess.prepare_frame`), exactly as ``foldedcnns predict``
-prepares files, on the decode executor in slices of at most :data:`DECODE_SLICE_PIXELS`, the
-request's deadline checked before each slice: one request never holds a decode thread for long, and
-a request whose client has given up costs no decoding. Small work stays on the event loop: a lone image
-of at most :data:`INLINE_IMAGE_PIXELS` declared pixels and an ``.npy`` request of at most
-:data:`INLINE_NPY_PIXELS`, whose decode or copy costs less than the two thread hops it would take
-(``benchmarks/serve.py``; docs/serving.md, "Where the time goes").
+What a request may cost is checked from headers before any pixel is decoded or allocated: each image's
+declared width x height against a per-image limit, their sum against a per-request budget
+(:func:`pixel_limits`: a few times the larger of the model's input and the crop's extent, never below a 4K
+frame nor above an 8K one, unless the server's :class:`RequestBudget` sets them), an ``.npy`` header's
+dtype, shape and byte count against the body, and the crop against each image's declared size. Past a limit:
+413 (or 400) with one line, nothing decoded. Then the images are decoded
+(:func:`foldedcnns.data.imageio.decode_image`), cropped and resized
+(:func:`foldedcnns.inference.preprocess.prepare_frame`), exactly as ``foldedcnns predict`` prepares files,
+on the decode executor in slices of at most :data:`DECODE_SLICE_PIXELS`, the request's deadline checked
+before each slice: one request never holds a decode thread for long, and a request whose client has given up
+costs no decoding. Small work stays on the event loop: a lone image of at most :data:`INLINE_IMAGE_PIXELS`
+declared pixels and an ``.npy`` request of at most :data:`INLINE_NPY_PIXELS`, whose decode or copy costs
+less than the two thread hops it would take (``benchmarks/serve.py``; docs/serving.md, "Where the time
+goes").
 
 Problems are :class:`ServingError` with the HTTP status (400, 413, 415, 504) and a one-line message.
 :func:`decode_request` is the whole path from a request to images, shared by the native server and the
@@ -394,5 +395,3 @@ def decode_parts(images: Sequence[Image.Image], first: int, count: int, hw: tupl
             raise _undecodable(exc, where) from exc
         out[i] = prepare_frame(frame, hw[0], hw[1], where=where)
     return out
-
-
