@@ -165,3 +165,18 @@ def test_partial_batches_compile_the_smaller_shapes_and_give_the_same_logits(tin
     assert sorted(c.inputs[0].get_shape()[0] for c in compiled) == [1, 2, 4, 8]
     for n in (1, 3, 8):
         torch.testing.assert_close(ladder.folded(x[:n]), full.folded(x[:n]), atol=1e-4, rtol=0)
+
+
+@needs_openvino
+def test_converting_a_model_sends_no_telemetry_and_leaves_the_converter_as_it_was(tiny_task: TaskSpec, monkeypatch):
+    backend_ga4 = pytest.importorskip("openvino_telemetry.backend.backend_ga4")
+    import openvino.tools.ovc.convert_impl as convert_impl
+
+    sent: list[dict] = []
+    monkeypatch.setattr(backend_ga4.GA4Backend, "send", lambda self, message: sent.append(message))
+    monkeypatch.delenv("CI", raising=False)  # openvino-telemetry declines in CI only
+    before = convert_impl.tm
+    model = build_model(tiny_task, fold=2)
+    ov_backend.convert_openvino(model, torch.rand(1, *model.config.input_shape))
+    assert sent == []  # without the stub: 16 events, each sent from a forked process
+    assert convert_impl.tm is before

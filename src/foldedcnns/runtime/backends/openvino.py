@@ -28,8 +28,10 @@ import functools
 import importlib.util
 import io
 import logging
+import threading
 import warnings
 import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -64,6 +66,35 @@ def cpu_capabilities() -> tuple[str, ...]:
     return tuple(ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
+_CONVERTER_TELEMETRY = ("openvino.tools.ovc.convert_impl", "openvino.tools.ovc.telemetry_utils")
+_TELEMETRY_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def converter_telemetry_off() -> Iterator[None]:
+    """Within: OpenVINO's converter reports nothing. Unless a user has opted out, ``ov.convert_model`` sends
+    each conversion to Google Analytics through ``openvino-telemetry`` (16 events for one model), each from a
+    process forked off this one; a fork of a threaded process (a server, Ray, a decode pool) can hang in it and
+    outlive its parent, and an offline machine gets nothing from it. A library that converts as a step of its
+    own work stays quiet: the converter runs with OpenVINO's own stub, as when ``openvino-telemetry`` is not
+    installed. Restored after, so the user's own conversions keep their settings."""
+    try:
+        stub = importlib.import_module("openvino.tools.ovc.telemetry_stub")
+        modules = [importlib.import_module(name) for name in _CONVERTER_TELEMETRY]
+    except ImportError:  # another OpenVINO layout: its converter as it is
+        yield
+        return
+    with _TELEMETRY_LOCK:
+        saved = [getattr(module, "tm", None) for module in modules]
+        for module in modules:
+            module.tm = stub
+        try:
+            yield
+        finally:
+            for module, tm in zip(modules, saved, strict=True):
+                module.tm = tm
+
+
 def convert_openvino(model: nn.Module, example: torch.Tensor, batch: int = -1) -> Any:
     """``ov.convert_model`` of a float32 copy of ``model`` traced on ``example`` ``(G, f*C, H, W)``;
     input shape ``(batch, f*C, H, W)``, ``batch`` -1: dynamic."""
@@ -72,7 +103,7 @@ def convert_openvino(model: nn.Module, example: torch.Tensor, batch: int = -1) -
     cpu_model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
     x = example[:1].detach().to(device="cpu", dtype=torch.float32)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), converter_telemetry_off():
             warnings.simplefilter("ignore")  # the converter traces with torch.jit.trace, deprecated in torch
             return ov.convert_model(cpu_model, example_input=x, input=[ov.PartialShape([batch, *x.shape[1:]])])
     except Exception as exc:  # the converter raises its own types (OpConversionFailure, ...)
