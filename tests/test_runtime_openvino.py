@@ -180,3 +180,21 @@ def test_converting_a_model_sends_no_telemetry_and_leaves_the_converter_as_it_wa
     ov_backend.convert_openvino(model, torch.rand(1, *model.config.input_shape))
     assert sent == []  # without the stub: 16 events, each sent from a forked process
     assert convert_impl.tm is before
+
+
+@needs_openvino
+def test_int8_quantization_sends_no_nncf_telemetry(tiny_task: TaskSpec, monkeypatch):
+    decorator = pytest.importorskip("nncf.telemetry.decorator")
+    calls: list[str] = []
+
+    class Recorder:  # stands in for NNCF's reporter (NNCF stubs it under pytest, so it is set here)
+        def __getattr__(self, name: str):
+            return lambda *args, **kwargs: calls.append(name)
+
+    recorder = Recorder()
+    monkeypatch.setattr(decorator, "telemetry", recorder)
+    model = build_model(tiny_task, fold=2)
+    ov_model = ov_backend.convert_openvino(model, torch.rand(1, *model.config.input_shape))
+    ov_backend.quantize_openvino(ov_model, torch.rand(4, *model.config.input_shape).numpy())
+    assert calls == []
+    assert decorator.telemetry is recorder

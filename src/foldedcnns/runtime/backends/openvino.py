@@ -31,7 +31,7 @@ import logging
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -66,33 +66,46 @@ def cpu_capabilities() -> tuple[str, ...]:
     return tuple(ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
-_CONVERTER_TELEMETRY = ("openvino.tools.ovc.convert_impl", "openvino.tools.ovc.telemetry_utils")
-_TELEMETRY_LOCK = threading.Lock()
+_TELEMETRY_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
-def converter_telemetry_off() -> Iterator[None]:
+def _stubbed(attribute: str, module_names: tuple[str, ...], make_stub: Callable[[], Any]) -> Iterator[None]:
+    """Within: ``attribute`` of each module is ``make_stub()``; restored after. A layout where one of them is
+    missing runs as it is."""
+    try:
+        stub = make_stub()
+        modules = [importlib.import_module(name) for name in module_names]
+    except (ImportError, AttributeError):
+        yield
+        return
+    with _TELEMETRY_LOCK:
+        saved = [getattr(module, attribute, None) for module in modules]
+        for module in modules:
+            setattr(module, attribute, stub)
+        try:
+            yield
+        finally:
+            for module, value in zip(modules, saved, strict=True):
+                setattr(module, attribute, value)
+
+
+def converter_telemetry_off() -> contextlib.AbstractContextManager[None]:
     """Within: OpenVINO's converter reports nothing. Unless a user has opted out, ``ov.convert_model`` sends
     each conversion to Google Analytics through ``openvino-telemetry`` (16 events for one model), each from a
     process forked off this one; a fork of a threaded process (a server, Ray, a decode pool) can hang in it and
     outlive its parent, and an offline machine gets nothing from it. A library that converts as a step of its
     own work stays quiet: the converter runs with OpenVINO's own stub, as when ``openvino-telemetry`` is not
     installed. Restored after, so the user's own conversions keep their settings."""
-    try:
-        stub = importlib.import_module("openvino.tools.ovc.telemetry_stub")
-        modules = [importlib.import_module(name) for name in _CONVERTER_TELEMETRY]
-    except ImportError:  # another OpenVINO layout: its converter as it is
-        yield
-        return
-    with _TELEMETRY_LOCK:
-        saved = [getattr(module, "tm", None) for module in modules]
-        for module in modules:
-            module.tm = stub
-        try:
-            yield
-        finally:
-            for module, tm in zip(modules, saved, strict=True):
-                module.tm = tm
+    return _stubbed("tm", ("openvino.tools.ovc.convert_impl", "openvino.tools.ovc.telemetry_utils"),
+                    lambda: importlib.import_module("openvino.tools.ovc.telemetry_stub"))
+
+
+def nncf_telemetry_off() -> contextlib.AbstractContextManager[None]:
+    """Within: NNCF reports nothing (its own stub, as NNCF runs under its CI or pytest), for the same reasons as
+    :func:`converter_telemetry_off`: ``nncf.quantize`` reports through ``openvino-telemetry`` too."""
+    return _stubbed("telemetry", ("nncf.telemetry.decorator",),
+                    lambda: importlib.import_module("nncf.telemetry.wrapper").NNCFTelemetryStub())
 
 
 def convert_openvino(model: nn.Module, example: torch.Tensor, batch: int = -1) -> Any:
@@ -119,7 +132,7 @@ def quantize_openvino(ov_model: Any, inputs: np.ndarray) -> Any:
     nncf.set_log_level(logging.ERROR)
     quiet = io.StringIO()  # NNCF draws progress bars on stdout, which would spoil --json output
     try:
-        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), nncf_telemetry_off():
             return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples))
     except Exception as exc:  # NNCF and OpenVINO raise their own types
         raise BackendUnavailable(f"NNCF int8 quantization failed: {first_line(exc)}") from exc
