@@ -77,8 +77,7 @@ def _stubbed(attribute: str, module_names: tuple[str, ...], make_stub: Callable[
         stub = make_stub()
         modules = [importlib.import_module(name) for name in module_names]
     except (ImportError, AttributeError):
-        yield
-        return
+        stub, modules = None, []  # nothing to swap; yielding here would chain the body's errors to this one
     with _TELEMETRY_LOCK:
         saved = [getattr(module, attribute, None) for module in modules]
         for module in modules:
