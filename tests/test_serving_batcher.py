@@ -356,3 +356,64 @@ def test_importing_the_package_and_the_cli_loads_no_web_stack():
             f"print(sorted(k for k in {names} if k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+class ThreadRecorder(FakePredictor):
+    """FakePredictor that records the thread of each batch."""
+
+    def __init__(self, fold: int, delay: float = 0.0) -> None:
+        super().__init__(fold, delay)
+        self.threads: list[int] = []
+
+    def predict_batch(self, images: np.ndarray) -> Predictions:
+        self.threads.append(threading.get_ident())
+        return super().predict_batch(images)
+
+
+def test_a_lone_batch_of_at_most_f_images_runs_on_the_event_loop_only_when_alone_says_so():
+    async def main(alone, *requests):
+        model = ThreadRecorder(4)
+        async with DynamicBatcher(model, max_batch_images=8) as batcher:
+            batcher.alone = alone
+            results = [await batcher.submit(images(*r)) for r in requests]
+        return model.threads, threading.get_ident(), results
+
+    threads, loop, results = run(main(lambda: True, (1,), (2, 3, 4, 5)))
+    assert threads == [loop, loop]  # 1 and 4 images (one group of f): on the loop
+    assert [r.labels.tolist() for r in results] == [[1], [2, 3, 4, 5]]
+    threads, loop, results = run(main(lambda: True, (1, 2, 3, 4, 5)))  # more than f images: a model thread
+    assert threads[0] != loop and results[0].labels.tolist() == [1, 2, 3, 4, 5]
+    for alone in (None, lambda: False):  # unset (the default) or someone else on the way: a model thread
+        threads, loop, _ = run(main(alone, (1,)))
+        assert threads[0] != loop
+
+
+def test_a_batch_with_more_waiting_behind_it_runs_on_a_model_thread_even_when_alone_says_yes():
+    async def main():
+        model = ThreadRecorder(2, delay=0.05)
+        async with DynamicBatcher(model, max_batch_images=2) as batcher:
+            batcher.alone = lambda: True
+            first = asyncio.ensure_future(batcher.submit(images(1, 2, 3)))  # its last image waits behind the batch
+            await asyncio.sleep(0.01)
+            rest = await asyncio.gather(batcher.submit(images(4)), batcher.submit(images(5)))
+            return model, threading.get_ident(), [await first, *rest]
+
+    model, loop, results = run(main())
+    assert [r.labels.tolist() for r in results] == [[1, 2, 3], [4], [5]]
+    assert model.batches == [2, 2, 1]
+    assert model.threads[0] != loop and model.threads[1] != loop  # something else was queued after each cut
+    assert model.threads[2] == loop  # the last one alone
+
+
+def test_a_model_fault_on_the_event_loop_fails_only_its_batch():
+    async def main():
+        model = ThreadRecorder(2)
+        async with DynamicBatcher(model, max_batch_images=4) as batcher:
+            batcher.alone = lambda: True
+            with pytest.raises(BatchFailed, match="poisoned input"):
+                await batcher.submit(images(POISON))
+            after = await batcher.submit(images(7))
+        return model, threading.get_ident(), after
+
+    model, loop, after = run(main())
+    assert model.threads == [loop, loop] and after.labels.tolist() == [7]

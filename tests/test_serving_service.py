@@ -163,3 +163,18 @@ def test_build_service_on_onnxruntime_serves_the_predictors_answers(tiny_checkpo
     got = response.json()["predictions"]
     assert [g["label"] for g in got] == want.labels.tolist()
     np.testing.assert_allclose([g["score"] for g in got], want.scores, atol=1e-5)
+
+
+def test_the_service_lets_its_batcher_run_on_the_event_loop_only_for_its_one_request_in_flight():
+    from foldedcnns.serving import DynamicBatcher
+    from foldedcnns.serving.metrics import ServingMetrics
+
+    fake = SimpleNamespace(fold=4, class_names=("a",), input_hw=(2, 2))
+    batcher = DynamicBatcher(fake)  # type: ignore[arg-type]
+    assert batcher.alone is None  # on its own, a batcher never runs the model on the loop
+    service = Service(fake, batcher, ServingMetrics())  # type: ignore[arg-type]
+    seen = []
+    for inflight, streams in ((1, 0), (2, 0), (1, 1), (0, 1)):
+        service.inflight, service.streams = inflight, streams
+        seen.append(batcher.alone())
+    assert seen == [True, False, False, False]

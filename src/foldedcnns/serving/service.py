@@ -89,6 +89,12 @@ class Service:
         self.draining = False
         self.drain_started = asyncio.Event()  # set by begin_drain: a stream stops reading and closes
         self.decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="foldedcnns-decode")
+        batcher.alone = self._alone  # a lone small batch runs on the event loop (batcher module doc)
+
+    def _alone(self) -> bool:
+        """One request in flight and no stream (a stream's frames come in windows): nothing else to serve while
+        its model call runs."""
+        return self.inflight <= 1 and self.streams == 0
 
     async def start(self) -> None:
         await self.batcher.start()
