@@ -21,12 +21,8 @@ Rules:
   the oldest waiting image has waited D (or N = ``max_batch_images`` images wait, or a drain starts):
   worth it only when a batch of N costs the model much less per image than the batches that form by
   themselves.
-* A lone small batch runs on the event loop: when no batch is running, the batch is at most one group of f
-  images, nothing else waits, and :attr:`DynamicBatcher.alone` says no other request is on its way (the
-  server: no other request in flight), the model runs at once on the event loop thread. That saves the two
-  thread hand-offs (to the model thread and back), about 0.1 ms of a lone PNG's 0.7 ms round trip
-  (docs/serving.md), and blocks the loop for one group's compute at a time when nobody else is being served.
-  Without ``alone`` (the default) every batch runs on a model thread.
+* A lone batch of at most f images, nothing else waiting or running, runs on the event loop (no thread
+  hand-offs) when :attr:`DynamicBatcher.alone` (default unset: never) says no other request is in flight.
 * A batch holds at most N images. Its last partial group of f is padded by the project's one
   rule (:func:`foldedcnns.core.pad_to_multiple`, inside ``Predictor.predict_batch``) and the pad is
   counted as padded slots. By default images of different requests share fold groups; with
@@ -137,8 +133,6 @@ class DynamicBatcher:
         self._loop_task: asyncio.Task | None = None
         self._closing = False
         self._flushing = False
-        #: Called as a batch is cut: True when no other request is on its way (the server sets it); then a
-        #: lone batch of at most f images runs on the event loop (see the module doc).
         self.alone: Callable[[], bool] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -272,18 +266,15 @@ class DynamicBatcher:
                                                   and self._queued >= self.max_batch_images)
 
     def _lone(self, slices: list[_Slice]) -> bool:
-        """Whether the batch just cut may run on the event loop: the model idle, nothing else queued, at most
-        one group of f images, and ``alone()`` true."""
         return (self.alone is not None and self._busy == 0 and not self._queue
                 and sum(s.count for s in slices) <= self.fold and self.alone())
 
     def _run_here(self, slices: list[_Slice], loop: asyncio.AbstractEventLoop) -> None:
-        """Run a lone batch on the event loop and answer it, by the model thread's path (:meth:`_finish`)."""
-        future = loop.create_future()
-        self._busy += 1
+        """Run a lone batch on the event loop; answered as a model thread's (:meth:`_finish`; a fault too)."""
+        future, self._busy = loop.create_future(), self._busy + 1
         try:
             future.set_result(self._compute(slices))
-        except Exception as exc:  # a model fault fails this batch's requests only, as on a model thread
+        except Exception as exc:
             future.set_exception(exc)
         self._finish(slices, future)
 
