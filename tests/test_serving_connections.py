@@ -29,6 +29,7 @@ from foldedcnns.errors import ConfigError
 from foldedcnns.serving.connections import ConnectionLimits, Gate, bind_socket, timed_chunks
 from foldedcnns.serving.decode import read_body
 from foldedcnns.serving.errors import ClientDisconnected, RequestTimeout, ShuttingDown
+from foldedcnns.serving.transport import HeadWithBody, join_head_and_body
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -242,3 +243,57 @@ def test_a_client_disconnect_while_reading_is_499():
     with pytest.raises(ClientDisconnected) as left:
         asyncio.run(read_body(leaving(), 100))
     assert left.value.status == 499
+
+
+class _Recorder:
+    """A transport that records its writes."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_a_response_head_goes_out_with_its_body_in_one_write():
+    transport = _Recorder()
+    joined = HeadWithBody(transport)
+    joined.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert transport.writes == []
+    joined.write(b"{}")
+    joined.write(b"HTTP/1.1 503 Service Unavailable\r\n\r\n")  # the next response on the connection: held again
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    joined.close()  # a head still held is written before the transport closes
+    assert transport.writes[-1] == b"HTTP/1.1 503 Service Unavailable\r\n\r\n"
+    assert transport.closed and joined.is_closing()
+
+
+def test_100_continue_is_never_held_and_a_cycle_is_wrapped_once():
+    transport = _Recorder()
+    joined = HeadWithBody(transport)
+    joined.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the client waits for it before sending its body
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    cycle = type("Cycle", (), {"transport": transport})()
+    join_head_and_body(cycle)
+    join_head_and_body(cycle)
+    join_head_and_body(None)  # no request yet on the connection
+    assert isinstance(cycle.transport, HeadWithBody) and cycle.transport.transport is transport
+
+
+@pytest.mark.slow  # a real server process
+def test_the_server_answers_in_one_segment(strict_server):
+    """On loopback with TCP_NODELAY, two writes are two segments: the first recv could hold the head alone."""
+    body = png()
+    with strict_server.connect() as sock:
+        sock.settimeout(10)
+        sock.sendall(HEAD.format(n=len(body)).encode() + body)
+        first = sock.recv(65536)
+    head, _, rest = first.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and rest.startswith(b'{"predictions"'), first

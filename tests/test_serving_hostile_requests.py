@@ -74,13 +74,14 @@ def run(body: bytes, kind: str = "image/png", query: dict[str, str] | None = Non
                                       **kw))
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A PNG of one 1-bit IHDR declaring ``width`` x ``height`` and no pixel data."""
+def png_header(width: int, height: int, depth: int = 1, colour: int = 0, pixels: bytes = b"") -> bytes:
+    """A PNG of one IHDR declaring ``width`` x ``height`` (1-bit grey unless said), ``pixels`` compressed as its
+    data (none by default), every CRC right."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(pixels)) + chunk(b"IEND", b"")
 
 
 @pytest.fixture
@@ -90,6 +91,7 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("an image was decoded")
 
     monkeypatch.setattr(decode, "decode_image", refuse)
+    monkeypatch.setattr(decode, "decode_plain_png", refuse)  # OpenCV's path for plain PNGs
 
 
 def test_the_pixel_limits_follow_the_model_and_crop_between_a_4k_and_an_8k_frame():
@@ -129,12 +131,21 @@ def test_a_bomb_bomb_parts_and_an_over_budget_request_are_refused_from_their_hea
     body, kind = multipart([frame_4k] * (decode.REQUEST_PIXEL_FACTOR + 1))  # ...but not all of them
     with pytest.raises(RequestTooLarge, match=r"the request \(5 images\) declares 41,472,000 pixels"):
         run(body, kind)
+    with pytest.raises(RequestTooLarge, match=r"the image \(13000x13000\) declares"):
+        run(png_header(13000, 13000, 8, 2))  # an 8-bit RGB one: sized from its header alone (OpenCV's path)
     with pytest.raises(RequestTooLarge, match="the image declares more pixels than Pillow decodes"):
         run(png_header(20000, 20000))  # past Pillow's own bomb limit: refused by Image.open itself
     with pytest.raises(BadRequest, match=r"crop 0,0,60,10 does not fit in the 52x22 frames of image 1 of 2"):
         run(*multipart([png_bytes(Image.new("RGB", (80, 30))), normal_png()]), query={"crop": "0,0,60,10"})
     with pytest.raises(BadRequest, match=r"cannot decode image 1 of 2"):
         run(*multipart([normal_png(), b"not an image"]))
+
+
+def test_a_plain_png_opencv_cannot_decode_is_a_400_with_pillows_reason():
+    pytest.importorskip("cv2")
+    broken = png_header(9, 7, 8, 2, pixels=b"\x07" * 50)  # every CRC right, the rows' filter bytes wrong
+    with pytest.raises(BadRequest, match=r"cannot decode the image \("):
+        run(broken)
 
 
 @pytest.mark.parametrize(("body", "error", "message"), [

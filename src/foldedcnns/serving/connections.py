@@ -37,6 +37,7 @@ from typing import Any
 
 from foldedcnns.errors import ConfigError
 from foldedcnns.serving.errors import RequestTimeout, ShuttingDown
+from foldedcnns.serving.transport import join_head_and_body
 from foldedcnns.utils.throttle import Throttle
 
 LOG = logging.getLogger("foldedcnns.serving")
@@ -275,6 +276,7 @@ def guarded_protocol(limits: ConnectionLimits, gate: Gate, metrics: Any, base: t
                 return
             waiting = self._head_timer is not None
             super().data_received(data)
+            join_head_and_body(self.cycle)  # the request this data completed: one write for its answer
             if not waiting or self._head_timer is None or self.transport.is_closing():
                 return
             if self.cycle is not self._head_cycle:  # a whole head arrived: the request is the app's now

@@ -6,13 +6,12 @@
 * ``application/x-npy``: a NumPy ``.npy`` array, uint8 ``(N, H, W, 3)`` (or one ``(H, W, 3)`` image),
   for high-rate clients that skip the PNG round trip.
 
-What a request may cost is checked from headers before any pixel is decoded or allocated: each image's
-declared width x height against a per-image limit, their sum against a per-request budget
-(:func:`pixel_limits`: a few times the larger of the model's input and the crop's extent, never below a 4K
-frame nor above an 8K one, unless the server's :class:`RequestBudget` sets them), an ``.npy`` header's
-dtype, shape and byte count against the body, and the crop against each image's declared size. Past a limit:
-413 (or 400) with one line, nothing decoded. Then the images are decoded
-(:func:`foldedcnns.data.imageio.decode_image`), cropped and resized
+What a request may cost is checked from headers before any pixel is decoded or allocated
+(:mod:`foldedcnns.serving.limits`: each image's declared width x height, their sum, the crop), and an ``.npy``
+header's dtype, shape and byte count against the body. Past a limit: 413 (or 400) with one line, nothing
+decoded. Then the images are decoded (:func:`foldedcnns.data.imageio.decode_image`; a plain PNG by OpenCV when
+it is installed, :func:`~foldedcnns.data.imageio.decode_plain_png`: the same pixels in half the time, its size
+read from its header without Pillow), cropped and resized
 (:func:`foldedcnns.inference.preprocess.prepare_frame`), exactly as ``foldedcnns predict`` prepares files,
 on the decode executor in slices of at most :data:`DECODE_SLICE_PIXELS`, the request's deadline checked
 before each slice: one request never holds a decode thread for long, and a request whose client has given up
@@ -29,6 +28,7 @@ Ray Serve replica.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import math
@@ -36,14 +36,13 @@ import re
 import warnings
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from foldedcnns.data.crop import Crop
-from foldedcnns.data.imageio import ImageTooLarge, decode_image, open_image
-from foldedcnns.errors import ConfigError, DataError, FoldedCNNsError, first_line
+from foldedcnns.data.imageio import ImageTooLarge, decode_image, decode_plain_png, open_image, plain_png_size
+from foldedcnns.errors import DataError, FoldedCNNsError, first_line
 from foldedcnns.inference.preprocess import prepare_frame, stack_frames
 from foldedcnns.serving.errors import (
     BadRequest,
@@ -52,68 +51,31 @@ from foldedcnns.serving.errors import (
     RequestTooLarge,
     UnsupportedMediaType,
 )
+from foldedcnns.serving.limits import (  # noqa: F401 - the limits are also this module's names
+    DEFAULT_MAX_BODY_MB,
+    IMAGE_PIXEL_FACTOR,
+    MAX_IMAGE_PIXELS,
+    MIN_IMAGE_PIXELS,
+    REQUEST_PIXEL_FACTOR,
+    PixelLimits,
+    RequestBudget,
+    check_fits,
+    check_pixels,
+    pixel_limits,
+    too_many,
+    where_in,
+)
 from foldedcnns.serving.metrics import require
 
 NPY = "application/x-npy"
 MULTIPART = "multipart/form-data"
-DEFAULT_MAX_BODY_MB = 16.0
 MAX_PARTS = 4096
 MEDIA_TYPES = "image/png, image/jpeg (any image/*), multipart/form-data or application/x-npy"
-
-# What one request may decode, from the declared sizes (docs/serving.md, "Limits on what a request may cost").
-MIN_IMAGE_PIXELS = 3840 * 2160   # the per-image limit is never below a 4K frame, whatever the model and crop
-IMAGE_PIXEL_FACTOR = 4           # ...and else this many times the larger of the model's input and the crop's extent
-MAX_IMAGE_PIXELS = 7680 * 4320   # ...and never above an 8K frame, whatever the crop asks for
-REQUEST_PIXEL_FACTOR = 4         # all images of one request: at most this many images at the per-image limit
 DECODE_SLICE_PIXELS = 1920 * 1080  # one decode-thread job decodes images of at most this many pixels in all
 #                                    (one larger image is a job of its own), then other requests get a turn
 INLINE_IMAGE_PIXELS = 256 * 256  # one image of at most this many declared pixels is decoded on the event loop,
 #                                   not on a decode thread: the hop costs more than the decode (below)
 INLINE_NPY_PIXELS = 1 << 20      # an .npy request of at most this many pixels in all is copied (and resized) there
-
-
-@dataclass(frozen=True)
-class PixelLimits:
-    """Declared pixels (width x height) one image (``image``) and all images of a request (``request``) may have."""
-
-    image: int
-    request: int
-
-
-@dataclass(frozen=True)
-class RequestBudget:
-    """What one request may cost, as a server sets it: its body (``--max-body-mb``) and the declared pixels of
-    one image and of all its images (``--max-image-pixels``, ``--max-request-pixels``; None: derived from the
-    model and the crop, :func:`pixel_limits`)."""
-
-    max_body_mb: float = DEFAULT_MAX_BODY_MB
-    image_pixels: int | None = None
-    request_pixels: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.max_body_mb > 0:
-            raise ConfigError(f"--max-body-mb must be > 0, got {self.max_body_mb:g}")
-        for flag, value in (("--max-image-pixels", self.image_pixels), ("--max-request-pixels", self.request_pixels)):
-            if value is not None and value < 1:
-                raise ConfigError(f"{flag} must be a positive number of pixels (width x height), got {value}")
-
-    @property
-    def max_body(self) -> int:
-        """``--max-body-mb`` in bytes."""
-        return int(self.max_body_mb * 1024 * 1024)
-
-
-def pixel_limits(hw: tuple[int, int], box: Crop | None = None, budget: RequestBudget | None = None) -> PixelLimits:
-    """The limits for a model of input ``hw = (height, width)`` and an optional crop: the per-image limit is
-    :data:`IMAGE_PIXEL_FACTOR` times the larger of the model's input and the crop's extent (``(x + w) * (y + h)``,
-    the smallest image the crop fits), clamped to [:data:`MIN_IMAGE_PIXELS`, :data:`MAX_IMAGE_PIXELS`]; a request
-    may have :data:`REQUEST_PIXEL_FACTOR` such images in all. A ``budget`` value replaces its derived limit (a
-    request's then defaults to :data:`REQUEST_PIXEL_FACTOR` times the given per-image one)."""
-    budget = budget or RequestBudget()
-    extent = (box.x + box.w) * (box.y + box.h) if box is not None else 0
-    derived = min(MAX_IMAGE_PIXELS, max(MIN_IMAGE_PIXELS, IMAGE_PIXEL_FACTOR * max(hw[0] * hw[1], extent)))
-    image = budget.image_pixels or derived
-    return PixelLimits(image, budget.request_pixels or REQUEST_PIXEL_FACTOR * image)
 
 
 async def decode_request(headers: Mapping[str, str], chunks: AsyncIterator[bytes], query: Mapping[str, str],
@@ -257,32 +219,6 @@ def check_deadline(deadline: float | None, loop: asyncio.AbstractEventLoop, when
                                "the rest (send a longer X-Request-Timeout-Ms or retry when the server is less busy)")
 
 
-def _too_many(what: str, pixels: int, limit: int, per: str = "image") -> RequestTooLarge:
-    return RequestTooLarge(f"{what} declares {pixels:,} pixels, over the limit of {limit:,} per {per}; send smaller "
-                           "images (crop or resize them first) or fewer per request")
-
-
-def _check_fits(box: Crop | None, width: int, height: int, where: str) -> None:
-    if box is not None:
-        try:
-            box.check_fits(width, height, where)
-        except FoldedCNNsError as exc:
-            raise BadRequest(first_line(exc, 300)) from exc
-
-
-def check_pixels(sizes: Sequence[tuple[int, int]], limits: PixelLimits, box: Crop | None = None) -> None:
-    """Declared ``(width, height)`` of each image of a request against ``limits`` (413) and the crop (400)."""
-    count, total = len(sizes), 0
-    for i, (width, height) in enumerate(sizes):
-        where = _where(i, count)
-        if width * height > limits.image:
-            raise _too_many(f"{where} ({width}x{height})", width * height, limits.image)
-        _check_fits(box, width, height, where)
-        total += width * height
-    if total > limits.request:
-        raise _too_many(f"the request ({count} images)", total, limits.request, "request")
-
-
 def read_npy(body: bytes, limits: PixelLimits, box: Crop | None = None) -> np.ndarray:
     """The images of an ``.npy`` body as a uint8 ``(N, H, W, 3)`` view of ``body``, nothing allocated: the header
     is parsed alone (never unpickling), its dtype, shape, declared pixels and byte count checked first (400, 413),
@@ -306,10 +242,10 @@ def read_npy(body: bytes, limits: PixelLimits, box: Crop | None = None) -> np.nd
     if height == 0 or width == 0:
         raise BadRequest(f"the .npy images are empty (shape {shape}); send images of at least one pixel")
     if height * width > limits.image:
-        raise _too_many(f"each .npy image ({width}x{height})", height * width, limits.image)
+        raise too_many(f"each .npy image ({width}x{height})", height * width, limits.image)
     if count * height * width > limits.request:
-        raise _too_many(f"the request ({count:,} images)", count * height * width, limits.request, "request")
-    _check_fits(box, width, height, "the .npy images")
+        raise too_many(f"the request ({count:,} images)", count * height * width, limits.request, "request")
+    check_fits(box, width, height, "the .npy images")
     offset, size = stream.tell(), math.prod(shape)
     if len(body) - offset != size:
         raise BadRequest(f"the .npy header declares {size:,} bytes of data but the body holds {len(body) - offset:,}; "
@@ -332,7 +268,38 @@ def _quiet_pillow_bomb_warning() -> None:
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-def _open(data: bytes, where: str) -> Image.Image:
+class PlainPng:
+    """A plain PNG's bytes and the size its header declares (:func:`~foldedcnns.data.imageio.plain_png_size`):
+    opened without Pillow, decoded by OpenCV (or by Pillow, which says why, when OpenCV cannot)."""
+
+    __slots__ = ("data", "height", "width")
+
+    def __init__(self, data: bytes, size: tuple[int, int]) -> None:
+        self.data, (self.width, self.height) = data, size
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def close(self) -> None:
+        """Nothing to release (as :meth:`PIL.Image.Image.close`)."""
+
+    def __enter__(self) -> PlainPng:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+Opened = Image.Image | PlainPng
+
+
+def _open(data: bytes, where: str) -> Opened:
+    size = plain_png_size(data)
+    return PlainPng(data, size) if size is not None else _open_pillow(data, where)
+
+
+def _open_pillow(data: bytes, where: str) -> Image.Image:
     _quiet_pillow_bomb_warning()
     try:
         return open_image(io.BytesIO(data))
@@ -348,17 +315,13 @@ def _undecodable(exc: DataError, where: str) -> BadRequest:
     return BadRequest(f"cannot decode {where} ({reason}); send PNG, JPEG or another format Pillow reads")
 
 
-def _where(index: int, count: int) -> str:
-    return "the image" if count == 1 else f"image {index} of {count}"
-
-
-def open_parts(parts: Sequence[bytes], limits: PixelLimits, box: Crop | None = None) -> list[Image.Image]:
+def open_parts(parts: Sequence[bytes], limits: PixelLimits, box: Crop | None = None) -> list[Opened]:
     """Open every part reading its header only, and check the declared sizes (:func:`check_pixels`) before any
     part is decoded. CPU work (a little): run it off the loop."""
-    images: list[Image.Image] = []
+    images: list[Opened] = []
     try:
         for i, part in enumerate(parts):
-            images.append(_open(part, _where(i, len(parts))))
+            images.append(_open(part, where_in(i, len(parts))))
         check_pixels([img.size for img in images], limits, box)
     except BaseException:
         for img in images:
@@ -381,17 +344,20 @@ def decode_slices(pixels: Sequence[int], budget: int = DECODE_SLICE_PIXELS) -> l
     return slices
 
 
-def decode_parts(images: Sequence[Image.Image], first: int, count: int, hw: tuple[int, int],
+def decode_parts(images: Sequence[Opened], first: int, count: int, hw: tuple[int, int],
                  box: Crop | None = None) -> np.ndarray:
     """Decode opened images (numbered from ``first`` of ``count`` in errors), crop, resize: uint8 ``(n, H, W, 3)``.
     CPU work: run it off the loop."""
     out = np.empty((len(images), hw[0], hw[1], 3), np.uint8)
     crop = box.as_tuple() if box is not None else None
     for i, img in enumerate(images):
-        where = _where(first + i, count)
-        try:
-            frame = decode_image(img, crop, where)
-        except DataError as exc:
-            raise _undecodable(exc, where) from exc
+        where = where_in(first + i, count)
+        frame = decode_plain_png(img.data, crop) if isinstance(img, PlainPng) else None
+        if frame is None:
+            try:
+                with _open_pillow(img.data, where) if isinstance(img, PlainPng) else contextlib.nullcontext(img) as pil:
+                    frame = decode_image(pil, crop, where)
+            except DataError as exc:
+                raise _undecodable(exc, where) from exc
         out[i] = prepare_frame(frame, hw[0], hw[1], where=where)
     return out

@@ -80,7 +80,7 @@ class ServingMetrics(Observer):
                                           **kw)
         self.window_full = prom.Counter("stream_window_full", "Times a stream's window was full and its reading "
                                         "paused", **kw)
-        self._frame_status = {200: self.frames.labels("200")}  # the hot path: no label lookup per frame
+        self._children: dict[tuple[int, int], Any] = {}  # the hot path: no label lookup per request or frame
 
     # Connection hooks (called on the event loop by the server's protocol)
     def connection_opened(self) -> None:
@@ -108,9 +108,17 @@ class ServingMetrics(Observer):
         self.batch_requests.observe(requests)
         self.compute.observe(seconds)
 
+    def _by_status(self, counter: Any, status: int) -> Any:
+        """``counter.labels(str(status))``, looked up once per counter and status."""
+        key = (id(counter), status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(str(status))
+        return child
+
     def answered(self, status: int, images: int, seconds: float) -> None:
-        self.requests.labels(str(status)).inc()
-        self.images.labels(str(status)).inc(images)
+        self._by_status(self.requests, status).inc()
+        self._by_status(self.images, status).inc(images)
         self.latency.observe(seconds)
 
     # Stream hooks (called on the event loop by foldedcnns.serving.stream)
@@ -126,10 +134,7 @@ class ServingMetrics(Observer):
         self.frames_inflight.inc()
 
     def frame_answered(self, status: int, seconds: float) -> None:
-        counter = self._frame_status.get(status)
-        if counter is None:
-            counter = self._frame_status[status] = self.frames.labels(str(status))
-        counter.inc()
+        self._by_status(self.frames, status).inc()
         self.frame_latency.observe(seconds)
 
     def frame_sent(self) -> None:
