@@ -171,6 +171,9 @@ def test_npy_arrays_in_either_order_give_their_images():
     want = stack_frames(images, *HW, Crop(2, 3, 52, 22))
     assert np.array_equal(run(npy(np.asfortranarray(images)), "application/x-npy", {"crop": "2,3,52,22"}), want)
     assert np.array_equal(run(npy(images[0]), "application/x-npy", {"crop": "2,3,52,22"}), want[:1])
+    assert decode._NPY_PLAIN_HEADER.match(npy(images))  # np.save's C-order header: read without NumPy's parser
+    assert np.array_equal(run(npy(images), "application/x-npy", {"crop": "2,3,52,22"}), want)
+    assert not decode._NPY_PLAIN_HEADER.match(npy(np.asfortranarray(images)))  # NumPy's parser reads the others
 
 
 def test_parts_decode_to_what_predict_prepares(tmp_path: Path):

@@ -17,7 +17,7 @@ from foldedcnns.serving import QueueFull, Service, build_service
 from foldedcnns.serving.connections import ConnectionLimits
 from foldedcnns.serving.errors import Reply, reply_for
 from foldedcnns.serving.ray_serve import REQUEST_MARGIN_S, Replica, proxy_options, replica_engine
-from foldedcnns.serving.service import ROUTES, find_route
+from foldedcnns.serving.service import ROUTES, find_route, predictions_body, predictions_json
 
 pytest.importorskip("starlette")
 pytest.importorskip("prometheus_client")
@@ -178,3 +178,18 @@ def test_the_service_lets_its_batcher_run_on_the_event_loop_only_for_its_one_req
         service.inflight, service.streams = inflight, streams
         seen.append(batcher.alone())
     assert seen == [True, False, False, False]
+
+
+def test_the_predictions_body_is_the_json_starlette_would_write():
+    from starlette.responses import JSONResponse
+
+    from foldedcnns.inference.predictor import Predictions
+
+    names = ("plain", 'quo"te', "ünï", "back\\slash")
+    rng = np.random.default_rng(3)
+    scores = rng.random(9).astype(np.float32)
+    preds = Predictions(rng.integers(0, 4, 9), scores, rng.random((9, 4)).astype(np.float32), names)
+    assert predictions_body(preds) == JSONResponse({"predictions": predictions_json(preds)}).body
+    scores[4] = np.nan  # a broken model: an error, never invalid JSON
+    with pytest.raises(ValueError, match="not finite"):
+        predictions_body(preds)

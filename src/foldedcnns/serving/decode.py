@@ -36,6 +36,7 @@ import re
 import warnings
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Executor
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -219,20 +220,21 @@ def check_deadline(deadline: float | None, loop: asyncio.AbstractEventLoop, when
                                "the rest (send a longer X-Request-Timeout-Ms or retry when the server is less busy)")
 
 
+# The header np.save writes for a C-order uint8 (N, H, W, 3) array, format 1.0: matched whole, else NumPy parses it.
+_NPY_PLAIN_HEADER = re.compile(rb"\x93NUMPY\x01\x00..\{'descr': '\|u1', 'fortran_order': False, "
+                               rb"'shape': \((\d{1,12}), (\d{1,12}), (\d{1,12}), (3)\), \} *\n", re.DOTALL)
+
+
 def read_npy(body: bytes, limits: PixelLimits, box: Crop | None = None) -> np.ndarray:
     """The images of an ``.npy`` body as a uint8 ``(N, H, W, 3)`` view of ``body``, nothing allocated: the header
     is parsed alone (never unpickling), its dtype, shape, declared pixels and byte count checked first (400, 413),
     and the crop against the declared size (400)."""
-    stream = io.BytesIO(body)
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version not in ((1, 0), (2, 0)):
-            raise ValueError(f"format version {version[0]}.{version[1]}; np.save writes 1.0 for uint8 arrays")
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran_order, dtype = read_header(stream)
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
-        raise BadRequest(f"cannot read the .npy body ({first_line(exc)}); send np.save of a uint8 array") from exc
+    plain = _NPY_PLAIN_HEADER.match(body)
+    if plain is not None:  # what np.save writes for a C-order uint8 (N, H, W, 3), read without NumPy's parser
+        shape, fortran_order, dtype = tuple(int(d) for d in plain.groups()), False, np.dtype(np.uint8)
+        offset = plain.end()
+    else:
+        shape, fortran_order, dtype, offset = _npy_header(body)
     if dtype != np.uint8 or len(shape) not in (3, 4) or shape[-1] != 3 or min(shape) < 0:
         raise BadRequest(f"the .npy array must be uint8 (N, H, W, 3) or (H, W, 3), got {dtype} {shape}")
     shape = (1, *shape) if len(shape) == 3 else shape
@@ -246,12 +248,28 @@ def read_npy(body: bytes, limits: PixelLimits, box: Crop | None = None) -> np.nd
     if count * height * width > limits.request:
         raise too_many(f"the request ({count:,} images)", count * height * width, limits.request, "request")
     check_fits(box, width, height, "the .npy images")
-    offset, size = stream.tell(), math.prod(shape)
+    size = math.prod(shape)
     if len(body) - offset != size:
         raise BadRequest(f"the .npy header declares {size:,} bytes of data but the body holds {len(body) - offset:,}; "
                          "send the whole output of np.save")
     array = np.frombuffer(body, np.uint8, size, offset)
     return array.reshape(shape[::-1]).transpose() if fortran_order else array.reshape(shape)
+
+
+def _npy_header(body: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """Shape, Fortran order, dtype and data offset of an ``.npy`` body by NumPy's header parser (which never
+    unpickles); a header it cannot read is 400."""
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"format version {version[0]}.{version[1]}; np.save writes 1.0 for uint8 arrays")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(stream)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise BadRequest(f"cannot read the .npy body ({first_line(exc)}); send np.save of a uint8 array") from exc
+    return shape, fortran_order, dtype, stream.tell()
 
 
 def _prepare_npy(array: np.ndarray, hw: tuple[int, int], box: Crop | None) -> np.ndarray:

@@ -79,10 +79,10 @@ class BatchFailed(ServingError):
 
 @dataclass(frozen=True)
 class Reply:
-    """An answer, free of any web framework: the status, the JSON body and extra headers."""
+    """An answer, free of any web framework: the status, the JSON body (or its encoded bytes) and extra headers."""
 
     status: int
-    body: dict[str, Any]
+    body: dict[str, Any] | bytes
     headers: dict[str, str] = field(default_factory=dict)
 
 

@@ -56,6 +56,9 @@ def build_app(service: Service, *, limits: ConnectionLimits | None = None, gate:
         headers = reply.headers
         if service.draining or reply.status in CLOSE_AFTER:
             headers = {**headers, "Connection": "close"}
+        if isinstance(reply.body, bytes):  # already JSON (the predictions)
+            return responses.Response(reply.body, status_code=reply.status, headers=headers,
+                                      media_type="application/json")
         return responses.JSONResponse(reply.body, status_code=reply.status, headers=headers)
 
     async def predict(request: Any) -> Any:

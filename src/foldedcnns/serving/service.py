@@ -13,6 +13,8 @@ per image. WebSocket frames (:mod:`~foldedcnns.serving.stream`) take the same pa
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -65,9 +67,27 @@ def find_route(routes: tuple[Route, ...], method: str, path: str) -> Route | Non
 
 
 def predictions_json(preds: Predictions) -> list[dict[str, Any]]:
+    """One ``{label, class_name, score}`` per image."""
     names = preds.class_names
     return [{"label": int(label), "class_name": names[int(label)], "score": float(score)}
             for label, score in zip(preds.labels.tolist(), preds.scores.tolist(), strict=True)]
+
+
+def predictions_body(preds: Predictions) -> bytes:
+    """``{"predictions": predictions_json(preds)}`` as compact UTF-8 JSON, the bytes ``json.dumps`` would give in
+    half its time (no dict per image; every answer of the server goes through here). A score that is not
+    finite is a ValueError, as in ``json.dumps(..., allow_nan=False)``."""
+    if not np.isfinite(preds.scores).all():
+        raise ValueError(f"the model gave scores that are not finite: {preds.scores.tolist()[:4]}")
+    names = _json_strings(tuple(preds.class_names))
+    rows = ",".join(f'{{"label":{label},"class_name":{names[label]},"score":{score!r}}}'
+                    for label, score in zip(preds.labels.tolist(), preds.scores.tolist(), strict=True))
+    return f'{{"predictions":[{rows}]}}'.encode()
+
+
+@functools.lru_cache(maxsize=16)
+def _json_strings(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(json.dumps(name, ensure_ascii=False) for name in names)
 
 
 def model_info(predictor: Predictor) -> dict[str, Any]:
@@ -135,7 +155,7 @@ class Service:
                                       deadline=None if deadline is None else arrived_loop + deadline)
             images = len(batch)
             preds = await self.batcher.submit(batch, timeout_s=deadline, arrived=arrived_loop)
-            reply = Reply(200, {"predictions": predictions_json(preds)})
+            reply = Reply(200, predictions_body(preds))
         except Exception as exc:  # an error status; a bug answers 500 with the reason and the server goes on
             reply = reply_for(exc)
         finally:
