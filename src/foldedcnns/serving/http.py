@@ -39,6 +39,7 @@ DEFAULT_DRAIN_TIMEOUT_S = 30.0
 CUT_GRACE_S = 1.0  # after the drain deadline cut: how long answers may still take before the drain gives up
 CLOSE_GRACE_S = 0.5  # after the listener closed: how long an idle connection may still send a request
 CONNECTION_CLOSE_TIMEOUT_S = 5.0  # then: how long uvicorn waits for the requests still on connections
+PREDICT_PATH = next(r.path for r in ROUTES if r.endpoint == "predict")
 CLOSE_AFTER = (408, 413)  # answered before the body was read: the connection is closed after the answer
 
 
@@ -49,6 +50,8 @@ def build_app(service: Service, *, limits: ConnectionLimits | None = None, gate:
     responses = require("starlette.responses")
     routing = require("starlette.routing")
     exceptions = require("starlette.exceptions")
+    datastructures = require("starlette.datastructures")
+    disconnect = require("starlette.requests").ClientDisconnect
     limits = limits or ConnectionLimits()
     gate = gate or Gate()
 
@@ -61,12 +64,31 @@ def build_app(service: Service, *, limits: ConnectionLimits | None = None, gate:
                                       media_type="application/json")
         return responses.JSONResponse(reply.body, status_code=reply.status, headers=headers)
 
-    async def predict(request: Any) -> Any:
-        reply = await service.predict(request.headers, timed_chunks(request.stream(), limits, gate),
-                                      request.query_params)
+    async def answer(headers: Any, chunks: AsyncIterator[bytes], query: Any) -> Any:
+        reply = await service.predict(headers, timed_chunks(chunks, limits, gate), query)
         if reply.status == 499:
             LOG.info("client disconnected during its upload (counted as 499)")
         return respond(reply)
+
+    async def predict(request: Any) -> Any:
+        return await answer(request.headers, request.stream(), request.query_params)
+
+    async def body(receive: Any) -> AsyncIterator[bytes]:  # as Starlette's Request.stream()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise disconnect()
+            if message.get("body"):
+                yield message["body"]
+            if not message.get("more_body", False):
+                return
+
+    async def predict_direct(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """``POST /v1/predict`` without Starlette's router, middleware and request object: the same answer, about
+        10 us sooner (docs/serving.md, "Where the time goes")."""
+        response = await answer(datastructures.Headers(scope=scope), body(receive),
+                                datastructures.QueryParams(scope["query_string"]))
+        await response(scope, receive, send)
 
     async def model(request: Any) -> Any:
         return respond(service.model())
@@ -120,7 +142,10 @@ def build_app(service: Service, *, limits: ConnectionLimits | None = None, gate:
             await send(message)
 
         try:
-            await starlette(scope, receive, tracked)
+            if scope["path"] == PREDICT_PATH and scope["method"] == "POST":
+                await predict_direct(scope, receive, tracked)
+            else:
+                await starlette(scope, receive, tracked)
         except asyncio.CancelledError:
             # uvicorn cancels what still runs after its shutdown grace: one line, not its traceback, and a 503
             # where the answer had not begun.
