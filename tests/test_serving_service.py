@@ -193,3 +193,13 @@ def test_the_predictions_body_is_the_json_starlette_would_write():
     scores[4] = np.nan  # a broken model: an error, never invalid JSON
     with pytest.raises(ValueError, match="not finite"):
         predictions_body(preds)
+
+
+def test_the_in_flight_and_queue_gauges_are_read_when_metrics_are_scraped():
+    from foldedcnns.serving.metrics import ServingMetrics
+
+    metrics, state = ServingMetrics(), {"inflight": 3, "queued": 7}
+    metrics.follow(lambda: state["inflight"], lambda: state["queued"])
+    state.update(inflight=5, queued=0)
+    text = metrics.render()[0].decode()
+    assert "foldedcnns_inflight_requests 5.0" in text and "foldedcnns_queue_images 0.0" in text

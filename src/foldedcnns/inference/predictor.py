@@ -156,7 +156,7 @@ class Predictor(RunsOnEngine):
         """Classify a uint8 batch ``(N, H, W, 3)`` already at the model's size, in one model call."""
         if len(images) == 0:
             return Predictions.concatenate([], self.class_names)
-        with self._threads():
+        with self._threads(), torch.inference_mode():  # no autograd bookkeeping on any of these tensors
             logits = self._classify(to_model_input(images, self.config.task, self.device))
             probabilities = torch.softmax(logits.float(), dim=1)
             scores, labels = probabilities.max(dim=1)

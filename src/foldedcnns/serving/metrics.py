@@ -25,6 +25,7 @@ cut by ``--body-timeout-s`` / ``--upload-timeout-s`` as ``status="408"``.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from foldedcnns.errors import ConfigError
@@ -95,10 +96,12 @@ class ServingMetrics(Observer):
     def connection_cut(self, reason: str) -> None:
         self.cut.labels(reason).inc()
 
-    # Observer hooks (called on the event loop by the batcher)
-    def queue_depth(self, images: int) -> None:
-        self.queue_images.set(images)
+    def follow(self, inflight: Callable[[], int], queued_images: Callable[[], int]) -> None:
+        """Read the in-flight requests and the queued images when /metrics is scraped, not at every change."""
+        self.inflight.set_function(inflight)
+        self.queue_images.set_function(queued_images)
 
+    # Observer hooks (called on the event loop by the batcher)
     def queue_wait(self, seconds: float) -> None:
         self.queue.observe(seconds)
 

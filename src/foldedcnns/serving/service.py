@@ -110,6 +110,7 @@ class Service:
         self.drain_started = asyncio.Event()  # set by begin_drain: a stream stops reading and closes
         self.decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="foldedcnns-decode")
         batcher.alone = self._alone  # a lone small batch runs on the event loop (batcher module doc)
+        metrics.follow(lambda: self.inflight, lambda: batcher.queued_images)
 
     def _alone(self) -> bool:
         """One request in flight and no stream (a stream's frames come in windows): nothing else to serve while
@@ -146,7 +147,6 @@ class Service:
             self.metrics.answered(reply.status, 0, time.perf_counter() - arrived)
             return reply
         self.inflight += 1
-        self.metrics.inflight.inc()
         images = 0
         try:
             deadline = self.request_timeout(headers)
@@ -160,7 +160,6 @@ class Service:
             reply = reply_for(exc)
         finally:
             self.inflight -= 1
-            self.metrics.inflight.dec()
         self.metrics.answered(reply.status, images, time.perf_counter() - arrived)
         return reply
 
