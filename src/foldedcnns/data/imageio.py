@@ -167,7 +167,7 @@ def _png_bytes(source: str | os.PathLike[str] | BinaryIO) -> bytes | None:
 
 @functools.cache
 def _opencv() -> Any:
-    """The cv2 module when installed ('foldedcnns[video]'), else None; imported on first use."""
+    """The cv2 module when installed ('foldedcnns[video]' or '[serve]'), else None; imported on first use."""
     try:
         import cv2
     except ImportError:  # pragma: no cover - depends on the installation
