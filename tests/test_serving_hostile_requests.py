@@ -43,16 +43,10 @@ from foldedcnns.data.crop import Crop
 from foldedcnns.data.imageio import read_image
 from foldedcnns.errors import ConfigError
 from foldedcnns.inference.preprocess import stack_frames
-from foldedcnns.serving import decode
-from foldedcnns.serving.decode import (
-    MAX_IMAGE_PIXELS,
-    MIN_IMAGE_PIXELS,
-    RequestBudget,
-    decode_request,
-    decode_slices,
-    pixel_limits,
-)
+from foldedcnns.serving import decode, limits
+from foldedcnns.serving.decode import decode_request, decode_slices
 from foldedcnns.serving.errors import BadRequest, DeadlineExceeded, QueueFull, Reply, RequestTooLarge
+from foldedcnns.serving.limits import MAX_IMAGE_PIXELS, MIN_IMAGE_PIXELS, RequestBudget, pixel_limits
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -95,16 +89,16 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_pixel_limits_follow_the_model_and_crop_between_a_4k_and_an_8k_frame():
-    assert pixel_limits(HW) == decode.PixelLimits(MIN_IMAGE_PIXELS, decode.REQUEST_PIXEL_FACTOR * MIN_IMAGE_PIXELS)
+    assert pixel_limits(HW) == limits.PixelLimits(MIN_IMAGE_PIXELS, limits.REQUEST_PIXEL_FACTOR * MIN_IMAGE_PIXELS)
     assert pixel_limits(HW, Crop(0, 0, 52, 22)).image == MIN_IMAGE_PIXELS
-    assert pixel_limits(HW, Crop(100, 0, 1900, 2000)).image == decode.IMAGE_PIXEL_FACTOR * 2000 * 2000
+    assert pixel_limits(HW, Crop(100, 0, 1900, 2000)).image == limits.IMAGE_PIXEL_FACTOR * 2000 * 2000
     assert pixel_limits(HW, Crop(0, 0, 20000, 20000)).image == MAX_IMAGE_PIXELS  # a crop cannot lift the ceiling
     assert pixel_limits((3000, 3000)).image == MAX_IMAGE_PIXELS
 
 
 def test_a_servers_own_pixel_budget_replaces_the_derived_limits():
-    assert pixel_limits(HW, budget=RequestBudget(image_pixels=5000)) == decode.PixelLimits(5000, 4 * 5000)
-    assert pixel_limits(HW, Crop(0, 0, 20000, 20000), RequestBudget(request_pixels=9000)) == decode.PixelLimits(
+    assert pixel_limits(HW, budget=RequestBudget(image_pixels=5000)) == limits.PixelLimits(5000, 4 * 5000)
+    assert pixel_limits(HW, Crop(0, 0, 20000, 20000), RequestBudget(request_pixels=9000)) == limits.PixelLimits(
         MAX_IMAGE_PIXELS, 9000)
     with pytest.raises(ConfigError, match="--max-image-pixels must be a positive number"):
         RequestBudget(image_pixels=0)
@@ -128,7 +122,7 @@ def test_a_bomb_bomb_parts_and_an_over_budget_request_are_refused_from_their_hea
     with pytest.raises(RequestTooLarge, match=r"image 1 of 4 \(13000x13000\)"):
         run(body, kind)
     frame_4k = png_bytes(Image.new("1", (3840, 2160), 0))  # each within the per-image limit...
-    body, kind = multipart([frame_4k] * (decode.REQUEST_PIXEL_FACTOR + 1))  # ...but not all of them
+    body, kind = multipart([frame_4k] * (limits.REQUEST_PIXEL_FACTOR + 1))  # ...but not all of them
     with pytest.raises(RequestTooLarge, match=r"the request \(5 images\) declares 41,472,000 pixels"):
         run(body, kind)
     with pytest.raises(RequestTooLarge, match=r"the image \(13000x13000\) declares"):

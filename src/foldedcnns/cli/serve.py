@@ -20,8 +20,8 @@ from foldedcnns.serving.connections import (
     ConnectionLimits,
     bind_socket,
 )
-from foldedcnns.serving.decode import DEFAULT_MAX_BODY_MB, RequestBudget
 from foldedcnns.serving.http import DEFAULT_DRAIN_TIMEOUT_S
+from foldedcnns.serving.limits import DEFAULT_MAX_BODY_MB, RequestBudget
 from foldedcnns.serving.ray_serve import DEFAULT_REPLICA_CPUS
 
 DEFAULT_TIMEOUT_MS = 30_000.0

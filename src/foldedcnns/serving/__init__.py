@@ -14,7 +14,6 @@ are imported only when a server or a load test starts, so importing this package
 """
 
 from foldedcnns.serving.batcher import DynamicBatcher
-from foldedcnns.serving.decode import RequestBudget
 from foldedcnns.serving.errors import (
     BadRequest,
     BatchFailed,
@@ -26,6 +25,7 @@ from foldedcnns.serving.errors import (
     UnsupportedMediaType,
 )
 from foldedcnns.serving.http import build_app, make_server, serve
+from foldedcnns.serving.limits import RequestBudget
 from foldedcnns.serving.loadtest import LevelResult, loadtest
 from foldedcnns.serving.ray_serve import build_application, serve_ray
 from foldedcnns.serving.service import Service, build_service

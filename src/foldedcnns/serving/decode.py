@@ -28,7 +28,6 @@ Ray Serve replica.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import io
 import math
@@ -52,12 +51,7 @@ from foldedcnns.serving.errors import (
     RequestTooLarge,
     UnsupportedMediaType,
 )
-from foldedcnns.serving.limits import (  # noqa: F401 - the limits are also this module's names
-    DEFAULT_MAX_BODY_MB,
-    IMAGE_PIXEL_FACTOR,
-    MAX_IMAGE_PIXELS,
-    MIN_IMAGE_PIXELS,
-    REQUEST_PIXEL_FACTOR,
+from foldedcnns.serving.limits import (
     PixelLimits,
     RequestBudget,
     check_fits,
@@ -371,11 +365,14 @@ def decode_parts(images: Sequence[Opened], first: int, count: int, hw: tuple[int
     for i, img in enumerate(images):
         where = where_in(first + i, count)
         frame = decode_plain_png(img.data, crop) if isinstance(img, PlainPng) else None
-        if frame is None:
-            try:
-                with _open_pillow(img.data, where) if isinstance(img, PlainPng) else contextlib.nullcontext(img) as pil:
-                    frame = decode_image(pil, crop, where)
-            except DataError as exc:
-                raise _undecodable(exc, where) from exc
+        if frame is None:  # not a plain PNG, or one OpenCV could not decode: Pillow's, which says why
+            frame = _decode_pillow(_open_pillow(img.data, where) if isinstance(img, PlainPng) else img, crop, where)
         out[i] = prepare_frame(frame, hw[0], hw[1], where=where)
     return out
+
+
+def _decode_pillow(img: Image.Image, crop: tuple[int, int, int, int] | None, where: str) -> np.ndarray:
+    try:
+        return decode_image(img, crop, where)
+    except DataError as exc:
+        raise _undecodable(exc, where) from exc

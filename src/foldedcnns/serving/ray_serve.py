@@ -44,8 +44,9 @@ from foldedcnns.runtime.checkpoint import load_checkpoint
 from foldedcnns.runtime.engine import Engine
 from foldedcnns.serving.batcher import DEFAULT_DELAY_MS, DEFAULT_QUEUE_IMAGES, batch_images, check_request_images
 from foldedcnns.serving.connections import ConnectionLimits, Gate, timed_chunks
-from foldedcnns.serving.decode import RequestBudget, decode_request
+from foldedcnns.serving.decode import decode_request
 from foldedcnns.serving.errors import Reply, error_reply, reply_for
+from foldedcnns.serving.limits import RequestBudget
 from foldedcnns.serving.service import ROUTES, find_route, load_predictor, model_info, predictions_json
 
 APP_NAME = "foldedcnns"

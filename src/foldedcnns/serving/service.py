@@ -36,8 +36,9 @@ from foldedcnns.serving.batcher import (
     batch_images,
     describe,
 )
-from foldedcnns.serving.decode import RequestBudget, decode_request
+from foldedcnns.serving.decode import decode_request
 from foldedcnns.serving.errors import BadRequest, Reply, ShuttingDown, error_reply, reply_for
+from foldedcnns.serving.limits import RequestBudget
 from foldedcnns.serving.metrics import ServingMetrics
 
 LOG = logging.getLogger("foldedcnns.serving")
