@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from foldedcnns.data import transforms as T
 from foldedcnns.data.imageio import resize_nearest
+from foldedcnns.data.model_input import nhwc_to_float, to_model_input
 from foldedcnns.errors import ShapeError
+from foldedcnns.models.registry import get_task
 
 
 def batch(n: int = 6, c: int = 3, h: int = 8, w: int = 10) -> torch.Tensor:
@@ -33,6 +35,22 @@ def test_to_float_and_normalize() -> None:
         T.normalize(f, (0.5, 0.5), (0.1, 0.1))
     with pytest.raises(ShapeError, match="uint8 or floating"):
         T.to_float(torch.zeros(1, dtype=torch.int32))
+
+
+def test_frames_become_the_model_input_through_numpy_bit_for_bit_as_through_torch() -> None:
+    """The NumPy path of to_model_input (uint8 NHWC frames on the CPU) gives PyTorch's values exactly, for every
+    uint8 value, on a strided view too, with and without a task's mean and std."""
+    frames = np.arange(2 * 5 * 7 * 3 * 2, dtype=np.int64).reshape(2, 5, 14, 3).astype(np.uint8)
+    frames[0, 0, :2] = [[0, 128, 255], [1, 254, 127]]
+    frames = frames[:, :, ::2]  # a strided view: (2, 5, 7, 3)
+    every = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    for task in (get_task("lol/goldnumber-fraction"), get_task("cifar10")):
+        for images in (frames, every):
+            got = to_model_input(images, task)  # NumPy
+            want = to_model_input(torch.from_numpy(np.ascontiguousarray(images)), task)  # PyTorch
+            assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == want.shape
+            assert torch.equal(got, want)
+    assert torch.equal(torch.from_numpy(nhwc_to_float(every)), T.to_float(torch.from_numpy(every).permute(0, 3, 1, 2)))
 
 
 def test_random_crop_is_a_window_of_the_padded_image() -> None:

@@ -117,6 +117,7 @@ def test_threads_come_from_the_engine(tiny_task: TaskSpec) -> None:
     compiled = prepared._keep[0]
     assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
     assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) in ("f32", "<Type: 'float32'>")
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False  # no affinity calls around each inference
 
 
 @pytest.mark.slow
