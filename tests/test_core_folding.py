@@ -1,5 +1,6 @@
 """Fold/unfold are pure shape maps: round trips, group order and the wrapper at any batch size."""
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -7,6 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from foldedcnns import FoldedClassifier, fold, pad_to_multiple, unfold, unfold_logits
+from foldedcnns.core import run_folded
 from foldedcnns.errors import ConfigError, ShapeError
 
 shapes = st.tuples(st.integers(1, 5), st.integers(1, 4), st.integers(1, 4), st.integers(1, 6), st.integers(1, 6))
@@ -52,6 +54,27 @@ def test_pad_repeats_real_images(n, f):
     assert padded.shape[0] % f == 0 and padded.shape[0] - n == pad < f
     assert torch.equal(padded[:n], x)
     assert set(padded[n:].flatten().tolist()) <= set(x.flatten().tolist())  # no zeros, only batch images
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 6])
+def test_numpy_batches_fold_pad_and_unfold_as_tensors_do(n):
+    """The folding maps take the NumPy arrays of a CPU engine's I/O and give what they give for tensors."""
+    x = torch.rand(n, 3, 2, 5, generator=torch.Generator().manual_seed(n))
+    padded, pad = pad_to_multiple(x, 4)
+    padded_np, pad_np = pad_to_multiple(x.numpy(), 4)
+    assert isinstance(padded_np, np.ndarray) and pad_np == pad
+    np.testing.assert_array_equal(padded_np, padded.numpy())
+    np.testing.assert_array_equal(fold(padded_np, 4), fold(padded, 4).numpy())
+    y = torch.rand(len(padded) // 4, 4 * 7)
+    np.testing.assert_array_equal(unfold_logits(y.numpy(), 4), unfold_logits(y, 4).numpy())
+    model = PerImageModel(4, 3, 7)
+    with torch.no_grad():
+        want = run_folded(model, x, 4)
+    got = run_folded(lambda g: model(torch.from_numpy(g)).numpy(), x.numpy(), 4)
+    assert isinstance(got, np.ndarray) and got.shape == (n, 7)
+    np.testing.assert_array_equal(got, want.numpy())
+    with pytest.raises(ShapeError, match="4-D batch"):
+        fold(np.zeros((4, 3, 2)), 4)
 
 
 class PerImageModel(nn.Module):

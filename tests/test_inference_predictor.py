@@ -8,7 +8,7 @@ from foldedcnns.core.folding import fold, pad_to_multiple, round_batch, unfold_l
 from foldedcnns.data.crop import Crop
 from foldedcnns.data.model_input import to_model_input
 from foldedcnns.errors import ConfigError, DataError, ShapeError
-from foldedcnns.inference import Predictor, deployment_engine
+from foldedcnns.inference import Predictions, Predictor, deployment_engine
 from foldedcnns.inference.preprocess import stack_frames
 from foldedcnns.models.spec import spec_from_dict
 from foldedcnns.runtime import BACKENDS, Backend, Engine, Runner
@@ -41,6 +41,34 @@ def test_predicts_one_row_per_image_in_order_with_own_group_padding(checkpoint):
     assert preds.labels.tolist() == expected.argmax(1).tolist()
     assert preds.names == [predictor.class_names[i] for i in preds.labels]
     np.testing.assert_allclose(preds.scores, expected.max(1), atol=1e-6)
+
+
+def test_predictions_from_logits_are_the_softmax_its_largest_and_the_first_of_ties():
+    logits = torch.tensor([[1.0, 3.0, -2.0], [0.5, 0.5, 0.5], [1e4, -1e4, 0.0]])
+    preds = Predictions.from_logits(logits, ("a", "b", "c"))
+    want = torch.softmax(logits, dim=1).numpy()
+    np.testing.assert_allclose(preds.probabilities, want, rtol=1e-6, atol=1e-7)  # no overflow at 1e4
+    assert preds.labels.dtype == np.int64 and preds.labels.tolist() == [1, 0, 0]  # a tie: the first
+    np.testing.assert_array_equal(preds.scores, preds.probabilities.max(axis=1))
+    assert preds.names == ["b", "a", "a"]
+    same = Predictions.from_logits(logits.numpy().astype(np.float16), ("a", "b", "c"))  # any float dtype
+    assert same.probabilities.dtype == np.float32 and same.labels.tolist() == [1, 0, 0]
+
+
+def test_an_engine_on_numpy_arrays_predicts_what_the_torch_path_predicts(checkpoint):
+    """openvino runs on NumPy arrays: predict_batch hands it a view of the input, no PyTorch call around it;
+    the answers are those of the same engine fed a torch tensor."""
+    pytest.importorskip("openvino")
+    predictor = Predictor(checkpoint(fold=4), engine=Engine("openvino"), batch_size=8, partial_batches=True)
+    assert predictor._numpy_io
+    images = frames(5)
+    via_numpy = predictor.predict_batch(images)
+    with torch.inference_mode():
+        logits = predictor.logits(to_model_input(images, predictor.config.task))
+    assert isinstance(logits, torch.Tensor)
+    via_torch = Predictions.from_logits(logits, predictor.class_names)
+    np.testing.assert_array_equal(via_numpy.probabilities, via_torch.probabilities)
+    assert via_numpy.labels.tolist() == via_torch.labels.tolist()
 
 
 @pytest.mark.parametrize("batch_size", [4, 12, 20])

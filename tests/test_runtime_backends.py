@@ -1,5 +1,6 @@
 """Backends give the eager model's logits, refuse what they cannot run with a reason, and leave the model alone."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,6 +38,12 @@ def test_fp32_backends_match_eager(model, name):
     assert out.dtype == torch.float32 and out.shape == expected.shape
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
     assert prepared.setup_seconds > 0
+    assert prepared.numpy_io == (name == "onnxruntime")  # ONNX Runtime's CPU provider runs on NumPy arrays
+    if prepared.numpy_io:
+        np.testing.assert_array_equal(prepared.folded(x.numpy()), out.numpy())
+    else:
+        with pytest.raises(TypeError, match="takes torch tensors"):
+            prepared.folded(x.numpy())
 
 
 def test_reduced_precision_is_close_and_leaves_the_callers_model_in_fp32(model):

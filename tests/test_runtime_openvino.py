@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 
@@ -166,6 +167,15 @@ def test_partial_batches_compile_the_smaller_shapes_and_give_the_same_logits(tin
     assert sorted(c.inputs[0].get_shape()[0] for c in compiled) == [1, 2, 4, 8]
     for n in (1, 3, 8):
         torch.testing.assert_close(ladder.folded(x[:n]), full.folded(x[:n]), atol=1e-4, rtol=0)
+    # NumPy in, NumPy out, the same logits: the engine's own I/O, with no PyTorch call around it
+    assert ladder.numpy_io
+    for n in (1, 3, 8):
+        got = ladder.folded(x[:n].numpy())
+        assert isinstance(got, np.ndarray) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, ladder.folded(x[:n]).numpy())
+    images = torch.rand(7, tiny_task.in_channels, *model.config.input_shape[1:],
+                        generator=torch.Generator().manual_seed(5))
+    np.testing.assert_array_equal(ladder.classify(images.numpy()), ladder.classify(images).numpy())
 
 
 @needs_openvino

@@ -1,6 +1,7 @@
 """Folding: f images of C channels become one input of f*C channels.
 
-All functions here are pure shape maps over tensors; they copy nothing they do not have to.
+All functions here are pure shape maps over tensors (PyTorch's, or NumPy arrays where an engine takes those:
+:data:`Array`); they copy nothing they do not have to.
 Image ``j`` of a group of ``f`` consecutive images fills channels ``[j*C, (j+1)*C)`` of the folded
 input, and block ``j`` of the ``f*K`` output logits belongs to image ``j`` of that group.
 """
@@ -8,7 +9,9 @@ input, and block ``j`` of the ``f*K`` output logits belongs to image ``j`` of th
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +22,8 @@ MAX_FOLD = 1024
 MAX_BATCH_IMAGES = 2**24
 EVAL_ORDER_SEED = 19  # the original's seed for shuffling validation and test images before folding
 
+Array = TypeVar("Array", torch.Tensor, np.ndarray)  # a batch: a torch tensor, or a NumPy array (CPU engines' I/O)
+
 
 def _check_fold(f: int) -> None:
     if isinstance(f, bool) or not isinstance(f, int) or not 1 <= f <= MAX_FOLD:
@@ -26,14 +31,14 @@ def _check_fold(f: int) -> None:
                           "original CNN")
 
 
-def fold(x: torch.Tensor, f: int) -> torch.Tensor:
+def fold(x: Array, f: int) -> Array:
     """Fold a batch of images into groups of ``f``.
 
     Shapes: ``(N, C, H, W) -> (N/f, f*C, H, W)``; N must be a multiple of f (see :func:`pad_to_multiple`).
     Image ``n*f + j`` lands in channels ``[j*C, (j+1)*C)`` of folded input ``n``.
     """
     _check_fold(f)
-    if x.dim() != 4:
+    if x.ndim != 4:
         raise ShapeError(f"fold expects a 4-D batch (N, C, H, W), got shape {tuple(x.shape)}")
     n, c, h, w = x.shape
     if n % f:
@@ -52,13 +57,13 @@ def unfold(x: torch.Tensor, f: int) -> torch.Tensor:
     return x.reshape(g * f, fc // f, h, w)
 
 
-def unfold_logits(y: torch.Tensor, f: int) -> torch.Tensor:
+def unfold_logits(y: Array, f: int) -> Array:
     """Split folded logits into per-image logits.
 
     Shapes: ``(N/f, f*K) -> (N, K)``; block ``j`` of row ``n`` becomes row ``n*f + j``.
     """
     _check_fold(f)
-    if y.dim() != 2:
+    if y.ndim != 2:
         raise ShapeError(f"unfold_logits expects 2-D logits (N/f, f*K), got shape {tuple(y.shape)}")
     g, fk = y.shape
     if fk % f:
@@ -66,7 +71,7 @@ def unfold_logits(y: torch.Tensor, f: int) -> torch.Tensor:
     return y.reshape(g * f, fk // f)
 
 
-def pad_to_multiple(x: torch.Tensor, f: int) -> tuple[torch.Tensor, int]:
+def pad_to_multiple(x: Array, f: int) -> tuple[Array, int]:
     """Pad a batch to a multiple of ``f`` by repeating the images of its last, partial group.
 
     Shapes: ``(N, ...) -> (ceil(N/f)*f, ...)``. Returns the padded batch and the number of padded
@@ -83,6 +88,8 @@ def pad_to_multiple(x: torch.Tensor, f: int) -> tuple[torch.Tensor, int]:
     if pad == 0:
         return x, 0
     tail = n % f
+    if isinstance(x, np.ndarray):
+        return np.concatenate([x, x[(n - tail) + np.arange(pad) % tail]]), pad
     index = (n - tail) + torch.arange(pad, device=x.device) % tail
     return torch.cat([x, x.index_select(0, index)], dim=0), pad
 
@@ -130,7 +137,7 @@ def eval_order(n: int, f: int) -> torch.Tensor:
     return torch.arange(n)
 
 
-def run_folded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, f: int) -> torch.Tensor:
+def run_folded(fn: Callable[[Array], Array], x: Array, f: int) -> Array:
     """Pad, fold, run, unfold: per-image logits of a folded model. The one fold/run/unfold.
 
     ``fn`` maps folded inputs ``(G, f*C, H, W)`` to folded logits ``(G, f*K)``. Shapes:

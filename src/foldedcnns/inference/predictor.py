@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from foldedcnns.core.folding import batch_or_default
+from foldedcnns.core.folding import Array, batch_or_default
 from foldedcnns.data.crop import Crop
 from foldedcnns.data.model_input import to_model_input
 from foldedcnns.errors import ConfigError, ShapeError
@@ -66,6 +66,19 @@ class Predictions:
     def names(self) -> list[str]:
         """Class name of each prediction."""
         return [self.class_names[i] for i in self.labels.tolist()]
+
+    @classmethod
+    def from_logits(cls, logits: np.ndarray | torch.Tensor, class_names: tuple[str, ...]) -> Predictions:
+        """Softmax of per-image logits ``(N, K)`` (any float dtype, any device), each row's largest
+        probability its score and its index its label (the first of equal ones)."""
+        if isinstance(logits, torch.Tensor):
+            logits = logits.detach().float().cpu().numpy()
+        logits = np.asarray(logits, np.float32)
+        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        labels = probabilities.argmax(axis=1)
+        return cls(labels.astype(np.int64), probabilities[np.arange(len(labels)), labels], probabilities,
+                   class_names)
 
     @classmethod
     def concatenate(cls, parts: Sequence[Predictions], class_names: tuple[str, ...]) -> Predictions:
@@ -111,6 +124,7 @@ class Predictor(RunsOnEngine):
             self._runner = prepare_ov_model(ir[0], config, Engine("openvino", ir[2], "cpu", engine.threads),
                                             self.batch_size // self.fold, partial_batches=partial_batches)
         self._pytorch_threads = self._runner.engine.pytorch_threads
+        self._numpy_io = self._runner.numpy_io and self.device.type == "cpu"
 
     @property
     def engine(self) -> Engine:
@@ -141,11 +155,11 @@ class Predictor(RunsOnEngine):
         with self._threads():
             return self._classify(x)
 
-    def _classify(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or tuple(x.shape[2:]) != self.input_hw:
+    def _classify(self, x: Array) -> Array:
+        if x.ndim != 4 or tuple(x.shape[2:]) != self.input_hw:
             raise ShapeError(f"expected a batch (N, C, {self.height}, {self.width}), got {tuple(x.shape)}; "
                              "use predict() to resize images to the model's input")
-        return self._runner.classify(x.to(self.device))
+        return self._runner.classify(x if isinstance(x, np.ndarray) else x.to(self.device))
 
     def _threads(self) -> contextlib.AbstractContextManager[None]:
         """PyTorch's intra-op threads around a call (:attr:`Engine.pytorch_threads`), unchanged when equal."""
@@ -157,11 +171,10 @@ class Predictor(RunsOnEngine):
         if len(images) == 0:
             return Predictions.concatenate([], self.class_names)
         with self._threads(), torch.inference_mode():  # no autograd bookkeeping on any of these tensors
-            logits = self._classify(to_model_input(images, self.config.task, self.device))
-            probabilities = torch.softmax(logits.float(), dim=1)
-            scores, labels = probabilities.max(dim=1)
-        return Predictions(labels.cpu().numpy().astype(np.int64), scores.cpu().numpy(),
-                           probabilities.cpu().numpy(), self.class_names)
+            x = to_model_input(images, self.config.task, self.device)
+            # An engine that runs on NumPy arrays gets one (a view of x): no PyTorch call around the model's.
+            logits = self._classify(x.numpy() if self._numpy_io else x)
+        return Predictions.from_logits(logits, self.class_names)
 
     def predict(self, frames: Sequence[np.ndarray] | np.ndarray, *, crop: Crop | str | None = None) -> Predictions:
         """Classify RGB uint8 images ``(H, W, 3)`` of any size (a list, or one ``(N, H, W, 3)`` array).

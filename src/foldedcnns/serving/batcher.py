@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from foldedcnns.core.folding import batch_or_default, pad_to_multiple
 from foldedcnns.errors import ConfigError, DataError, first_line
@@ -328,8 +327,7 @@ class DynamicBatcher:
         for s in slices:
             images = s.pending.images[s.start:s.start + s.count]
             if self.isolate_requests:
-                padded, _ = pad_to_multiple(torch.from_numpy(images), self.fold)
-                images = padded.numpy()
+                images, _ = pad_to_multiple(images, self.fold)
             arrays.append(images)
             offsets.append(offset)
             offset += len(images)

@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
-from foldedcnns.core.folding import run_folded
+from foldedcnns.core.folding import Array, run_folded
 from foldedcnns.errors import ConfigError, FoldedCNNsError, ShapeError, first_line
 from foldedcnns.runtime.backends.quantize import calibration_source, is_quantized
 from foldedcnns.runtime.threads import torch_threads
@@ -64,6 +65,9 @@ class Runner(NamedTuple):
     ``run(prepare_input(x))`` is the engine's call on folded float input ``x`` ``(G, f*C, H, W)``;
     ``to_tensor`` turns its output into a torch tensor ``(G, f*K)``. ``module``: the backend's own cast
     copy of a PyTorch model (None for other engines); ``keep``: objects the runner needs alive.
+    ``numpy_input``: for an engine whose call takes and gives NumPy arrays on the CPU (openvino,
+    onnxruntime's CPU provider), the same as ``prepare_input`` from a float32 NumPy array, so a caller
+    holding one need not go through PyTorch at all (None: the engine takes torch tensors).
     """
 
     run: Callable[[Any], Any]
@@ -71,6 +75,7 @@ class Runner(NamedTuple):
     to_tensor: Callable[[Any], torch.Tensor]
     module: nn.Module | None = None
     keep: tuple[Any, ...] = ()
+    numpy_input: Callable[[np.ndarray], Any] | None = None
 
 
 class RunsOnEngine:
@@ -108,6 +113,9 @@ class Prepared(RunsOnEngine):
     * ``classify(images)`` (also ``__call__``): per-image float input ``(N, C, H, W) -> (N, K)``:
       the last partial group is padded by the project's one rule, folded, run, unfolded and the
       padded rows dropped (:func:`foldedcnns.core.run_folded`).
+
+    ``folded`` and ``classify`` also take a float32 NumPy array where :attr:`numpy_io` (an engine that
+    runs on NumPy arrays) and then give one: the same steps, with no PyTorch call around the engine's.
     """
 
     def __init__(self, engine: Engine, runner: Runner, *, fold: int, static_inputs: int | None,
@@ -127,6 +135,11 @@ class Prepared(RunsOnEngine):
         self._keep = [*runner.keep, *(kept for extra in smaller.values() for kept in extra.keep)]
         # (folded inputs, runner) of every static shape, smallest first; the full shape last
         self._shapes = sorted({**smaller, **({static_inputs: runner} if static_inputs is not None else {})}.items())
+
+    @property
+    def numpy_io(self) -> bool:
+        """Whether the engine's call takes and gives NumPy arrays (``folded`` and ``classify`` then take them)."""
+        return self._runner.numpy_input is not None
 
     @property
     def shapes(self) -> tuple[int, ...]:
@@ -149,11 +162,16 @@ class Prepared(RunsOnEngine):
             torch.cuda.synchronize(self.device)
 
     @staticmethod
-    def _raw(runner: Runner, x: torch.Tensor) -> torch.Tensor:
+    def _raw(runner: Runner, x: Array) -> Array:
+        if isinstance(x, np.ndarray):  # a copy: an engine may hand out a buffer that its next call overwrites
+            return np.array(runner.run(runner.numpy_input(x)), np.float32)
         return runner.to_tensor(runner.run(runner.prepare_input(x))).float()
 
-    def folded(self, x: torch.Tensor) -> torch.Tensor:
+    def folded(self, x: Array) -> Array:
         """Float32 logits of folded inputs. Shapes: ``(G, f*C, H, W) -> (G, f*K)``."""
+        if isinstance(x, np.ndarray) and not self.numpy_io:
+            raise TypeError(f"the {self.backend} engine takes torch tensors, not NumPy arrays")
+        concatenate = np.concatenate if isinstance(x, np.ndarray) else torch.cat
         with torch.inference_mode():
             size = self.static_inputs
             if size is None or x.shape[0] == size:
@@ -163,14 +181,17 @@ class Prepared(RunsOnEngine):
                 chunk = x[start:start + size]
                 real = chunk.shape[0]
                 shape, runner = next((s, r) for s, r in self._shapes if s >= real)
-                if real < shape:
-                    chunk = torch.cat([chunk, chunk[-1:].expand(shape - real, *chunk.shape[1:])])
+                if real < shape:  # repeat the last folded input up to the static shape
+                    repeat = (shape - real, *chunk.shape[1:])
+                    last = chunk[-1:]
+                    chunk = concatenate([chunk, np.broadcast_to(last, repeat) if isinstance(last, np.ndarray)
+                                         else last.expand(*repeat)])
                 outs.append(self._raw(runner, chunk)[:real])
-            return torch.cat(outs)
+            return concatenate(outs)
 
-    def classify(self, images: torch.Tensor) -> torch.Tensor:
+    def classify(self, images: Array) -> Array:
         """Per-image float32 logits. Shapes: ``(N, C, H, W) -> (N, K)``, N >= 1 (any N)."""
-        if images.dim() != 4:
+        if images.ndim != 4:
             raise ShapeError(f"expected a batch of images (N, C, H, W), got shape {tuple(images.shape)}")
         return run_folded(self.folded, images, self.fold)
 

@@ -157,7 +157,12 @@ def cpu_runner(session: Any, dtype: torch.dtype) -> Runner:
     def run(x: Any) -> Any:
         return session.run(None, {"x": x})[0]
 
-    return Runner(run, prepare_input, torch.from_numpy)
+    numpy_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+
+    def numpy_input(x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x, numpy_dtype)
+
+    return Runner(run, prepare_input, torch.from_numpy, numpy_input=numpy_input)
 
 
 def cuda_runner(session: Any, device: torch.device, dtype: torch.dtype) -> Runner:

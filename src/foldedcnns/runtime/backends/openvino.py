@@ -260,4 +260,8 @@ def openvino_runner(compiled: Any, parts: int = 1) -> Runner:
         # several: np.concatenate has already copied
         return torch.tensor(y) if parts == 1 else torch.from_numpy(y)
 
-    return Runner(run, prepare_input, to_tensor, keep=(compiled, *requests))
+    return Runner(run, prepare_input, to_tensor, keep=(compiled, *requests), numpy_input=_float32)
+
+
+def _float32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, np.float32)
