@@ -184,12 +184,14 @@ def checks(table: list[dict[str, Any]], rows: list[dict[str, Any]], offline: lis
             out.append(f"native / LitServe, {client}, {payload} c={c}: {statistics.median(ratios):.2f}x "
                        f"({_spread(ratios, '.2f')}) (target >= 2x)")
     for payload, _, c in cells(args):
-        ours, wrk = find(table, "native", "loadtest", payload, c), find(table, "native", "wrk", payload, c)
-        if ours and wrk and wrk["requests_per_s"]:
-            gap = ours["requests_per_s"] / wrk["requests_per_s"] - 1
+        if ratios := paired(per_trial(rows, "native", "loadtest", payload, c), per_trial(rows, "native", "wrk", payload,
+                                                                                         c)):
+            ours = find(table, "native", "loadtest", payload, c)
             said = f"; it said it was the bottleneck in {ours['saturated']} of {ours['trials']} trials" \
                 if ours["saturated"] else ""
-            out.append(f"loadtest vs wrk on native, {payload} c={c}: {gap:+.0%} (target within 20 %{said})")
+            gaps = [r - 1 for r in ratios]
+            out.append(f"loadtest vs wrk on native, {payload} c={c}: {statistics.median(gaps):+.0%} "
+                       f"({_spread(gaps, '+.0%')}) (target within 20 %{said})")
     return out
 
 
